@@ -1,0 +1,292 @@
+"""OmniGPT: a litgpt `GPT` that hears (Whisper adapter) and talks (7 SNAC audio layers).
+
+The whole speech model lives in this one file, on top of litgpt's own `GPT`, `Block`, rope and KV
+cache. Parameter names are Mini-Omni's (`whisper_adapter`, `transformer.post_adapter`, ...), so its
+checkpoints differ from ours only by litgpt's 0.4 -> 0.5 renames (see `checkpoints.py`).
+
+The frozen Whisper encoder is not part of this module: it runs in the data path or the
+LightningModule, and the model takes its output frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from litgpt.config import Config
+from litgpt.model import GPT, Block, batched_index_select, do_softcapping
+
+from omni_train.vocab import N_AUDIO_LAYERS, N_LAYERS, Vocab
+
+
+@dataclass
+class OmniConfig(Config):
+    """litgpt's `Config` plus Mini-Omni's fields (the names its `model_config.yaml` uses)."""
+
+    # Vocabulary (`padded_vocab_size` of the parent is the whole table: text + 7 audio layers)
+    text_vocab_size: int = 0  # base padded vocab + 64 text specials
+    audio_vocab_size: int = 4160  # per audio layer: 4096 SNAC codes + 64 specials
+    cat_audio_vocab_size: int = 7 * 4160
+    # Audio in
+    whisper_adapter_dim: int = 768  # width of the Whisper encoder (768 for whisper-small)
+    asr_adapter: Literal["mlp", "llamamlp"] = "llamamlp"  # Linear, or gated SiLU MLP (Mini-Omni's default)
+    # Audio out: False = audio logits are slices of `lm_head`; True = the paper's TTS adapter
+    post_adapter: bool = False
+    post_adapter_layers: int = 6
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.text_vocab_size <= 0:
+            raise ValueError("OmniConfig.text_vocab_size must be set; build configs with `OmniConfig.from_base`")
+        expected = self.vocab.padded_vocab_size
+        if self.padded_vocab_size != expected or self.cat_audio_vocab_size != N_AUDIO_LAYERS * self.audio_vocab_size:
+            raise ValueError(
+                f"inconsistent vocabulary: padded_vocab_size={self.padded_vocab_size} (expected {expected} for "
+                f"text_vocab_size={self.text_vocab_size}), cat_audio_vocab_size={self.cat_audio_vocab_size}"
+            )
+
+    @property
+    def vocab(self) -> Vocab:
+        return Vocab(
+            self.text_vocab_size - 64, codebook_size=self.audio_vocab_size - 64, text_specials=64, audio_specials=64
+        )
+
+    @classmethod
+    def from_base(cls, base: Config, **omni: Any) -> OmniConfig:
+        """Extend a text LLM's config: the layout follows from its padded vocabulary, whatever the model."""
+        vocab = Vocab(base.padded_vocab_size)
+        values = {f.name: getattr(base, f.name) for f in fields(Config)}
+        values.update(
+            text_vocab_size=vocab.text_vocab_size,
+            audio_vocab_size=vocab.audio_vocab_size,
+            cat_audio_vocab_size=N_AUDIO_LAYERS * vocab.audio_vocab_size,
+            padded_vocab_size=vocab.padded_vocab_size,
+        )
+        values.update(omni)
+        return cls(**values)
+
+    @property
+    def base_config(self) -> Config:
+        """The text LLM's config (for comparisons against the plain litgpt model)."""
+        values = {f.name: getattr(self, f.name) for f in fields(Config)}
+        values["padded_vocab_size"] = self.vocab.base_vocab_size
+        values["vocab_size"] = min(self.vocab_size, self.vocab.base_vocab_size)
+        return Config(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class WhisperMLP(nn.Module):
+    """Mini-Omni's `llamamlp` adapter: Whisper width -> LLM width through a gated SiLU MLP."""
+
+    def __init__(self, config: OmniConfig) -> None:
+        super().__init__()
+        self.fc_1 = nn.Linear(config.whisper_adapter_dim, config.intermediate_size, bias=config.bias)
+        self.fc_2 = nn.Linear(config.whisper_adapter_dim, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+
+
+class OmniGPT(GPT):
+    def __init__(self, config: OmniConfig) -> None:
+        super().__init__(config)  # lm_head, wte (both over the whole 8-layer table), h, ln_f
+        self.config: OmniConfig = config
+        if config.asr_adapter == "mlp":
+            self.whisper_adapter = nn.Linear(config.whisper_adapter_dim, config.n_embd)
+        elif config.asr_adapter == "llamamlp":
+            self.whisper_adapter = WhisperMLP(config)
+        else:
+            raise ValueError(f"asr_adapter must be 'mlp' or 'llamamlp', got {config.asr_adapter!r}")
+        if config.post_adapter:
+            self.transformer.update(
+                dict(
+                post_adapter=nn.ModuleList(Block(config, i) for i in range(config.post_adapter_layers)),
+                post_adapter_audio_ln=config.norm_class(config.n_embd, eps=config.norm_eps),
+                post_adapter_audio_lm_head=nn.Linear(
+                    config.n_embd, config.cat_audio_vocab_size, bias=config.lm_head_bias
+                ),
+                )
+            )
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        audio_features: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Average the 8 layers' embeddings, with adapted Whisper frames in the audio layers.
+
+        Args:
+            input_ids: shape ``(B, 8, T)``; layers 0-6 audio, layer 7 text.
+            audio_features: Whisper encoder output, shape ``(B, F, whisper_adapter_dim)``.
+            audio_lengths: valid frames of each row of `audio_features`, shape ``(B,)``.
+            audio_mask: where the frames go, shape ``(B, T)``; row b has ``audio_lengths[b]`` True
+                positions, filled in order with that row's first frames.
+
+        Returns:
+            shape ``(B, T, n_embd)``.
+        """
+        if input_ids.dim() != 3 or input_ids.size(1) != N_LAYERS:
+            raise ValueError(f"input_ids must have shape (B, {N_LAYERS}, T), got {tuple(input_ids.shape)}")
+        emb = self.transformer.wte(input_ids)  # (B, 8, T, C)
+        layers = list(emb.unbind(1))  # 8 x (B, T, C)
+        if audio_features is not None:
+            if audio_lengths is None or audio_mask is None:
+                raise ValueError("audio_features need audio_lengths and audio_mask")
+            n_frames = audio_features.size(1)
+            valid = torch.arange(n_frames, device=audio_features.device) < audio_lengths[:, None]  # (B, F)
+            # adapt only the real frames, never the batch padding
+            adapted = self.whisper_adapter(audio_features[valid]).to(emb.dtype)  # (sum(lengths), C)
+            placed = emb.new_zeros(emb.shape[0], emb.shape[2], emb.shape[3]).index_put(
+                audio_mask.nonzero(as_tuple=True), adapted
+            )  # (B, T, C)
+            where = audio_mask.unsqueeze(-1)
+            for i in range(N_AUDIO_LAYERS):  # the text layer keeps its pad_t embeddings
+                layers[i] = torch.where(where, placed, layers[i])
+        x = layers[0]
+        for layer in layers[1:]:  # summed in Mini-Omni's order so the float results match it
+            x = x + layer
+        x = x / N_LAYERS
+        if self.config.scale_embeddings:
+            x = x * torch.tensor(self.config.n_embd**0.5, dtype=x.dtype)
+        return x
+
+    # ---- trunk --------------------------------------------------------------------------------
+    def _rope_and_mask(self, T: int, input_pos: torch.Tensor | None, input_pos_maxp1: int | None):
+        # Same bookkeeping as litgpt's `GPT.forward`, which starts from token ids and so cannot be reused.
+        if self.max_seq_length < T:
+            raise ValueError(f"Cannot forward sequence of length {T}, max seq length is only {self.max_seq_length}.")
+        if input_pos is None:
+            return self.cos[:T].unsqueeze(0), self.sin[:T].unsqueeze(0), None, None
+        if input_pos.shape[-1] != T:
+            raise ValueError(f"input_pos.shape[-1] = {input_pos.shape[-1]} != {T} = sequence length")
+        if self.mask_cache is None:
+            raise TypeError("You need to call `model.set_kv_cache()`")
+        cos = batched_index_select(self.cos, 0, input_pos)
+        sin = batched_index_select(self.sin, 0, input_pos)
+        if input_pos.dim() == 1:
+            cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+        mask = batched_index_select(self.mask_cache, 2, input_pos)
+        if mask.dim() > 4:
+            mask = mask.view(*(mask.shape[0:1] + mask.shape[2:]))
+        if input_pos_maxp1 is not None:
+            mask = mask[..., :input_pos_maxp1]
+        return cos, sin, mask, input_pos_maxp1
+
+    def _run_blocks(self, blocks, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
+        rope_indices = self.config.rope_indices
+        for idx, block in enumerate(blocks):
+            if rope_indices is not None:
+                x = block(x, cos[..., rope_indices[idx]], sin[..., rope_indices[idx]], mask, input_pos, input_pos_maxp1)
+            else:
+                x = block(x, cos, sin, mask, input_pos, input_pos_maxp1)
+        return x
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        audio_features: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+        with_audio: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The normalised states the text and audio heads read, each ``(B, T, n_embd)``.
+
+        The audio state is None when `with_audio` is False: text-only batches and text-only
+        decoding then skip the post-adapter entirely.
+        """
+        T = input_ids.size(-1)
+        cos, sin, mask, input_pos_maxp1 = self._rope_and_mask(T, input_pos, input_pos_maxp1)
+        x = self.embed(input_ids, audio_features, audio_lengths, audio_mask)
+        x = self._run_blocks(self.transformer.h, x, cos, sin, mask, input_pos, input_pos_maxp1)
+        h_text = self.transformer.ln_f(x)
+        if not with_audio:
+            return h_text, None
+        if not self.config.post_adapter:
+            return h_text, h_text
+        x = self._run_blocks(self.transformer.post_adapter, x, cos, sin, mask, input_pos, input_pos_maxp1)
+        return h_text, self.transformer.post_adapter_audio_ln(x)
+
+    # ---- heads --------------------------------------------------------------------------------
+    def text_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight ``(text_vocab_size, C)`` and bias of the text head: only the text rows of `lm_head`."""
+        n = self.config.text_vocab_size
+        bias = self.lm_head.bias
+        return self.lm_head.weight[:n], None if bias is None else bias[:n]
+
+    def audio_head(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight ``(audio_vocab_size, C)`` and bias of audio layer `layer`'s head."""
+        size = self.config.audio_vocab_size
+        if self.config.post_adapter:
+            head, start = self.transformer.post_adapter_audio_lm_head, layer * size
+        else:
+            head, start = self.lm_head, self.config.text_vocab_size + layer * size
+        bias = head.bias
+        return head.weight[start : start + size], None if bias is None else bias[start : start + size]
+
+    def logits(self, h: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
+        x = F.linear(h, *head)
+        if self.config.final_logit_softcapping is not None:
+            x = do_softcapping(x, self.config.final_logit_softcapping)
+        return x
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        audio_features: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+        input_pos_maxp1: int | None = None,
+        with_audio: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text logits ``(B, T, text_vocab_size)`` and audio logits ``(B, 7, T, audio_vocab_size)``.
+
+        Training does not call this: the loss reads `hidden_states` and the heads chunk by chunk
+        (`omni_train.loss`), so that 181k-wide logits never exist at once.
+        """
+        h_text, h_audio = self.hidden_states(
+            input_ids, audio_features, audio_lengths, audio_mask, input_pos, input_pos_maxp1, with_audio
+        )
+        text = self.logits(h_text, self.text_head())
+        if h_audio is None:
+            return text, None
+        audio = torch.stack([self.logits(h_audio, self.audio_head(i)) for i in range(N_AUDIO_LAYERS)], dim=1)
+        return text, audio
+
+    # ---- KV cache (the post-adapter blocks need one too) ---------------------------------------
+    def _all_blocks(self):
+        yield from self.transformer.h
+        if self.config.post_adapter:
+            yield from self.transformer.post_adapter
+
+    def set_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: int | None = None,
+        rope_cache_length: int | None = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().set_kv_cache(batch_size, max_seq_length, rope_cache_length, device, dtype)
+        if self.config.post_adapter:
+            rope_cache_length = rope_cache_length or self.rope_cache_length()
+            for block in self.transformer.post_adapter:
+                block.attn.kv_cache = block.attn.build_kv_cache(
+                    batch_size, max_seq_length or self.max_seq_length, rope_cache_length, device, dtype
+                )
+
+    def clear_kv_cache(self) -> None:
+        super().clear_kv_cache()
+        for block in self._all_blocks():
+            block.attn.kv_cache = None
