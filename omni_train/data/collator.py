@@ -1,0 +1,171 @@
+"""The multi-sequence collator: encoded samples of any task -> one batch of 8-layer rows.
+
+Every stage and task goes through `OmniCollator`, so the layouts of DESIGN.md live here and only
+here. A row is ``prompt + answer`` (8 layers); the model reads ``row[:, :-1]`` and is trained to
+predict ``row[:, 1:]`` on answer positions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from omni_train.data.samples import Encoded, Task
+from omni_train.vocab import ANSWER_A, EOA, INPUT_A, N_AUDIO_LAYERS, N_LAYERS, PAD_A, TEXT_LAYER, Vocab, apply_delay
+
+IGNORE_INDEX = -100
+TASKS = list(Task)
+
+
+def _answer_length(enc: Encoded) -> int:
+    text = len(enc.answer_ids) + 1  # + eot
+    if enc.task.audio_out:
+        return max(text, enc.answer_frames.size(0) + N_AUDIO_LAYERS + 1)  # layer 6: 7 pads, N codes, eoa
+    return text
+
+
+def _prompt_length(enc: Encoded) -> int:
+    if enc.task.audio_in:
+        return enc.audio_frames + 3  # input, T frames, eoa/eot, answer marker
+    return len(enc.question_ids) + 3
+
+
+def sequence_length(enc: Encoded) -> int:
+    """Positions the model reads for this sample (the row minus its last token)."""
+    return _prompt_length(enc) + _answer_length(enc) - 1
+
+
+def build_row(enc: Encoded, vocab: Vocab) -> tuple[torch.Tensor, int]:
+    """One sample's full row of ids, ``(8, P + A)``, and its prompt length P."""
+    task = enc.task
+    x_a = ANSWER_A if task.audio_out else PAD_A
+    x_t = vocab.asr if task is Task.A1T1 else vocab.answer_t
+    if task.audio_in:
+        T = enc.audio_frames
+        audio_prompt = [INPUT_A] + [PAD_A] * T + [EOA, x_a]  # layer-local codes
+        text_prompt = [vocab.input_t] + [vocab.pad_t] * T + [vocab.eot, x_t]
+    else:
+        n = len(enc.question_ids)
+        audio_prompt = [PAD_A] * (n + 2) + [x_a]
+        text_prompt = [vocab.input_t, *enc.question_ids, vocab.eot, x_t]
+    P, A = len(text_prompt), _answer_length(enc)
+
+    row = torch.empty(N_LAYERS, P + A, dtype=torch.long)  # (8, P + A)
+    audio = torch.full((N_AUDIO_LAYERS, P + A), PAD_A, dtype=torch.long)  # layer-local codes, (7, P + A)
+    audio[:, :P] = torch.tensor(audio_prompt)
+    if task.audio_out:
+        delayed = apply_delay(enc.answer_frames.long())  # (7, N + 8)
+        audio[:, P : P + delayed.size(1)] = delayed
+    row[:N_AUDIO_LAYERS] = vocab.shift_frames(audio.T).T
+    text = [*text_prompt, *enc.answer_ids, vocab.eot]
+    row[TEXT_LAYER] = torch.tensor(text + [vocab.pad_t] * (P + A - len(text)))
+    return row, P
+
+
+@dataclass
+class Batch:
+    """A collated batch. B rows, L positions, Ba rows with speech input.
+
+    Attributes:
+        input_ids: ``(B, 8, L)``; batch padding is pad_a / pad_t of each layer.
+        targets: ``(B, 8, L)``; `IGNORE_INDEX` wherever no loss is taken.
+        mels: ``(Ba, n_mels, M)`` log-mel of the rows with speech input (zero-padded), or None.
+        audio_lengths: ``(Ba,)`` Whisper frames of each of those rows.
+        audio_rows: ``(Ba,)`` which rows they are (ascending).
+        audio_mask: ``(B, L)`` positions whose audio layers take the Whisper frames.
+        lengths: ``(B,)`` real (unpadded) positions of each row.
+        task_ids: ``(B,)`` index into `TASKS`.
+    """
+
+    input_ids: torch.Tensor
+    targets: torch.Tensor
+    mels: torch.Tensor | None
+    audio_lengths: torch.Tensor
+    audio_rows: torch.Tensor
+    audio_mask: torch.Tensor
+    lengths: torch.Tensor
+    task_ids: torch.Tensor
+    sources: list[str]
+    rows: list
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        """``(B, 8, L)`` True where a layer's prediction is trained."""
+        return self.targets != IGNORE_INDEX
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [TASKS[i] for i in self.task_ids.tolist()]
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.lengths.sum().item() / self.input_ids[:, 0].numel()
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        moved = {
+            k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in self.__dict__.items()
+        }
+        return Batch(**moved)
+
+
+@dataclass
+class OmniCollator:
+    """Collates `Encoded` samples of mixed tasks into a `Batch` (see DESIGN.md for the layouts).
+
+    Args:
+        vocab: the token layout of the model being trained.
+        pad_to_multiple_of: round L up (8 or 64 helps tensor cores).
+    """
+
+    vocab: Vocab
+    pad_to_multiple_of: int = 1
+
+    def __call__(self, samples: list[Encoded]) -> Batch:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        vocab = self.vocab
+        built = [build_row(s, vocab) for s in samples]
+        lengths = [row.size(1) - 1 for row, _ in built]
+        L = max(lengths)
+        L += -L % self.pad_to_multiple_of
+        B = len(samples)
+
+        pad_ids = torch.tensor([*vocab.audio_layer_ids(PAD_A), vocab.pad_t])  # (8,)
+        input_ids = pad_ids.view(1, N_LAYERS, 1).repeat(B, 1, L)  # (B, 8, L)
+        targets = torch.full((B, N_LAYERS, L), IGNORE_INDEX, dtype=torch.long)
+        audio_mask = torch.zeros(B, L, dtype=torch.bool)
+        for b, ((row, P), enc) in enumerate(zip(built, samples)):
+            n = row.size(1) - 1
+            input_ids[b, :, :n] = row[:, :-1]
+            # step k of the answer is predicted at position P - 1 + k; the prompt carries no loss
+            trained = slice(P - 1, n)
+            targets[b, TEXT_LAYER, trained] = row[TEXT_LAYER, P:]
+            if enc.task.audio_out:  # text-only answers train no audio (Mini-Omni issue #61)
+                targets[b, :N_AUDIO_LAYERS, trained] = row[:N_AUDIO_LAYERS, P:]
+            if enc.task.audio_in:
+                audio_mask[b, 1 : 1 + enc.audio_frames] = True
+
+        audio = [(b, s) for b, s in enumerate(samples) if s.task.audio_in]
+        mels = None
+        if audio:
+            n_mels = audio[0][1].mel.size(0)
+            M = max(s.mel.size(1) for _, s in audio)
+            mels = torch.zeros(len(audio), n_mels, M)
+            for j, (_, s) in enumerate(audio):
+                if s.mel.size(0) != n_mels:
+                    raise ValueError(f"{s.source} row {s.row!r}: {s.mel.size(0)} mel bins, batch has {n_mels}")
+                mels[j, :, : s.mel.size(1)] = s.mel
+        return Batch(
+            input_ids=input_ids,
+            targets=targets,
+            mels=mels,
+            audio_lengths=torch.tensor([s.audio_frames for _, s in audio], dtype=torch.long),
+            audio_rows=torch.tensor([b for b, _ in audio], dtype=torch.long),
+            audio_mask=audio_mask,
+            lengths=torch.tensor(lengths),
+            task_ids=torch.tensor([TASKS.index(s.task) for s in samples]),
+            sources=[s.source for s in samples],
+            rows=[s.row for s in samples],
+        )

@@ -1,0 +1,27 @@
+"""Tiny litgpt configs of several architecture families, for tests that must run in seconds."""
+
+from litgpt.config import Config
+
+from omni_train.model import OmniConfig
+
+SMALL = dict(n_layer=2, n_embd=64, n_head=4, head_size=16, padded_vocab_size=512, vocab_size=500, block_size=256)
+
+FAMILIES = {
+    # qkv bias, grouped queries, RMSNorm, gated MLP (Mini-Omni's backbone family)
+    "qwen2": ("Qwen2.5-0.5B", dict(n_query_groups=2, intermediate_size=96)),
+    # no biases, grouped queries, llama3 rope scaling
+    "llama": ("Llama-3.2-1B", dict(n_query_groups=2, intermediate_size=96)),
+    # parallel residual, LayerNorm, GELU MLP, partial rotary, biases everywhere
+    "phi": ("phi-2", dict(intermediate_size=128)),
+    # scaled embeddings, GeGLU MLP, unit-offset RMSNorm
+    "gemma": ("gemma-2b", dict(n_query_groups=1, intermediate_size=96)),
+}
+
+
+def tiny_base(family: str = "qwen2", **overrides) -> Config:
+    name, extra = FAMILIES[family]
+    return Config.from_name(name, **{**SMALL, **extra, **overrides})
+
+
+def tiny_omni(family: str = "qwen2", whisper_dim: int = 32, **omni) -> OmniConfig:
+    return OmniConfig.from_base(tiny_base(family), whisper_adapter_dim=whisper_dim, post_adapter_layers=2, **omni)
