@@ -1,0 +1,71 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import tiny_omni
+
+from omni_train.data.collator import IGNORE_INDEX, OmniCollator
+from omni_train.data.samples import Encoded, Task
+from omni_train.loss import linear_cross_entropy, omni_loss
+from omni_train.model import OmniGPT
+
+
+def test_chunked_matches_full_logits_and_gradients():
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    b = torch.randn(50, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    losses, correct = linear_cross_entropy(h, w, b, t, chunk_size=8)
+    ref = F.cross_entropy(F.linear(h, w, b), t, reduction="none")
+    torch.testing.assert_close(losses, ref)
+    assert torch.equal(correct, F.linear(h, w, b).argmax(-1) == t)
+    grads = torch.autograd.grad(losses.sum(), (h, w, b))
+    ref_grads = torch.autograd.grad(ref.sum(), (h, w, b))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def batch_for(vocab):
+    frames = torch.randint(0, 4096, (3, 7))
+    samples = [
+        Encoded(Task.A1A2, answer_ids=[5, 6], mel=torch.zeros(80, 4), audio_frames=2, answer_frames=frames),
+        Encoded(Task.T1T2, question_ids=[1, 2, 3], answer_ids=[7, 8, 9, 10]),
+        Encoded(Task.A1T1, answer_ids=[3], mel=torch.zeros(80, 6), audio_frames=3),
+    ]
+    return OmniCollator(vocab)(samples)
+
+
+@pytest.mark.parametrize("post_adapter", [False, True])
+def test_omni_loss_equals_naive_loss_over_full_logits(post_adapter):
+    torch.manual_seed(0)
+    model = OmniGPT(tiny_omni(post_adapter=post_adapter))
+    cfg = model.config
+    batch = batch_for(cfg.vocab)
+    feats = torch.randn(2, 3, cfg.whisper_adapter_dim)
+    args = (batch.input_ids, feats, batch.audio_lengths, batch.audio_mask)
+    out = omni_loss(model, *model.hidden_states(*args), batch.targets, batch.task_ids, audio_weight=0.5, chunk_size=4)
+
+    text, audio = model(*args)
+    t = batch.targets
+    naive_text = F.cross_entropy(text.transpose(1, 2), t[:, 7], ignore_index=IGNORE_INDEX)
+    naive_audio = []
+    for i in range(7):
+        local = torch.where(t[:, i] == IGNORE_INDEX, IGNORE_INDEX, t[:, i] - cfg.vocab.audio_offset(i))
+        naive_audio.append(F.cross_entropy(audio[:, i].transpose(1, 2), local, ignore_index=IGNORE_INDEX))
+    naive = naive_text + 0.5 * torch.stack(naive_audio).mean()
+    torch.testing.assert_close(out.loss, naive, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.metrics["loss/text"], naive_text.detach(), rtol=1e-5, atol=1e-6)
+    assert set(out.metrics) >= {"loss_A1A2/text", "loss_T1T2/text", "loss_A1T1/text", "loss_A1A2/audio"}
+    assert "loss_T1T2/audio" not in out.metrics  # text-only answers train no audio
+    out.loss.backward()
+    assert model.whisper_adapter.proj.weight.grad.abs().sum() > 0
+
+
+def test_text_only_batch_has_no_audio_term():
+    model = OmniGPT(tiny_omni())
+    samples = [Encoded(Task.T1T2, question_ids=[1], answer_ids=[2, 3])]
+    batch = OmniCollator(model.config.vocab)(samples)
+    h_text, h_audio = model.hidden_states(batch.input_ids)
+    out = omni_loss(model, h_text, h_audio, batch.targets, batch.task_ids)
+    torch.testing.assert_close(out.loss, out.metrics["loss/text"])
+    assert not any(k.startswith("loss/audio") for k in out.metrics)
