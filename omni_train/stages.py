@@ -1,0 +1,187 @@
+"""The three training stages of Mini-Omni as LightningModules over one shared base.
+
+The science lives here (what trains, the loss, the schedule); devices, precision, clipping and
+accumulation belong to the Trainer and its configs. Each stage differs only in its freeze rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn as nn
+
+from omni_train.data.collator import Batch
+from omni_train.loss import LossOutput, omni_loss
+from omni_train.model import OmniGPT
+
+ENCODER_PREFIX = "encoder."
+
+
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: float) -> float:
+    """Learning rate at `step`: 1) linear warm-up to max_lr, 2) cosine decay to min_lr, 3) min_lr."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class OmniModule(L.LightningModule):
+    """Shared base: the model step, the loss, metrics and the optimizer.
+
+    Args:
+        model: the OmniGPT to train (built by the caller from a base LLM or a previous stage).
+        encoder: the frozen Whisper encoder (`omni_train.audio.WhisperEncoder`); None for
+            text-only runs.
+        optimizer: a partial of a torch optimizer, given the parameter groups (Hydra `_partial_`).
+        max_lr, min_lr, warmup_steps, max_steps: the warm-up + cosine schedule.
+        weight_decay: for matrices only; norms, biases and embeddings get none.
+        text_weight, audio_weight: loss weights (see `omni_loss`).
+    """
+
+    stage: str = "base"
+
+    def __init__(
+        self,
+        model: OmniGPT,
+        encoder: nn.Module | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        max_lr: float = 4e-4,
+        min_lr: float = 4e-6,
+        warmup_steps: int = 100,
+        max_steps: int = 40_000,
+        weight_decay: float = 0.1,
+        text_weight: float = 1.0,
+        audio_weight: float = 1.0,
+        loss_chunk_size: int = 2048,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "encoder", "optimizer"], logger=False)
+        self.model = model
+        self.encoder = encoder
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        self.apply_freeze_rule()
+
+    # ---- what trains -------------------------------------------------------------------------
+    def trainable(self, name: str) -> bool:
+        """Whether model parameter `name` trains in this stage."""
+        return True
+
+    def new_rows_only(self, name: str) -> bool:
+        """Whether only the rows beyond the base vocabulary of `name` train (shared text/audio tables)."""
+        return False
+
+    def apply_freeze_rule(self) -> None:
+        if self.encoder is not None:
+            self.encoder.requires_grad_(False)
+        base_rows = self.model.config.vocab.base_vocab_size
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self.trainable(name))
+            if p.requires_grad and self.new_rows_only(name):
+                keep = torch.ones(p.size(0), *([1] * (p.dim() - 1)), dtype=p.dtype, device=p.device)
+                keep[:base_rows] = 0
+                p.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
+
+    # ---- the step -----------------------------------------------------------------------------
+    def model_step(self, batch: Batch) -> LossOutput:
+        features = None
+        if batch.mels is not None:
+            if self.encoder is None:
+                raise ValueError("this batch has speech input but the module has no Whisper encoder")
+            features = self.encoder(batch.mels, batch.audio_lengths)  # (Ba, F, whisper width)
+        with_audio = bool((batch.targets[:, :7] >= 0).any())
+        h_text, h_audio = self.model.hidden_states(
+            batch.input_ids, features, batch.audio_lengths, batch.audio_mask, with_audio=with_audio
+        )
+        return omni_loss(
+            self.model,
+            h_text,
+            h_audio,
+            batch.targets,
+            batch.task_ids,
+            text_weight=self.hparams.text_weight,
+            audio_weight=self.hparams.audio_weight,
+            chunk_size=self.hparams.loss_chunk_size,
+        )
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        out = self.model_step(batch)
+        B = batch.input_ids.size(0)
+        self.log_dict({f"train/{k}": v for k, v in out.metrics.items()}, batch_size=B)
+        self.log("train/padding", batch.padding_fraction, batch_size=B)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=B)
+        return out.loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self.model_step(batch)
+        self.log_dict({f"val/{k}": v for k, v in out.metrics.items()}, batch_size=batch.input_ids.size(0))
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # norms, biases and the (shared) embedding tables decay to nothing; and a masked table must
+            # not decay at all, or its frozen base rows would still move
+            is_table = name in ("transformer.wte.weight", "lm_head.weight")
+            (no_decay if p.dim() < 2 or is_table else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]], lr=self.hparams.max_lr)
+        h = self.hparams
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, h.warmup_steps, h.max_steps, h.max_lr, h.min_lr) / h.max_lr
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---- checkpoints: the frozen encoder is never saved with the trained weights ------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(ENCODER_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.encoder is not None:
+            state = checkpoint["state_dict"]
+            state.update({ENCODER_PREFIX + k: v for k, v in self.encoder.state_dict().items()})
+
+
+class ModalityAlignment(OmniModule):
+    """Stage 1: the LLM stays fixed; the Whisper adapter and the audio output side learn (ASR + TTS).
+
+    `wte` and `lm_head` hold text and audio rows in one tensor, so they train with their base
+    vocabulary rows masked out of the gradient: only the new specials and audio rows move.
+    """
+
+    stage = "alignment"
+
+    def trainable(self, name: str) -> bool:
+        return name.startswith(("whisper_adapter.", "transformer.post_adapter")) or self.new_rows_only(name)
+
+    def new_rows_only(self, name: str) -> bool:
+        return name in ("transformer.wte.weight", "lm_head.weight")
+
+
+class AdaptionTraining(OmniModule):
+    """Stage 2: adapters frozen; the LLM learns to answer in text (ASR, AudioQA, TextQA)."""
+
+    stage = "adaption"
+
+    def trainable(self, name: str) -> bool:
+        return not name.startswith(("whisper_adapter.", "transformer.post_adapter"))
+
+
+class MultimodalFinetuning(OmniModule):
+    """Stage 3: everything but the Whisper encoder trains, on all tasks including spoken answers."""
+
+    stage = "finetune"
+
+
+STAGES = {cls.stage: cls for cls in (ModalityAlignment, AdaptionTraining, MultimodalFinetuning)}

@@ -1,0 +1,99 @@
+"""Each stage's freeze rule, checked by which parameters move after real optimizer steps."""
+
+import pytest
+import torch
+from tiny import tiny_omni
+from whisper.model import ModelDimensions
+
+from omni_train.audio import WhisperEncoder
+from omni_train.data.collator import OmniCollator
+from omni_train.data.samples import Encoded, Task
+from omni_train.model import OmniGPT
+from omni_train.stages import STAGES, warmup_cosine
+
+DIMS = ModelDimensions(
+    n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
+    n_vocab=100, n_text_ctx=8, n_text_state=32, n_text_head=2, n_text_layer=1,
+)
+
+
+def all_tasks_batch(vocab):
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 4096, (3, 7), generator=g)
+    mel = lambda T: torch.randn(80, 2 * T, generator=g)  # noqa: E731
+    samples = [
+        Encoded(Task.A1T1, answer_ids=[5, 6], mel=mel(3), audio_frames=3),
+        Encoded(Task.T1A2, question_ids=[1, 2], answer_ids=[1, 2], answer_frames=frames),
+        Encoded(Task.A1A2, answer_ids=[7], mel=mel(2), audio_frames=2, answer_frames=frames),
+        Encoded(Task.T1T2, question_ids=[3], answer_ids=[4, 9]),
+    ]
+    return OmniCollator(vocab)(samples)
+
+
+def run_steps(stage, post_adapter, steps=3):
+    torch.manual_seed(0)
+    model = OmniGPT(tiny_omni(post_adapter=post_adapter))
+    encoder = WhisperEncoder.from_dims(DIMS)
+    module = STAGES[stage](model, encoder, max_lr=1e-2, warmup_steps=1, max_steps=10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    enc_before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    opt = module.configure_optimizers()["optimizer"]
+    batch = all_tasks_batch(model.config.vocab)
+    for _ in range(steps):
+        opt.zero_grad()
+        module.model_step(batch).loss.backward()
+        opt.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert all(torch.equal(v, enc_before[k]) for k, v in encoder.state_dict().items()), "Whisper must stay frozen"
+    return model, before, changed
+
+
+@pytest.mark.parametrize("post_adapter", [False, True])
+def test_alignment_trains_adapters_and_new_rows_only(post_adapter):
+    model, before, changed = run_steps("alignment", post_adapter)
+    V = model.config.vocab.base_vocab_size
+    assert any(k.startswith("whisper_adapter.") for k in changed)
+    assert not any(k.startswith(("transformer.h.", "transformer.ln_f")) for k in changed)
+    for name in ("transformer.wte.weight", "lm_head.weight"):
+        now = model.state_dict()[name]
+        assert torch.equal(now[:V], before[name][:V]), f"base rows of {name} must stay bit-identical"
+    assert not torch.equal(model.transformer.wte.weight[V:], before["transformer.wte.weight"][V:])
+    if post_adapter:
+        assert {k for k in changed if k.startswith("transformer.post_adapter")}
+    else:
+        audio_rows = slice(model.config.text_vocab_size, None)
+        assert not torch.equal(model.lm_head.weight[audio_rows], before["lm_head.weight"][audio_rows])
+
+
+@pytest.mark.parametrize("post_adapter", [False, True])
+def test_adaption_freezes_adapters_and_trains_the_llm(post_adapter):
+    model, _, changed = run_steps("adaption", post_adapter)
+    assert not any(k.startswith(("whisper_adapter.", "transformer.post_adapter")) for k in changed)
+    assert {"transformer.h.0.attn.qkv.weight", "transformer.wte.weight", "lm_head.weight"} <= changed
+
+
+@pytest.mark.parametrize("post_adapter", [False, True])
+def test_finetune_trains_everything(post_adapter):
+    model, _, changed = run_steps("finetune", post_adapter)
+    must = {"whisper_adapter.proj.weight", "transformer.h.1.mlp.proj.weight", "transformer.wte.weight"}
+    if post_adapter:
+        must.add("transformer.post_adapter_audio_lm_head.weight")
+    assert must <= changed
+
+
+def test_frozen_encoder_is_not_saved_in_lightning_checkpoints():
+    module = STAGES["finetune"](OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS))
+    ckpt = {"state_dict": module.state_dict()}
+    assert any(k.startswith("encoder.") for k in ckpt["state_dict"])
+    module.on_save_checkpoint(ckpt)
+    assert not any(k.startswith("encoder.") for k in ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    module.load_state_dict(ckpt["state_dict"])  # strict: the encoder comes back from the live module
+
+
+def test_warmup_then_cosine_to_min():
+    lrs = [warmup_cosine(s, 10, 110, 4e-4, 4e-6) for s in range(120)]
+    assert lrs[0] == pytest.approx(4e-5) and lrs[9] == pytest.approx(4e-4)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[60] == pytest.approx((4e-4 + 4e-6) / 2)
+    assert lrs[110] == lrs[119] == 4e-6
