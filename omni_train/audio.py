@@ -1,0 +1,430 @@
+"""Audio in and out: decoding and resampling, Whisper's log-mel and frozen encoder, the SNAC codec.
+
+Everything here is frozen signal processing; nothing in this file is trained. The shapes follow
+Mini-Omni: Whisper gives 50 frames a second and a clip of ``ms`` milliseconds fills
+``T = int(ms / 20) + 1`` of them; SNAC 24 kHz gives coarse frames of 7 codes (see `vocab.py`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchaudio.functional as AF
+import whisper
+from whisper.model import AudioEncoder, ModelDimensions
+
+from omni_train.data.samples import Audio
+from omni_train.vocab import flatten_snac, unflatten_snac
+
+WHISPER_SAMPLE_RATE = 16000
+SNAC_SAMPLE_RATE = 24000
+SAMPLES_PER_FRAME = 320  # Whisper: 160-sample mel hop x conv stride 2 = one encoder frame (20 ms)
+N_MEL_FRAMES_30S = 3000  # whisper.audio.N_FRAMES: mel frames of a 30-s window
+MAX_SECONDS = 30.0  # Whisper has 1500 positions (30 s at 50 frames/s)
+
+AudioSource = str | os.PathLike | bytes | Audio
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used (unreadable, truncated, empty); the message names the source."""
+
+
+class TooLongAudio(AudioError):
+    """Audio longer than Whisper's window under the 'drop' rule; data loaders count it as a skip."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _describe(src: AudioSource) -> str:
+    if isinstance(src, Audio):
+        src = src.path if src.path is not None else src.data
+    return f"<{len(src)} bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+
+
+def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
+    """Decode a whole file to mono float32 at `sample_rate`.
+
+    libsndfile decodes wav, flac, ogg (vorbis, opus) and mp3; channels are averaged and the result
+    is resampled with torchaudio's band-limited sinc resampler.
+
+    Args:
+        src: a path, the bytes of a whole file, or an `Audio` holding either.
+        sample_rate: the rate the caller needs (16000 for Whisper, 24000 for SNAC).
+
+    Returns:
+        ``(num_samples,)`` float32 on the CPU.
+
+    Raises:
+        AudioError: unreadable, truncated (fewer samples than the header declares), empty or
+            non-finite audio; the message names the file, or ``<N bytes>`` for in-memory data.
+    """
+    name = _describe(src)
+    if isinstance(src, Audio):
+        src = src.path if src.path is not None else src.data
+    handle = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else os.fspath(src)
+    try:
+        with sf.SoundFile(handle) as f:
+            declared, rate = f.frames, f.samplerate
+            data = f.read(dtype="float32", always_2d=True)  # (S, channels)
+    except (sf.SoundFileError, RuntimeError, OSError) as e:
+        raise AudioError(f"cannot decode audio {name}: {e}") from e
+    # libsndfile returns what it can of a cut-off mp3; the header's frame count exposes that. The
+    # slack covers mp3 encoder delay/padding, whose accounting differs between encoders.
+    if declared > 0 and len(data) < declared - 2 * 1152:
+        raise AudioError(f"truncated audio {name}: header declares {declared} samples, decoded {len(data)}")
+    if len(data) == 0:
+        raise AudioError(f"empty audio {name}")
+    if not np.isfinite(data).all():
+        raise AudioError(f"non-finite samples in audio {name}")
+    wave = torch.from_numpy(data).mean(dim=1)  # (S,) mono
+    if rate != sample_rate:
+        wave = AF.resample(wave, rate, sample_rate)
+    return wave.contiguous()
+
+
+def save_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> None:
+    """Write mono audio as 16-bit PCM wav; samples are clipped to [-1, 1] (PCM would wrap otherwise).
+
+    Args:
+        path: the file to write (parent folders are created).
+        audio: ``(num_samples,)`` float audio.
+        sample_rate: its rate in Hz.
+    """
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().float().cpu().numpy()
+    audio = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(os.fspath(path), audio, sample_rate, subtype="PCM_16")
+
+
+# ---------------------------------------------------------------------------------------------
+# Whisper input
+
+
+def whisper_frames(num_samples: int, sample_rate: int = WHISPER_SAMPLE_RATE, max_seconds: float = MAX_SECONDS) -> int:
+    """Encoder frames a clip fills: Mini-Omni's ``int(duration_ms / 20) + 1``, capped at Whisper's window.
+
+    The expression is Mini-Omni's, float arithmetic included, so the prompt lengths match its
+    inference code. A clip of exactly 30 s would need 1501 frames; the cap (1500) matches what
+    `log_mel` keeps under the 'cut' rule.
+    """
+    duration_ms = (num_samples / sample_rate) * 1000
+    return min(int(duration_ms / 20) + 1, int(max_seconds * 50))
+
+
+def log_mel(
+    audio_16k: torch.Tensor,
+    n_mels: int = 80,
+    pad_to_30s: bool = False,
+    max_seconds: float = MAX_SECONDS,
+    too_long: Literal["cut", "drop"] = "cut",
+) -> torch.Tensor:
+    """Whisper's log-mel spectrogram (openai-whisper's own `log_mel_spectrogram`).
+
+    With ``pad_to_30s=False`` the audio is zero-padded only to ``320 * T`` samples, giving exactly
+    ``M = 2 * T`` mel frames (T = `whisper_frames`; the encoder's conv stride 2 makes that T
+    frames): short clips cost short sequences. With ``pad_to_30s=True`` it is Mini-Omni's input,
+    `whisper.pad_or_trim` to 30 s, ``M = 3000``.
+
+    Args:
+        audio_16k: ``(num_samples,)`` mono audio at 16 kHz.
+        n_mels: 80, or 128 for whisper-large-v3.
+        pad_to_30s: reproduce Mini-Omni's 30-s padded input.
+        max_seconds: longest clip kept, at most 30 (Whisper has 1500 positions).
+        too_long: 'cut' keeps the first ``max_seconds`` (so that T = 50 * max_seconds); 'drop'
+            raises `TooLongAudio`.
+
+    Returns:
+        ``(n_mels, M)`` float32.
+    """
+    if not 0 < max_seconds <= MAX_SECONDS:
+        raise ValueError(f"max_seconds must be in (0, {MAX_SECONDS}], got {max_seconds}")
+    if too_long not in ("cut", "drop"):
+        raise ValueError(f"too_long must be 'cut' or 'drop', got {too_long!r}")
+    audio_16k = torch.as_tensor(audio_16k, dtype=torch.float32).reshape(-1)
+    max_frames = int(max_seconds * 50)
+    # the longest clip whose Mini-Omni T fits: int((S - 1) / 320) + 1 == max_frames
+    max_samples = SAMPLES_PER_FRAME * max_frames - 1
+    if audio_16k.numel() > max_samples:
+        if too_long == "drop":
+            raise TooLongAudio(f"audio of {audio_16k.numel() / WHISPER_SAMPLE_RATE:.2f} s exceeds {max_seconds} s")
+        audio_16k = audio_16k[:max_samples]
+    if pad_to_30s:
+        return whisper.log_mel_spectrogram(whisper.pad_or_trim(audio_16k), n_mels)
+    frames = whisper_frames(audio_16k.numel(), max_seconds=max_seconds)
+    pad = SAMPLES_PER_FRAME * frames - audio_16k.numel()  # >= 0: T frames always cover the clip
+    return whisper.log_mel_spectrogram(audio_16k, n_mels, padding=pad)  # (n_mels, 2T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whisper encoder
+
+
+class WhisperEncoder(nn.Module):
+    """openai-whisper's `AudioEncoder`, frozen, encoding audio of any length up to 30 s.
+
+    Whisper's own forward asserts a 30-s input. By default (``pad_to_30s=False``) this runs its
+    convolutions, positional embedding, blocks and ``ln_post`` on just ``2 * F`` mel frames, with
+    the batch padding masked: mel frames past a row's ``2 * frames`` are zeroed (as the convs'
+    own zero padding would be) and padded encoder frames are masked out of attention, so a row's
+    valid frames are the same alone or in any batch (to float tolerance), and padded frames are
+    returned as zeros. ``pad_to_30s=True`` reproduces Mini-Omni instead: the whole 30-s window
+    (real frames attending to the padding too), sliced to F. The two give different features;
+    a model trained with one should be run with the same one.
+
+    The encoder is frozen in every stage: it always stays in eval mode, its parameters do not
+    require grad, and forward runs under `torch.no_grad` (so even a later ``requires_grad_(True)``
+    on a parent module does not train it). The output is an ordinary tensor, fine as the input of
+    a trained adapter.
+    """
+
+    def __init__(self, encoder: AudioEncoder, pad_to_30s: bool = False) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pad_to_30s = pad_to_30s
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_dims(cls, dims: ModelDimensions, pad_to_30s: bool = False) -> WhisperEncoder:
+        """A randomly initialised encoder of the given dimensions (for tests and tiny runs)."""
+        return cls(
+            AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer),
+            pad_to_30s=pad_to_30s,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None, pad_to_30s: bool = False
+    ) -> WhisperEncoder:
+        """Load with `whisper.load_model` and keep only the encoder.
+
+        Args:
+            name_or_path: an openai-whisper checkpoint file (``{"dims", "model_state_dict"}``), or a
+                model name such as ``"small"``, which whisper downloads to its cache.
+            device: where to put the encoder (default CPU).
+        """
+        model = whisper.load_model(os.fspath(name_or_path), device="cpu")
+        encoder = cls(model.encoder, pad_to_30s=pad_to_30s)
+        del model
+        return encoder.to(device or "cpu")
+
+    @property
+    def n_mels(self) -> int:
+        return self.encoder.conv1.in_channels
+
+    @property
+    def width(self) -> int:
+        """n_audio_state: 768 for whisper-small (the adapter's input width)."""
+        return self.encoder.conv1.out_channels
+
+    @property
+    def n_ctx(self) -> int:
+        return self.encoder.positional_embedding.size(0)
+
+    def train(self, mode: bool = True) -> WhisperEncoder:
+        return super().train(False)  # frozen: a parent's .train() must not turn dropout/etc. on
+
+    def forward(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Encode a batch of log-mels.
+
+        Args:
+            mels: ``(B, n_mels, M)`` log-mel, zero-padded across the batch; ``M >= 2 * max(frames)``
+                (3000 for input made with ``log_mel(..., pad_to_30s=True)``).
+            frames: ``(B,)`` encoder frames of each row (`whisper_frames`), at most 1500.
+
+        Returns:
+            ``(B, F, width)`` features, ``F = max(frames)``, in the encoder's dtype.
+        """
+        frames = torch.as_tensor(frames, device=mels.device).long().reshape(-1)
+        if mels.dim() != 3 or mels.size(1) != self.n_mels or mels.size(0) != frames.numel():
+            raise ValueError(
+                f"expected mels (B, {self.n_mels}, M) and frames (B,), got {tuple(mels.shape)}, {tuple(frames.shape)}"
+            )
+        f_max = int(frames.max())
+        if int(frames.min()) < 1 or f_max > self.n_ctx:
+            raise ValueError(f"frames must be in [1, {self.n_ctx}], got {frames.tolist()}")
+        if mels.size(2) < 2 * f_max:
+            raise ValueError(f"{mels.size(2)} mel frames cannot hold {f_max} encoder frames (need {2 * f_max})")
+        x = mels.to(self.encoder.conv1.weight.dtype)
+        with torch.no_grad():
+            if self.pad_to_30s:
+                return self.encoder(self._silence_padded(x, frames))[:, :f_max]
+            return self._encode_masked(x, frames, f_max)
+
+    def _silence_padded(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Extend to 3000 mel frames as `whisper.pad_or_trim` would have: batch padding becomes silence.
+
+        Zero frames past a row's ``2 * frames`` are padding (real log-mel is never all zeros); in
+        Whisper's normalised log-mel, zero-padded audio is ``max(-1.5, row max - 2)``. A row that
+        already holds its 30-s padded log-mel is left untouched, hence bit-identical to Mini-Omni.
+        """
+        x = F.pad(mels, (0, N_MEL_FRAMES_30S - mels.size(2)))  # (B, n_mels, 3000)
+        t = torch.arange(N_MEL_FRAMES_30S, device=x.device)
+        past = t[None, :] >= 2 * frames[:, None]  # (B, 3000)
+        row_max = x.masked_fill(past[:, None, :], float("-inf")).amax(dim=(1, 2))  # (B,)
+        silence = torch.clamp(row_max - 2.0, min=-1.5)
+        fill = past & (x == 0).all(dim=1)  # (B, 3000)
+        return torch.where(fill[:, None, :], silence[:, None, None], x)
+
+    def _encode_masked(self, mels: torch.Tensor, frames: torch.Tensor, f_max: int) -> torch.Tensor:
+        enc = self.encoder
+        mel_valid = torch.arange(2 * f_max, device=mels.device)[None, :] < 2 * frames[:, None]  # (B, 2F)
+        x = torch.where(mel_valid[:, None, :], mels[..., : 2 * f_max], 0.0)  # (B, n_mels, 2F)
+        x = F.gelu(enc.conv1(x))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, F, width)
+        x = (x + enc.positional_embedding[:f_max]).to(x.dtype)
+        valid = torch.arange(f_max, device=x.device)[None, :] < frames[:, None]  # (B, F)
+        mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, F): keys to attend
+        for block in enc.blocks:
+            x = self._block(block, x, mask)
+        x = enc.ln_post(x)
+        return x.masked_fill(~valid[..., None], 0.0)
+
+    @staticmethod
+    def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Whisper's `ResidualAttentionBlock` with a key-padding mask (its own SDPA path takes none).
+
+        Whisper scales q and k by ``d**-0.25`` each, i.e. SDPA's default ``d**-0.5``.
+        """
+        attn = block.attn
+        h = block.attn_ln(x)
+        B, T, C = h.shape
+        q, k, v = (p(h).view(B, T, attn.n_head, -1).transpose(1, 2) for p in (attn.query, attn.key, attn.value))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, n_head, T, head_size)
+        x = x + attn.out(a.transpose(1, 2).reshape(B, T, C))
+        return x + block.mlp(block.mlp_ln(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# SNAC codec
+
+
+class SnacCodec(nn.Module):
+    """`snac.SNAC`, frozen, speaking in Mini-Omni's coarse frames ``(N, 7)`` of layer-local codes.
+
+    SNAC pads its input to a multiple of ``hop_length * lcm(vq_strides[0], attn_window)`` samples,
+    so a clip of S samples gives ``N = num_frames(S)`` frames, each `samples_per_frame` samples.
+    """
+
+    def __init__(self, model: nn.Module, config: dict | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config  # SNAC's config.json, when known (for `save_pretrained`)
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_config(cls, config: dict) -> SnacCodec:
+        """A randomly initialised codec (keys as in SNAC's config.json; for tests and tiny runs)."""
+        from snac import SNAC
+
+        return cls(SNAC(**config), dict(config))
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | os.PathLike, device: str | torch.device | None = None) -> SnacCodec:
+        """Load a directory in SNAC's own layout (``config.json`` + ``pytorch_model.bin``).
+
+        Anything that is not a directory is passed to `SNAC.from_pretrained` as a hub name
+        (``"hubertsiuzdak/snac_24khz"`` is Mini-Omni's), which needs network access.
+        """
+        from snac import SNAC
+
+        path = Path(path_or_name)
+        if path.is_dir():
+            config = json.loads((path / "config.json").read_text())
+            codec = cls.from_config(config)
+            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            codec.model.load_state_dict(state)
+        else:
+            codec = cls(SNAC.from_pretrained(os.fspath(path_or_name)))
+        return codec.to(device or "cpu")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write SNAC's layout, loadable by `from_pretrained` and by `SNAC.from_pretrained`."""
+        if self.config is None:
+            raise ValueError("this codec was loaded from the hub without its config; nothing to save")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config, indent=2))
+        torch.save(self.model.state_dict(), directory / "pytorch_model.bin")
+
+    def train(self, mode: bool = True) -> SnacCodec:
+        return super().train(False)  # frozen in every stage
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.sampling_rate)
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples of one coarse frame (2048 for SNAC 24 kHz: about 11.7 frames per second)."""
+        return int(self.model.hop_length) * self.model.vq_strides[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def num_frames(self, num_samples: int) -> int:
+        """Coarse frames SNAC makes of ``num_samples`` (it pads to its own multiple first)."""
+        pad_to = int(self.model.hop_length) * math.lcm(self.model.vq_strides[0], self.model.attn_window_size or 1)
+        return math.ceil(num_samples / pad_to) * pad_to // self.samples_per_frame
+
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio ``(S,)`` at `sample_rate` -> layer-local frames ``(N, 7)`` int64 on the CPU."""
+        return self.encode_batch([audio])[0]
+
+    def encode_batch(self, audios: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Encode several clips in one forward pass (for data preparation).
+
+        Clips are zero-padded to the longest and each row's codes cut to its own `num_frames`.
+        SNAC's convolutions see the neighbouring padding, so the last frames of a shorter clip may
+        differ from encoding it alone (clips of one padded length are identical); pass clips of
+        similar length together, as length-sorted data preparation does anyway.
+
+        Args:
+            audios: clips ``(S_i,)`` at `sample_rate`, tensors or arrays.
+
+        Returns:
+            one ``(N_i, 7)`` int64 CPU tensor a clip.
+        """
+        if not audios:
+            return []
+        clips = [torch.as_tensor(a, dtype=torch.float32).reshape(-1) for a in audios]
+        if any(c.numel() == 0 for c in clips):
+            raise ValueError("cannot encode empty audio")
+        longest = max(c.numel() for c in clips)
+        batch = torch.stack([F.pad(c, (0, longest - c.numel())) for c in clips]).to(self.device)
+        with torch.no_grad():
+            codes = self.model.encode(batch[:, None, :])  # [(B, N), (B, 2N), (B, 4N)]
+        out = []
+        for i, clip in enumerate(clips):
+            n = self.num_frames(clip.numel())
+            out.append(flatten_snac([c[i, : n * s] for c, s in zip(codes, (1, 2, 4))]).long().cpu())
+        return out
+
+    def decode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Layer-local frames ``(N, 7)`` -> audio ``(N * samples_per_frame,)`` float32 on the CPU.
+
+        SNAC's decoder adds noise (``noise=True`` in its config), so decoding is not deterministic.
+        """
+        frames = torch.as_tensor(frames).long()
+        size = self.model.codebook_size
+        if frames.numel() and (int(frames.min()) < 0 or int(frames.max()) >= size):
+            raise ValueError(f"SNAC codes must be in [0, {size}); got [{int(frames.min())}, {int(frames.max())}]")
+        codes = [c.to(self.device) for c in unflatten_snac(frames)]
+        with torch.no_grad():
+            audio = self.model.decode(codes)  # (1, 1, S)
+        return audio.reshape(-1).float().cpu()
