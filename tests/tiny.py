@@ -25,3 +25,26 @@ def tiny_base(family: str = "qwen2", **overrides) -> Config:
 
 def tiny_omni(family: str = "qwen2", whisper_dim: int = 32, **omni) -> OmniConfig:
     return OmniConfig.from_base(tiny_base(family), whisper_adapter_dim=whisper_dim, post_adapter_layers=2, **omni)
+
+
+def train_tokenizer(directory, vocab_size: int = 300):
+    """A byte-level BPE trained in the test, saved so litgpt's `Tokenizer(directory)` loads it."""
+    import json
+    from pathlib import Path
+
+    from litgpt.tokenizer import Tokenizer as LitTokenizer
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(["the model hears and talks", "question answer speech", "what is two plus three"] * 20, trainer)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "add_bos_token": False}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return LitTokenizer(directory)
