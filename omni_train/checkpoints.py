@@ -1,0 +1,634 @@
+"""Checkpoints: base text LLMs in, our own format in and out, Mini-Omni's format in and out.
+
+Three on-disk layouts meet here:
+
+- a base text LLM, as a litgpt checkpoint directory (``lit_model.pth`` + ``model_config.yaml``) or
+  a Hugging Face one (``config.json`` + safetensors / ``pytorch_model.bin``), converted with
+  litgpt's own ``copy_weights_*`` functions (`load_base`);
+- our format: ``lit_model.pth`` (the flat `OmniGPT` state dict), ``model_config.yaml`` (every
+  `OmniConfig` field) and the tokenizer files (`save_omni`, `load_omni`);
+- Mini-Omni's format, which its inference code loads with litgpt 0.4: the same directory, but the
+  fused qkv is named ``attn.attn`` and interleaved per query group, and the yaml holds only the
+  fields its 0.4 ``Config`` accepts (`export_mini_omni`, `import_mini_omni`).
+
+Every directory write goes to a temporary directory beside the target first, so a crash never
+leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import MISSING, asdict, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from litgpt.config import Config
+from litgpt.model import GPT
+from litgpt.scripts import convert_hf_checkpoint as hf_convert
+from litgpt.scripts import convert_lit_checkpoint as lit_convert
+from litgpt.tokenizer import Tokenizer
+from litgpt.utils import lazy_load
+
+from omni_train.model import OmniConfig, OmniGPT
+
+__all__ = [
+    "CONFIG_FILE",
+    "MINI_OMNI_FIELDS",
+    "TOKENIZER_FILES",
+    "WEIGHTS_FILE",
+    "check_mini_omni_compatible",
+    "config_from_mini_omni",
+    "detect_format",
+    "export_mini_omni",
+    "from_mini_omni_state_dict",
+    "import_mini_omni",
+    "init_new_rows",
+    "load_base",
+    "load_checkpoint",
+    "load_omni",
+    "omni_from_base",
+    "mini_omni_config",
+    "save_omni",
+    "to_mini_omni_state_dict",
+    "validate_tokenizer",
+]
+
+WEIGHTS_FILE = "lit_model.pth"
+CONFIG_FILE = "model_config.yaml"
+# What litgpt's and Mini-Omni's `Tokenizer` read (plus the HF side files some tokenizers need).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+)
+
+# The fields of Mini-Omni's litgpt-0.4 `Config` (gpt-omni/mini-omni, litgpt/config.py). Its
+# `from_file` does `Config(**yaml)`, so a yaml key outside this list crashes Mini-Omni's loader.
+MINI_OMNI_FIELDS = (
+    "name", "hf_config", "scale_embeddings", "block_size", "vocab_size", "padding_multiple",
+    "padded_vocab_size", "n_layer", "n_head", "head_size", "n_embd", "rotary_percentage",
+    "parallel_residual", "bias", "lm_head_bias", "n_query_groups", "shared_attention_norm",
+    "norm_class_name", "norm_eps", "mlp_class_name", "gelu_approximate", "intermediate_size",
+    "rope_condense_ratio", "rope_base", "n_expert", "n_expert_per_token", "add_qkv_bias",
+    "prompt_vocab_size", "attn_dropout", "pos_type", "force_align", "use_pretrain_phoneme_emb",
+    "tie_word_embeddings", "text_vocab_size", "cat_audio_vocab_size", "audio_vocab_size",
+    "whisper_adapter_dim", "post_adapter", "post_adapter_layers", "asr_adapter",
+)  # fmt: skip
+# 0.4-only fields that Mini-Omni's `GPT` never reads (`tie_word_embeddings` is read, see below).
+_MINI_OMNI_UNUSED = ("prompt_vocab_size", "attn_dropout", "pos_type", "force_align", "use_pretrain_phoneme_emb")
+# Fields with the same name and meaning in both versions.
+_SHARED_FIELDS = tuple(
+    f for f in MINI_OMNI_FIELDS if f not in (*_MINI_OMNI_UNUSED, "add_qkv_bias", "tie_word_embeddings")
+)
+_MINI_OMNI_TEXT_VOCAB_DEFAULT = 152000  # 0.4's default when the yaml omits text_vocab_size
+
+_QKV_KEY = re.compile(r"^(?P<prefix>.*\.attn)\.qkv\.(?P<kind>weight|bias)$")
+_LEGACY_QKV_KEY = re.compile(r"^(?P<prefix>.*\.attn)\.attn\.(?P<kind>weight|bias)$")
+
+
+# ---- small helpers ----------------------------------------------------------------------------
+def _existing_dir(path: str | Path, what: str = "checkpoint directory") -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def _require_files(directory: Path, names: tuple[str, ...]) -> None:
+    missing = [n for n in names if not (directory / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a checkpoint: missing {', '.join(missing)}")
+
+
+def _materialize(t: Any) -> torch.Tensor:
+    """Lazily loaded tensors (litgpt's `lazy_load`) -> real tensors."""
+    return t._load_tensor() if hasattr(t, "_load_tensor") else t
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    try:  # mmap: a 0.5B checkpoint is not read twice into memory
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:  # only zip-format files can be mmapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state.get("model"), Mapping):
+        state = state["model"]  # litgpt / Fabric training checkpoints wrap the weights
+    return {k: _materialize(v) for k, v in state.items()}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `out_dir` only once everything in it is written.
+
+    POSIX cannot rename a directory over a non-empty one, so an existing target is first moved
+    aside, then the new one renamed in, then the old one deleted. A crash between the two renames
+    leaves the old checkpoint as ``.NAME.old-*`` beside the target, never a partial one.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    parent = out_dir.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    try:
+        yield tmp
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        if out_dir.exists():
+            old = parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, old)
+            try:
+                os.rename(tmp, out_dir)
+            except BaseException:
+                os.rename(old, out_dir)
+                raise
+            _fsync(parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+            _fsync(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
+    tokenizer_dir = _existing_dir(tokenizer_dir, "tokenizer directory")
+    if not any((tokenizer_dir / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        raise FileNotFoundError(f"no tokenizer.json or tokenizer.model in {tokenizer_dir}")
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, out_dir / name)
+
+
+def _write_checkpoint(
+    out_dir: str | Path, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], tokenizer_dir: str | Path
+) -> Path:
+    with _atomic_dir(out_dir) as tmp:
+        _copy_tokenizer(Path(tokenizer_dir), tmp)  # first: a bad tokenizer dir fails before the big write
+        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as fp:
+            yaml.safe_dump(dict(config), fp, sort_keys=False)
+        torch.save({k: v.detach().to("cpu") for k, v in state.items()}, tmp / WEIGHTS_FILE)
+    return Path(out_dir)
+
+
+def _empty_model(config: OmniConfig, dtype: torch.dtype, device: torch.device | str | None) -> OmniGPT:
+    """An `OmniGPT` with uninitialised parameters, for loading a complete state dict into.
+
+    Skips the random init (minutes for a 7B model on CPU); the rope cache, the only state not in
+    a checkpoint, is rebuilt and cast as `Module.to(dtype)` would.
+    """
+    with torch.device("meta"):
+        model = OmniGPT(config)
+    model = model.to(dtype=dtype).to_empty(device=device or "cpu")
+    model.reset_parameters()  # litgpt's GPT: rebuilds cos/sin on the model's device
+    model.cos, model.sin = model.cos.to(dtype), model.sin.to(dtype)
+    return model
+
+
+def _load_full_state(model: OmniGPT, state: Mapping[str, torch.Tensor]) -> OmniGPT:
+    persistent = set(model.state_dict())
+    stray = {name for name, _ in model.named_buffers()} - persistent - {"cos", "sin"}
+    if stray:  # a new non-persistent buffer would stay uninitialised by `_empty_model`
+        raise RuntimeError(f"OmniGPT has buffers that no checkpoint restores: {sorted(stray)}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+# ---- tokenizer --------------------------------------------------------------------------------
+def validate_tokenizer(tokenizer_dir: str | Path, padded_vocab_size: int) -> Tokenizer:
+    """Load the tokenizer and check that every id it can produce is a base text row.
+
+    Ids from ``padded_vocab_size`` on are Mini-Omni's text specials and audio layers, so a larger
+    tokenizer would silently alias them. Added tokens count too (Qwen2's ``<|im_end|>`` etc.).
+
+    Raises:
+        ValueError: naming both sizes and the directory.
+    """
+    tokenizer_dir = _existing_dir(tokenizer_dir, "tokenizer directory")
+    tokenizer = Tokenizer(tokenizer_dir)
+    size = tokenizer.vocab_size
+    if tokenizer.backend == "huggingface":
+        size = max(size, tokenizer.processor.get_vocab_size(with_added_tokens=True))
+    if size > padded_vocab_size:
+        raise ValueError(
+            f"the tokenizer in {tokenizer_dir} has {size} tokens, more than the checkpoint's padded text "
+            f"vocabulary of {padded_vocab_size} rows; ids from {padded_vocab_size} on are the omni special and "
+            "audio tokens, so this tokenizer does not belong to this checkpoint"
+        )
+    return tokenizer
+
+
+# ---- base LLM -> OmniGPT ----------------------------------------------------------------------
+def _base_config(checkpoint_dir: Path, model_name: str | None) -> Config:
+    if (checkpoint_dir / CONFIG_FILE).is_file():
+        return Config.from_file(checkpoint_dir / CONFIG_FILE)
+    candidates = [model_name] if model_name else [checkpoint_dir.name]
+    if not model_name and (checkpoint_dir / "config.json").is_file():
+        hf_name = json.loads((checkpoint_dir / "config.json").read_text()).get("_name_or_path") or ""
+        candidates += [hf_name, hf_name.rsplit("/", 1)[-1]]
+    for name in filter(None, candidates):
+        try:
+            return Config.from_name(name)
+        except ValueError:
+            continue
+    raise ValueError(
+        f"cannot tell which litgpt config {checkpoint_dir} uses (tried {[c for c in candidates if c]}): add a "
+        f"{CONFIG_FILE}, or pass model_name= (a litgpt `Config.from_name` name) or base_config="
+    )
+
+
+def _hf_copy_fn(config: Config):
+    """litgpt's `convert_hf_checkpoint` dispatch, but bound to the real config.
+
+    `convert_hf_checkpoint` itself re-creates the config with `Config.from_name` and writes into
+    the source directory; here the given (possibly customised) config is used, in memory.
+    """
+    name = config.name.lower()
+    if "falcon" in name:
+        return partial(hf_convert.copy_weights_falcon, config)
+    if name.startswith("gemma-2"):
+        return partial(hf_convert.copy_weights_gemma_2, {})
+    if name.startswith("gemma-3"):
+        return partial(hf_convert.copy_weights_gemma_3, {}, config=config)
+    if name.startswith("phi"):
+        return partial(hf_convert.copy_weights_phi, config, {})
+    if name.startswith(("qwen2.5", "qwq")):
+        return partial(hf_convert.copy_weights_qwen_2_5, config, {})
+    if name.startswith("olmo-2-"):
+        return partial(hf_convert.copy_weights_olmo2, config, {})
+    if name.startswith("qwen3"):
+        return partial(hf_convert.copy_weights_qwen_3, config, {})
+    if config.mlp_class_name in ("LLaMAMLP", "GemmaMLP", "LLaMAMoE"):
+        return partial(hf_convert.copy_weights_hf_llama, config, {})
+    return partial(hf_convert.copy_weights_gpt_neox, config)
+
+
+def _hf_weight_files(checkpoint_dir: Path) -> list[Path]:
+    for index in ("pytorch_model.bin.index.json", "model.safetensors.index.json"):
+        if (checkpoint_dir / index).is_file():
+            weight_map = json.loads((checkpoint_dir / index).read_text())["weight_map"]
+            return sorted({checkpoint_dir / f for f in weight_map.values()})
+    files = set(checkpoint_dir.glob("*.bin")) | set(checkpoint_dir.glob("*.safetensors"))
+    return sorted(f for f in files if f.name != "training_args.bin")
+
+
+def _convert_hf(checkpoint_dir: Path, config: Config) -> dict[str, torch.Tensor]:
+    files = _hf_weight_files(checkpoint_dir)
+    if not files:
+        raise FileNotFoundError(f"no {WEIGHTS_FILE}, *.safetensors or *.bin weights in {checkpoint_dir}")
+    hf_weights = {}
+    for f in files:  # one merged dict: litgpt's tie fallback must see every shard at once
+        hf_weights.update(hf_convert.load_safetensors(f) if f.suffix == ".safetensors" else lazy_load(f))
+    state: dict[str, torch.Tensor] = {}
+    _hf_copy_fn(config)(state, hf_weights)
+    return {k: _materialize(v) for k, v in state.items()}
+
+
+def _qkv_from_interleaved(state: Mapping[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """litgpt 0.4 ``attn.attn`` (per-group q..q,k,v) -> 0.5 ``attn.qkv`` (all q, all k, all v)."""
+    out = {}
+    for key, value in state.items():
+        if m := _LEGACY_QKV_KEY.match(key):
+            out[f"{m['prefix']}.qkv.{m['kind']}"] = hf_convert.qkv_reassemble(value, config)
+        else:
+            out[key] = value
+    return out
+
+
+def init_new_rows(base_rows: torch.Tensor, n_new: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rows for the vocabulary entries the base model never saw (omni specials, audio codes).
+
+    Each new row is drawn from a normal with the per-dimension mean and std of `base_rows`, so the
+    new embeddings (and logits) start at the scale and offset of the trained ones: rows from
+    litgpt's N(0, 0.02) init would be far off for many LLMs, and their logits would start either
+    dead or dominant next to the text rows.
+
+    Args:
+        base_rows: trained rows, shape ``(n_base, C)``; pass the real tokens only (not padding).
+        n_new: rows to draw.
+        generator: for a reproducible draw.
+
+    Returns:
+        shape ``(n_new, C)``, float32.
+    """
+    rows = base_rows.detach().float()
+    mean, std = rows.mean(0), rows.std(0)  # (C,)
+    noise = torch.randn(n_new, rows.size(1), generator=generator, device=rows.device)
+    return noise * std + mean
+
+
+def _check_base_state(state: Mapping[str, torch.Tensor], base: Config, checkpoint_dir: Path) -> None:
+    """Every problem at once: missing, unexpected and mis-shaped tensors."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in GPT(base).state_dict().items()}
+    problems = []
+    if missing := sorted(set(expected) - set(state)):
+        problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected := sorted(set(state) - set(expected)):
+        problems.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for k in sorted(set(state) & set(expected)):
+        if tuple(state[k].shape) != tuple(expected[k]):
+            problems.append(f"{k}: shape {tuple(state[k].shape)}, config wants {tuple(expected[k])}")
+    if problems:
+        raise ValueError(f"{checkpoint_dir} does not match its config {base.name!r}: " + "; ".join(problems))
+
+
+@torch.no_grad()
+def omni_from_base(
+    state: Mapping[str, torch.Tensor], config: OmniConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> OmniGPT:
+    """Build an `OmniGPT` around a base LLM's litgpt state dict.
+
+    - Every base tensor is copied exactly, including rows ``[0, V)`` of ``wte`` and ``lm_head``.
+    - Rows ``[V, padded_vocab_size)`` of ``wte`` and ``lm_head`` follow `init_new_rows`, from the
+      base model's real-token rows ``[0, vocab_size)``. If the base ties ``lm_head`` to ``wte``
+      (litgpt's HF conversion copies ``wte`` into ``lm_head``), the same new rows go into both, so
+      the untied copies start tied.
+    - The post-adapter's audio head follows the same rule from ``lm_head``, and
+      ``post_adapter_audio_ln`` starts as a copy of ``ln_f``: the audio head then starts where the
+      text head stands.
+    - The Whisper adapter and the post-adapter blocks get litgpt's init (normal(0, 0.02) Linears,
+      zero biases, unit norms). The post-adapter blocks are not copies of the last backbone blocks:
+      they read the backbone's final state, not the input those blocks were trained on, and a
+      small-init residual block starts close to the identity, so the audio head initially sees the
+      backbone's final state unchanged. It also works when ``post_adapter_layers > n_layer``.
+
+    Args:
+        state: the base model's litgpt-0.5 state dict.
+        config: the omni config, from `OmniConfig.from_base` on the base config.
+        seed: seeds every fresh tensor; the global RNG is left untouched.
+        dtype: parameter dtype of the returned model (float32: master weights for mixed precision).
+    """
+    base_vocab = config.vocab.base_vocab_size
+    n_real = min(config.vocab_size, base_vocab)
+    n_new = config.padded_vocab_size - base_vocab
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = OmniGPT(config)
+        model.whisper_adapter.apply(model._init_weights)
+        if config.post_adapter:
+            model.transformer.post_adapter.apply(model._init_weights)
+    generator = torch.Generator().manual_seed(seed)
+    full = model.state_dict()
+    full.update({k: v for k, v in state.items() if k not in ("transformer.wte.weight", "lm_head.weight")})
+
+    wte = state["transformer.wte.weight"]
+    lm_head = state["lm_head.weight"]
+    new_wte = init_new_rows(wte[:n_real], n_new, generator).to(wte.dtype)
+    tied = lm_head is wte or torch.equal(lm_head, wte)
+    new_head = new_wte if tied else init_new_rows(lm_head[:n_real], n_new, generator).to(lm_head.dtype)
+    full["transformer.wte.weight"] = torch.cat([wte, new_wte])
+    full["lm_head.weight"] = torch.cat([lm_head, new_head])
+    if config.lm_head_bias:
+        bias = state["lm_head.bias"]
+        full["lm_head.bias"] = torch.cat([bias, bias[:n_real].float().mean().expand(n_new).to(bias.dtype)])
+    if config.post_adapter:
+        full["transformer.post_adapter_audio_lm_head.weight"] = init_new_rows(
+            lm_head[:n_real], config.cat_audio_vocab_size, generator
+        )
+        if config.lm_head_bias:
+            mean = state["lm_head.bias"][:n_real].float().mean()
+            full["transformer.post_adapter_audio_lm_head.bias"] = mean.expand(config.cat_audio_vocab_size).clone()
+        for kind in ("weight", "bias"):
+            if f"transformer.ln_f.{kind}" in state:
+                full[f"transformer.post_adapter_audio_ln.{kind}"] = state[f"transformer.ln_f.{kind}"]
+    model = model.to(dtype)
+    model.load_state_dict(full, strict=True)
+    return model
+
+
+def load_base(
+    checkpoint_dir: str | Path,
+    *,
+    base_config: Config | None = None,
+    model_name: str | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **omni_fields: Any,
+) -> tuple[OmniGPT, OmniConfig]:
+    """Load a base text LLM into a fresh `OmniGPT` (see `omni_from_base` for what is new).
+
+    The directory is either litgpt's (``lit_model.pth``, converted or trained by litgpt) or a
+    Hugging Face one (``config.json`` + ``*.safetensors`` / ``*.bin``, converted in memory with
+    litgpt's ``copy_weights_*``; the directory is not written to). Either way it holds the
+    tokenizer files, which are checked against the vocabulary.
+
+    Args:
+        checkpoint_dir: the base model's directory.
+        base_config: the litgpt config; by default its ``model_config.yaml``, else
+            ``Config.from_name(model_name)``, else a name guessed from the directory name or
+            ``config.json``'s ``_name_or_path``.
+        model_name: a litgpt `Config.from_name` name.
+        seed: for the fresh parameters.
+        dtype: parameter dtype of the model.
+        **omni_fields: `OmniConfig` fields, e.g. ``post_adapter=True``, ``asr_adapter="mlp"``.
+
+    Returns:
+        ``(model, config)``.
+    """
+    checkpoint_dir = _existing_dir(checkpoint_dir)
+    base = base_config if base_config is not None else _base_config(checkpoint_dir, model_name)
+    validate_tokenizer(checkpoint_dir, base.padded_vocab_size)
+    if (checkpoint_dir / WEIGHTS_FILE).is_file():
+        state = _torch_load(checkpoint_dir / WEIGHTS_FILE)
+        state = _qkv_from_interleaved(state, base)  # checkpoints of litgpt < 0.5
+        if "lm_head.weight" not in state and "transformer.wte.weight" in state:
+            state["lm_head.weight"] = state["transformer.wte.weight"]  # tied
+    else:
+        state = _convert_hf(checkpoint_dir, base)
+    _check_base_state(state, base, checkpoint_dir)
+    config = OmniConfig.from_base(base, **omni_fields)
+    return omni_from_base(state, config, seed=seed, dtype=dtype), config
+
+
+# ---- our format -------------------------------------------------------------------------------
+def save_omni(model: OmniGPT, out_dir: str | Path, tokenizer_dir: str | Path) -> Path:
+    """Write our format atomically: ``lit_model.pth``, ``model_config.yaml``, tokenizer files.
+
+    Args:
+        model: the model to save (any device or dtype; tensors are saved as they are, on CPU).
+        out_dir: replaced only once the new checkpoint is complete.
+        tokenizer_dir: where the tokenizer files come from (the base model's or a checkpoint's).
+    """
+    return _write_checkpoint(out_dir, model.state_dict(), asdict(model.config), tokenizer_dir)
+
+
+def load_omni(
+    checkpoint_dir: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> tuple[OmniGPT, OmniConfig]:
+    """Load our format.
+
+    Args:
+        checkpoint_dir: written by `save_omni`.
+        device: where the parameters go (default CPU).
+        dtype: parameter dtype (default: the saved one).
+
+    Returns:
+        ``(model, config)``.
+    """
+    checkpoint_dir = _existing_dir(checkpoint_dir)
+    _require_files(checkpoint_dir, (WEIGHTS_FILE, CONFIG_FILE))
+    config = OmniConfig.from_file(checkpoint_dir / CONFIG_FILE)
+    validate_tokenizer(checkpoint_dir, config.vocab.base_vocab_size)
+    state = _torch_load(checkpoint_dir / WEIGHTS_FILE)
+    model = _empty_model(config, dtype or state["transformer.wte.weight"].dtype, device)
+    return _load_full_state(model, state), config
+
+
+# ---- Mini-Omni's format -----------------------------------------------------------------------
+def _field_default(f) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def check_mini_omni_compatible(config: OmniConfig) -> None:
+    """Refuse configs that litgpt 0.4 (Mini-Omni's model code) would run differently.
+
+    Every litgpt-0.5 field that 0.4 lacks must keep its default (the features added since:
+    qk-norm, sliding windows, extra norms, softcapping, rope scaling, MLA, MoE extensions ...);
+    0.5's ``attn_bias`` is the one exception, as it maps to 0.4's ``add_qkv_bias``. Name-keyed
+    behaviour that only 0.5 has (OLMo's affine-free LayerNorm) is refused too.
+
+    Raises:
+        ValueError: listing every problem.
+    """
+    problems = []
+    for f in fields(OmniConfig):
+        if f.name in _SHARED_FIELDS or f.name == "attn_bias":
+            continue
+        value, default = getattr(config, f.name), _field_default(f)
+        if f.name == "attention_scores_scalar" and value == config.head_size:
+            continue  # 0.4 always scales by head_size
+        if f.name == "sliding_window_indices" and config.sliding_window_size is None:
+            continue  # only read when a window is set
+        if f.name == "rope_indices" and config.rope_local_base_freq is None:
+            continue
+        if value != default:
+            problems.append(f"{f.name}={value!r}")
+    if config.norm_class_name == "LayerNorm" and "OLMo" in config.name:
+        problems.append(f"name={config.name!r} (litgpt 0.5 gives OLMo LayerNorms no affine parameters)")
+    if problems:
+        raise ValueError(
+            "Mini-Omni's litgpt 0.4 cannot express this config, its checkpoint would compute something else: "
+            + ", ".join(problems)
+        )
+
+
+def mini_omni_config(config: OmniConfig) -> dict[str, Any]:
+    """The ``model_config.yaml`` content Mini-Omni's `Config(**yaml)` accepts."""
+    check_mini_omni_compatible(config)
+    out = {name: getattr(config, name) for name in _SHARED_FIELDS}
+    out["add_qkv_bias"] = bool(config.bias or config.attn_bias)  # 0.5's qkv bias is `bias or attn_bias`
+    out["tie_word_embeddings"] = False  # OmniGPT never ties: the audio rows of lm_head and wte differ
+    return out
+
+
+def config_from_mini_omni(values: Mapping[str, Any]) -> OmniConfig:
+    """Inverse of `mini_omni_config`, for any yaml Mini-Omni's own loader accepts.
+
+    Fields its `GPT` never reads (`_MINI_OMNI_UNUSED`) are dropped; ``tie_word_embeddings`` is
+    dropped too, as a tied checkpoint stores both tensors and the imported model unties them.
+
+    Raises:
+        ValueError: unknown keys, or qkv without bias next to biased Linears (0.5 cannot).
+    """
+    values = dict(values)
+    if unknown := sorted(set(values) - set(MINI_OMNI_FIELDS)):
+        raise ValueError(f"not a Mini-Omni model_config.yaml: unknown fields {unknown}")
+    for name in (*_MINI_OMNI_UNUSED, "tie_word_embeddings"):
+        values.pop(name, None)
+    bias = values.get("bias", True)
+    qkv_bias = values.pop("add_qkv_bias", None)
+    qkv_bias = bias if qkv_bias is None else qkv_bias
+    if bias and not qkv_bias:
+        raise ValueError("bias=True with add_qkv_bias=False: litgpt 0.5 always gives qkv a bias when bias=True")
+    values["attn_bias"] = bool(qkv_bias)
+    values.setdefault("text_vocab_size", _MINI_OMNI_TEXT_VOCAB_DEFAULT)
+    return OmniConfig(**values)
+
+
+def to_mini_omni_state_dict(state: Mapping[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """``attn.qkv`` (all q, all k, all v) -> ``attn.attn`` (per group: its q heads, its k, its v)."""
+    out = {}
+    for key, value in state.items():
+        if m := _QKV_KEY.match(key):
+            out[f"{m['prefix']}.attn.{m['kind']}"] = lit_convert.qkv_reassemble(value, config)
+        else:
+            out[key] = value
+    return out
+
+
+def from_mini_omni_state_dict(state: Mapping[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """Inverse of `to_mini_omni_state_dict`."""
+    return _qkv_from_interleaved(state, config)
+
+
+def export_mini_omni(model: OmniGPT, out_dir: str | Path, tokenizer_dir: str | Path) -> Path:
+    """Write a checkpoint that Mini-Omni's inference code loads with ``strict=True``.
+
+    Raises:
+        ValueError: if the config uses a litgpt-0.5 feature 0.4 cannot express (nothing is written).
+    """
+    config = mini_omni_config(model.config)
+    state = to_mini_omni_state_dict(model.state_dict(), model.config)
+    return _write_checkpoint(out_dir, state, config, tokenizer_dir)
+
+
+def import_mini_omni(
+    checkpoint_dir: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> tuple[OmniGPT, OmniConfig]:
+    """Load a Mini-Omni checkpoint (e.g. the released gpt-omni/mini-omni) to fine-tune it.
+
+    Returns:
+        ``(model, config)``; `save_omni` then writes it in our format.
+    """
+    checkpoint_dir = _existing_dir(checkpoint_dir)
+    _require_files(checkpoint_dir, (WEIGHTS_FILE, CONFIG_FILE))
+    with open(checkpoint_dir / CONFIG_FILE, encoding="utf-8") as fp:
+        config = config_from_mini_omni(yaml.safe_load(fp) or {})
+    validate_tokenizer(checkpoint_dir, config.vocab.base_vocab_size)
+    state = from_mini_omni_state_dict(_torch_load(checkpoint_dir / WEIGHTS_FILE), config)
+    model = _empty_model(config, dtype or state["transformer.wte.weight"].dtype, device)
+    return _load_full_state(model, state), config
+
+
+# ---- either format ----------------------------------------------------------------------------
+def detect_format(checkpoint_dir: str | Path) -> str:
+    """``"omni"`` or ``"mini-omni"``, from the yaml: only 0.4 configs have ``add_qkv_bias``."""
+    checkpoint_dir = _existing_dir(checkpoint_dir)
+    _require_files(checkpoint_dir, (CONFIG_FILE,))
+    with open(checkpoint_dir / CONFIG_FILE, encoding="utf-8") as fp:
+        values = yaml.safe_load(fp) or {}
+    return "mini-omni" if "add_qkv_bias" in values else "omni"
+
+
+def load_checkpoint(
+    checkpoint_dir: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> tuple[OmniGPT, OmniConfig]:
+    """`load_omni` or `import_mini_omni`, whichever the directory holds."""
+    load = import_mini_omni if detect_format(checkpoint_dir) == "mini-omni" else load_omni
+    return load(checkpoint_dir, device=device, dtype=dtype)
