@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
+from test_sources import VA_SCHEMA  # the real set's columns and types, defined once
 from tiny import train_tokenizer
 
 from omni_train.data import sources
@@ -16,18 +17,6 @@ from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.data.samples import Task
 from omni_train.data.snac_format import format_answer_snac
 from omni_train.vocab import Vocab
-
-VA_SCHEMA = pa.schema(
-    [
-        ("split_name", pa.string()),
-        ("index", pa.string()),
-        ("round", pa.string()),
-        ("question", pa.string()),
-        ("question_audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        ("answer", pa.string()),
-        ("answer_snac", pa.string()),
-    ]
-)
 
 
 def flac_bytes(seconds: float, seed: int) -> bytes:
