@@ -15,6 +15,7 @@ from omni_train.data import sources
 from omni_train.data.collator import IGNORE_INDEX
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.data.samples import Task
+from omni_train.data.skips import TooManySkips
 from omni_train.data.snac_format import format_answer_snac
 from omni_train.vocab import Vocab
 
@@ -53,7 +54,7 @@ def encoder(tmp_path_factory):
 def test_voice_assistant_parquet_to_batches(va_parquet, encoder):
     va = sources.voice_assistant(va_parquet, tasks=("A1A2", "T1T2"))
     dm = OmniDataModule({"voice_assistant": va}, {"voice_assistant": 1.0}, encoder, val={"va": va},
-                        max_tokens=400, num_workers=0, buffer_size=8)
+                        max_tokens=400, num_workers=0, buffer_size=8, max_skip_fraction=None)
     batches = list(dm.val_dataloader())
     seen = [(s, r) for b in batches for s, r in zip(b.sources, b.rows)]
     # 8 rows x 2 tasks, minus the corrupt audio (A1A2 of row 2) and the bad answer_snac (A1A2 of row 5)
@@ -75,6 +76,13 @@ def test_voice_assistant_parquet_to_batches(va_parquet, encoder):
     # the training stream is endless and mixes the same sources
     train = iter(dm.train_dataloader())
     assert sum(next(train).input_ids.size(0) for _ in range(10)) > 14
+
+
+def test_run_stops_past_the_skip_fraction(va_parquet, encoder):
+    va = sources.voice_assistant(va_parquet, tasks=("A1A2",))
+    dm = OmniDataModule({"va": va}, {"va": 1.0}, encoder, val={"va": va}, max_tokens=400, num_workers=0)
+    with pytest.raises(TooManySkips, match=r"voice_assistant: skipped 2 of 8 samples \(25.0%\), more than the allowed 1.0%"):
+        list(dm.val_dataloader())
 
 
 def test_encoder_skips_overlong_and_empty(encoder):

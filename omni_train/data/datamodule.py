@@ -159,7 +159,11 @@ class OmniStream(IterableDataset):
 
 
 class OmniDataModule(L.LightningDataModule):
-    """Hydra-configurable data for one stage: training mixture, validation sources, loader settings."""
+    """Hydra-configurable data for one stage: training mixture, validation sources, loader settings.
+
+    A run stops with `TooManySkips` once more than `max_skip_fraction` of a source's samples were
+    skipped (bad rows, unreadable audio, over-long samples); None only counts them.
+    """
 
     def __init__(
         self,
@@ -173,9 +177,13 @@ class OmniDataModule(L.LightningDataModule):
         num_workers: int = 2,
         pad_to_multiple_of: int = 8,
         seed: int = 0,
+        max_skip_fraction: float | None = 0.01,
     ) -> None:
         super().__init__()
         self.train_sources, self.val_sources, self.weights = train, val or {}, weights
+        for src in [*train.values(), *self.val_sources.values()]:
+            if src.max_skip_fraction is None:  # a source's own setting wins; else the run's (1% by default)
+                src.max_skip_fraction = max_skip_fraction
         self.encoder = encoder
         self.collator = OmniCollator(encoder.vocab, pad_to_multiple_of)
         self.max_tokens, self.max_batch_size, self.buffer_size = max_tokens, max_batch_size, buffer_size
