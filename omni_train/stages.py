@@ -16,6 +16,7 @@ import torch.nn as nn
 from omni_train.data.collator import Batch
 from omni_train.loss import LossOutput, omni_loss
 from omni_train.model import OmniGPT
+from omni_train.vocab import N_AUDIO_LAYERS
 
 ENCODER_PREFIX = "encoder."
 
@@ -93,7 +94,7 @@ class OmniModule(L.LightningModule):
             if self.encoder is None:
                 raise ValueError("this batch has speech input but the module has no Whisper encoder")
             features = self.encoder(batch.mels, batch.audio_lengths)  # (Ba, F, whisper width)
-        with_audio = bool((batch.targets[:, :7] >= 0).any())
+        with_audio = bool(batch.loss_mask[:, :N_AUDIO_LAYERS].any())  # else skip the audio side
         h_text, h_audio = self.model.hidden_states(
             batch.input_ids, features, batch.audio_lengths, batch.audio_mask, with_audio=with_audio
         )

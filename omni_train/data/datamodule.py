@@ -115,12 +115,7 @@ class OmniStream(IterableDataset):
         self.sources, self.weights = sources, weights
         self._skips = {src.name: src.skips for src in sources.values()}  # samples carry the Source's name
         self.encoder, self.collator = encoder, collator
-        self.max_tokens, self.buffer_size, self.max_batch_size, self.seed = (
-            max_tokens,
-            buffer_size,
-            max_batch_size,
-            seed,
-        )
+        self.max_tokens, self.buffer_size, self.max_batch_size, self.seed = max_tokens, buffer_size, max_batch_size, seed
 
     def _encoded(self, samples) -> Iterator[Encoded]:
         for sample in samples:
