@@ -14,6 +14,7 @@ from litgpt.model import GPT
 from litgpt.scripts.convert_lit_checkpoint import convert_lit_checkpoint
 from litgpt.utils import save_config
 from safetensors.torch import save_file
+from tiny import train_tokenizer
 
 from omni_train import checkpoints as ckpt
 from omni_train.cli.export import main as export_main
@@ -43,21 +44,8 @@ def tiny_base(**overrides) -> Config:
 # ---- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    text = ["the model hears and talks", "speech in, speech out", "a tiny tokenizer for tests"] * 20
-    tok.train_from_iterator(text, trainer)
     d = tmp_path_factory.mktemp("tokenizer")
-    tok.save(str(d / "tokenizer.json"))
-    (d / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "add_bos_token": False})
-    )
+    train_tokenizer(d)
     return d
 
 
