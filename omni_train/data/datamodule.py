@@ -134,21 +134,14 @@ class OmniStream(IterableDataset):
         index, count = rank * workers + worker, world * workers
         shards = {name: src.sharded(index, count) for name, src in self.sources.items()}
         if self.weights is None:  # validation: everything once, in a fixed order
-            samples = itertools.chain.from_iterable(shards.values())
-            batches = bucket_batches(
-                self._encoded(samples), sequence_length, self.max_tokens, self.buffer_size, 0, self.max_batch_size
-            )
+            samples, seed = itertools.chain.from_iterable(shards.values()), 0
         else:
             streams = {name: (lambda p, s=s: s) for name, s in shards.items()}
-            samples = mix(streams, self.weights, seed=self.seed + index)
-            batches = bucket_batches(
-                self._encoded(samples),
-                sequence_length,
-                self.max_tokens,
-                self.buffer_size,
-                self.seed + index,
-                self.max_batch_size,
-            )
+            seed = self.seed + index
+            samples = mix(streams, self.weights, seed=seed)
+        batches = bucket_batches(
+            self._encoded(samples), sequence_length, self.max_tokens, self.buffer_size, seed, self.max_batch_size
+        )
         for batch in batches:
             yield self.collator(batch)
 

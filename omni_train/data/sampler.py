@@ -68,26 +68,21 @@ def bucket_batches(
         buffer = sorted(itertools.islice(it, buffer_size), key=length)
         if not buffer:
             return
-        batches, current, longest = [], [], 0
-        for item in buffer:
-            n = length(item)
-            full = max_batch_size is not None and len(current) >= max_batch_size
-            if current and (full or (len(current) + 1) * max(longest, n) > max_tokens):
-                batches.append(current)
-                current, longest = [], 0
-            current.append(item)
-            longest = max(longest, n)
-        batches.append(current)
+        batches = list(random_batches(buffer, length, max_tokens, max_batch_size))
         rng.shuffle(batches)
         yield from batches
 
 
-def random_batches(items: Iterable[T], length: Callable[[T], int], max_tokens: int) -> Iterator[list[T]]:
-    """Batches in stream order under the same token budget: the baseline bucketing is measured against."""
+def random_batches(
+    items: Iterable[T], length: Callable[[T], int], max_tokens: int, max_batch_size: int | None = None
+) -> Iterator[list[T]]:
+    """Batches in the given order under the token budget: bucketing cuts its sorted buffers with it,
+    and on an unsorted stream it is the baseline bucketing is measured against."""
     current, longest = [], 0
     for item in items:
         n = length(item)
-        if current and (len(current) + 1) * max(longest, n) > max_tokens:
+        full = max_batch_size is not None and len(current) >= max_batch_size
+        if current and (full or (len(current) + 1) * max(longest, n) > max_tokens):
             yield current
             current, longest = [], 0
         current.append(item)
