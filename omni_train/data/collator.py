@@ -36,31 +36,39 @@ def sequence_length(enc: Encoded) -> int:
     return _prompt_length(enc) + _answer_length(enc) - 1
 
 
-def build_row(enc: Encoded, vocab: Vocab) -> tuple[torch.Tensor, int]:
-    """One sample's full row of ids, ``(8, P + A)``, and its prompt length P."""
+def build_prompt(enc: Encoded, vocab: Vocab) -> torch.Tensor:
+    """The ids the model reads before its answer, ``(8, P)``; generation starts from these too.
+
+    Only the prompt fields of `enc` are read (task, question_ids or audio_frames), so inference can
+    pass an `Encoded` with empty `answer_ids`.
+    """
     task = enc.task
     x_a = ANSWER_A if task.audio_out else PAD_A
     x_t = vocab.asr if task is Task.A1T1 else vocab.answer_t
     if task.audio_in:
         T = enc.audio_frames
-        audio_prompt = [INPUT_A] + [PAD_A] * T + [EOA, x_a]  # layer-local codes
-        text_prompt = [vocab.input_t] + [vocab.pad_t] * T + [vocab.eot, x_t]
+        audio = [INPUT_A] + [PAD_A] * T + [EOA, x_a]  # layer-local codes
+        text = [vocab.input_t] + [vocab.pad_t] * T + [vocab.eot, x_t]
     else:
         n = len(enc.question_ids)
-        audio_prompt = [PAD_A] * (n + 2) + [x_a]
-        text_prompt = [vocab.input_t, *enc.question_ids, vocab.eot, x_t]
-    P, A = len(text_prompt), _answer_length(enc)
+        audio = [PAD_A] * (n + 2) + [x_a]
+        text = [vocab.input_t, *enc.question_ids, vocab.eot, x_t]
+    audio = torch.tensor(audio).expand(N_AUDIO_LAYERS, -1)  # (7, P), the same codes in every layer
+    return torch.cat([vocab.shift_frames(audio.T).T, torch.tensor([text])])  # (8, P)
 
-    row = torch.empty(N_LAYERS, P + A, dtype=torch.long)  # (8, P + A)
-    audio = torch.full((N_AUDIO_LAYERS, P + A), PAD_A, dtype=torch.long)  # layer-local codes, (7, P + A)
-    audio[:, :P] = torch.tensor(audio_prompt)
-    if task.audio_out:
+
+def build_row(enc: Encoded, vocab: Vocab) -> tuple[torch.Tensor, int]:
+    """One sample's full row of ids, ``(8, P + A)``, and its prompt length P."""
+    prompt = build_prompt(enc, vocab)
+    P, A = prompt.size(1), _answer_length(enc)
+    audio = torch.full((N_AUDIO_LAYERS, A), PAD_A, dtype=torch.long)  # layer-local codes, (7, A)
+    if enc.task.audio_out:
         delayed = apply_delay(enc.answer_frames.long())  # (7, N + 8)
-        audio[:, P : P + delayed.size(1)] = delayed
-    row[:N_AUDIO_LAYERS] = vocab.shift_frames(audio.T).T
-    text = [*text_prompt, *enc.answer_ids, vocab.eot]
-    row[TEXT_LAYER] = torch.tensor(text + [vocab.pad_t] * (P + A - len(text)))
-    return row, P
+        audio[:, : delayed.size(1)] = delayed
+    text = [*enc.answer_ids, vocab.eot]
+    text = torch.tensor(text + [vocab.pad_t] * (A - len(text)))  # (A,)
+    answer = torch.cat([vocab.shift_frames(audio.T).T, text[None]])  # (8, A)
+    return torch.cat([prompt, answer], dim=1), P
 
 
 @dataclass
