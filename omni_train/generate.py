@@ -1,0 +1,410 @@
+"""Decoding with litgpt's KV cache: all five tasks, batched rows, batch-parallel and streamed speech.
+
+One step reads one column of 8 tokens per row and predicts the next column. Text leads; a spoken
+answer follows it in the 7 audio layers with the delay of DESIGN.md (layer i starts i+1 steps after
+the text), exactly the layout the collator trains.
+
+What is sampled and what is forced. Mini-Omni's own decoder samples every token and stops when
+audio layer 6 says eoa. Here the tokens the layout fixes are forced instead, so even an
+undertrained model yields well-formed, decodable answers (a trained one predicts the same tokens):
+- text: after eot, pad_t; before it only base-vocabulary tokens or eot (the text targets);
+- audio layer i: pad_a for the first i+1 steps; then SNAC codes (layer 0 may also end with eoa);
+  layer i > 0 says eoa exactly i steps after layer 0 did, so all layers hold the same N frames; pad_a
+  after its eoa;
+- text-only rows read pad_a in every audio layer, as they were trained (and as Mini-Omni feeds).
+A row ends once its text said eot and, for a spoken answer, layer 6 said eoa (Mini-Omni cuts the
+text when the audio ends; training lets the text run on, so this decoder does too).
+
+Rows of different prompt lengths share a batch without left padding: prompts are right-padded and
+each row decodes at its own positions (``input_pos`` of shape ``(B, 1)``). A short row's padding in
+the KV cache lies ahead of its causal mask and is overwritten before it can be attended, so every
+row computes what it would alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from omni_train.audio import SnacCodec, WhisperEncoder, load_audio, log_mel, whisper_frames
+from omni_train.data.collator import build_prompt
+from omni_train.data.samples import Encoded, Task
+from omni_train.model import OmniGPT
+from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, Vocab, remove_delay
+
+
+@dataclass
+class Generation:
+    """One row's answer.
+
+    Attributes:
+        text_tokens: the answer's text ids, without its eot.
+        audio_tokens: for spoken answers, 7 lists of layer-local codes (0..4159) with the delay
+            pads, up to and including layer 6's eoa: ``apply_delay(frames)`` for a finished answer.
+    """
+
+    text_tokens: list[int]
+    audio_tokens: list[list[int]] | None = None
+
+    @property
+    def frames(self) -> torch.Tensor | None:
+        return None if self.audio_tokens is None else to_frames(self.audio_tokens)
+
+
+@dataclass
+class Answer:
+    text: str
+    text_tokens: list[int]
+    audio_tokens: list[list[int]] | None
+    frames: torch.Tensor | None  # (N, 7) layer-local SNAC codes, for `SnacCodec.decode`
+
+
+def to_frames(audio_tokens: list[list[int]] | torch.Tensor) -> torch.Tensor:
+    """Delayed audio layers ``(7, L)`` -> SNAC frames ``(N, 7)``; N counts the frames all layers completed."""
+    return remove_delay(torch.as_tensor(audio_tokens, dtype=torch.long).view(N_AUDIO_LAYERS, -1))
+
+
+def sample(
+    logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None, top_p: float = 1.0
+) -> torch.Tensor:
+    """Next ids ``(B,)`` from logits ``(B, V)``: top-k, then temperature, then top-p (litgpt's order).
+
+    Temperature 0 is greedy; top_k=1 or top_p=0 is greedy at any temperature.
+    """
+    if not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+    logits = logits.float()
+    if top_k is not None:
+        v, i = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = torch.full_like(logits, float("-inf")).scatter_(-1, i, v)  # scatter: ties don't widen the set
+    if temperature <= 0.0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # the tokens before it already hold top_p of the mass
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+
+
+def _per_row(tasks, B: int) -> list[Task]:
+    tasks = [Task(t) for t in (tasks if isinstance(tasks, (list, tuple)) else [tasks] * B)]
+    if len(tasks) != B:
+        raise ValueError(f"{len(tasks)} tasks for {B} prompts")
+    return tasks
+
+
+def _allowed(vocab: Vocab, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive masks of what may be sampled: text ``(text_vocab,)``, audio ``(7, audio_vocab)``."""
+    text = torch.zeros(vocab.text_vocab_size, device=device)
+    text[vocab.base_vocab_size :] = float("-inf")
+    text[vocab.eot] = 0.0
+    audio = torch.zeros(N_AUDIO_LAYERS, vocab.audio_vocab_size, device=device)
+    audio[:, EOA:] = float("-inf")
+    audio[0, EOA] = 0.0  # only layer 0 chooses when the speech ends
+    return text, audio
+
+
+@torch.inference_mode()
+def decode_steps(
+    model: OmniGPT,
+    prompts: list[torch.Tensor],
+    tasks: Task | str | list[Task | str],
+    audio_features: torch.Tensor | None = None,
+    audio_lengths: torch.Tensor | None = None,
+    *,
+    steer: list[int] | None = None,
+    max_new_tokens: int = 1024,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    kv_cache: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Decode a batch step by step; yields each answer step's text ``(B,)`` and layer-local audio ``(B, 7)``.
+
+    Args:
+        prompts: B prompts ``(8, P_b)`` (`build_prompt`), of any lengths.
+        tasks: one task for all rows, or one a row.
+        audio_features: Whisper features ``(Ba, F, width)`` of the rows with speech input, in row order.
+        audio_lengths: ``(Ba,)`` their frames (the T of their prompts).
+        steer: row b takes its text from row ``steer[b]`` (batch-parallel decoding: the A1A2 row
+            speaks the A1T2 row's text); both rows read that text at the next step.
+        max_new_tokens: answer steps at most (also capped by the model's max_seq_length).
+        kv_cache: False recomputes the whole sequence every step (a reference for the cache).
+
+    Stops after the step at which every row has ended (see the module docstring).
+    """
+    vocab = model.config.vocab
+    device = model.lm_head.weight.device
+    B = len(prompts)
+    tasks = _per_row(tasks, B)
+    lengths = torch.tensor([p.size(1) for p in prompts], device=device)  # (B,)
+    P = int(lengths.max())
+    steps = min(max_new_tokens, model.max_seq_length - P)
+    if steps < 1:
+        raise ValueError(f"a prompt of {P} positions leaves no room in max_seq_length={model.max_seq_length}")
+
+    # row b's prompt fills columns [0, P_b); its answer step k is read at column P_b + k
+    pad = torch.tensor([*vocab.audio_layer_ids(PAD_A), vocab.pad_t], device=device)
+    ids = pad.view(1, -1, 1).repeat(B, 1, P + (0 if kv_cache else steps))  # (B, 8, P [+ steps])
+    audio_mask = torch.zeros(B, P, dtype=torch.bool, device=device)
+    speech_rows = [b for b, t in enumerate(tasks) if t.audio_in]
+    if len(speech_rows) != (0 if audio_lengths is None else len(audio_lengths)):
+        raise ValueError(f"{len(speech_rows)} rows have speech input but audio_lengths has {audio_lengths}")
+    for b, p in enumerate(prompts):
+        ids[b, :, : p.size(1)] = p.to(device)
+    for b, T in zip(speech_rows, [] if audio_lengths is None else audio_lengths.tolist()):
+        if prompts[b].size(1) != T + 3:
+            raise ValueError(f"row {b}: a prompt of {prompts[b].size(1)} positions cannot hold {T} Whisper frames")
+        audio_mask[b, 1 : 1 + T] = True
+    if audio_lengths is not None:
+        audio_lengths = audio_lengths.to(device)
+        audio_features = audio_features.to(device, model.lm_head.weight.dtype)
+
+    with_audio = any(t.audio_out for t in tasks)
+    audio_out = torch.tensor([t.audio_out for t in tasks], device=device)  # (B,)
+    text_mask, audio_allowed = _allowed(vocab, device)
+    layer = torch.arange(N_AUDIO_LAYERS, device=device)  # (7,)
+    rows = torch.arange(B, device=device)
+    text_ended = torch.zeros(B, dtype=torch.bool, device=device)
+    eoa_step = torch.full((B,), 1 << 30, device=device)  # step at which layer 0 said eoa
+    steer = torch.tensor(steer, device=device) if steer is not None else None
+    knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+
+    if kv_cache:
+        model.set_kv_cache(B, max_seq_length=P + steps, device=device, dtype=model.lm_head.weight.dtype)
+    try:
+        pos = lengths - 1  # (B,) position whose states predict the current step
+        h_text, h_audio = model.hidden_states(
+            ids[:, :, :P], audio_features, audio_lengths, audio_mask,
+            input_pos=torch.arange(P, device=device) if kv_cache else None, with_audio=with_audio,
+        )  # fmt: skip
+        at = pos
+        for k in range(steps):
+            if k:
+                pos = pos + 1
+                if kv_cache:
+                    h_text, h_audio = model.hidden_states(
+                        column[..., None], input_pos=pos[:, None], input_pos_maxp1=int(pos.max()) + 1,
+                        with_audio=with_audio,
+                    )  # fmt: skip
+                    at = torch.zeros_like(pos)
+                else:
+                    ids[rows, :, pos] = column
+                    n = int(pos.max()) + 1
+                    h_text, h_audio = model.hidden_states(
+                        ids[:, :, :n], audio_features, audio_lengths, F.pad(audio_mask, (0, n - P)),
+                        with_audio=with_audio,
+                    )  # fmt: skip
+                    at = pos
+            text = sample(model.logits(h_text[rows, at], model.text_head()) + text_mask, **knobs)  # (B,)
+            if steer is not None:
+                text = text[steer]
+            text = torch.where(text_ended, vocab.pad_t, text)
+            text_ended |= text == vocab.eot
+
+            audio = torch.full((B, N_AUDIO_LAYERS), PAD_A, device=device)  # (B, 7)
+            if with_audio:
+                h = h_audio[rows, at]  # (B, C)
+                logits = torch.stack([model.logits(h, model.audio_head(i)) for i in range(N_AUDIO_LAYERS)], 1)
+                sampled = sample((logits + audio_allowed).flatten(0, 1), **knobs).view(B, N_AUDIO_LAYERS)
+                end = eoa_step[:, None] + layer  # (B, 7) each layer's eoa step
+                audio = torch.where(k == end, EOA, sampled)
+                audio = torch.where((k < layer + 1) | (k > end) | ~audio_out[:, None], PAD_A, audio)
+                eoa_step = torch.where((audio[:, 0] == EOA) & (eoa_step > k), k, eoa_step)
+            yield text, audio
+            if bool((text_ended & (~audio_out | (k >= eoa_step + N_AUDIO_LAYERS - 1))).all()):
+                break
+            column = torch.cat([vocab.shift_frames(audio), text[:, None]], dim=1)  # (B, 8)
+    finally:
+        if kv_cache:
+            model.clear_kv_cache()
+
+
+def generate(
+    model: OmniGPT,
+    prompts: list[torch.Tensor],
+    tasks: Task | str | list[Task | str],
+    audio_features: torch.Tensor | None = None,
+    audio_lengths: torch.Tensor | None = None,
+    **kwargs,
+) -> list[Generation]:
+    """Decode a batch to the end; arguments as `decode_steps`. Returns one `Generation` a row."""
+    B = len(prompts)
+    tasks = _per_row(tasks, B)
+    steps = list(decode_steps(model, prompts, tasks, audio_features, audio_lengths, **kwargs))
+    text = torch.stack([t for t, _ in steps], dim=1).cpu()  # (B, S)
+    audio = torch.stack([a for _, a in steps], dim=2).cpu()  # (B, 7, S)
+    eot = model.config.vocab.eot
+    return [_finish(text[b], audio[b] if task.audio_out else None, eot) for b, task in enumerate(tasks)]
+
+
+def _finish(text: torch.Tensor, audio: torch.Tensor | None, eot: int) -> Generation:
+    """A row's decoded steps, text ``(S,)`` and audio ``(7, S)``, cut at its eot and layer 6's eoa."""
+    t = text.tolist()
+    if audio is not None:
+        ends = (audio[-1] == EOA).nonzero()
+        audio = audio[:, : int(ends[0, 0]) + 1 if len(ends) else None].tolist()
+    return Generation(t[: t.index(eot)] if eot in t else t, audio)
+
+
+# ---- from audio and text ------------------------------------------------------------------------
+def encode_speech(encoder: WhisperEncoder, audios: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 kHz clips -> Whisper features ``(B, F, width)`` and their frames ``(B,)`` (each prompt's T)."""
+    audios = [torch.as_tensor(a, dtype=torch.float32).reshape(-1) for a in audios]
+    mels = [log_mel(a, encoder.n_mels, pad_to_30s=encoder.pad_to_30s) for a in audios]
+    frames = torch.tensor([whisper_frames(a.numel()) for a in audios])
+    batch = torch.zeros(len(mels), encoder.n_mels, max(m.size(1) for m in mels))
+    for b, m in enumerate(mels):
+        batch[b, :, : m.size(1)] = m
+    device = next(encoder.parameters()).device
+    return encoder(batch.to(device), frames.to(device)), frames
+
+
+def decode_text(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(torch.tensor(ids, dtype=torch.long)).strip()
+
+
+def transcribe(
+    model: OmniGPT,
+    encoder: WhisperEncoder,
+    tokenizer,
+    audios: list[torch.Tensor],
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+) -> list[str]:
+    """Greedy ASR (A1T1) of 16 kHz clips, `batch_size` at a time; the same text as one by one."""
+    vocab = model.config.vocab
+    order = sorted(range(len(audios)), key=lambda i: len(audios[i]))  # similar lengths: less padding
+    texts = [""] * len(audios)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        features, frames = encode_speech(encoder, [audios[i] for i in idx])
+        prompts = [build_prompt(Encoded(Task.A1T1, [], audio_frames=int(T)), vocab) for T in frames]
+        for i, g in zip(idx, generate(model, prompts, Task.A1T1, features, frames, max_new_tokens=max_new_tokens)):
+            texts[i] = decode_text(tokenizer, g.text_tokens)
+    return texts
+
+
+AudioInput = torch.Tensor | str | os.PathLike | bytes
+
+
+def _inputs(model, encoder, tokenizer, audio: AudioInput | None, text: str | None, task, batch_parallel: bool):
+    """The rows one question needs: (prompts, tasks, features, frames, steer)."""
+    if (audio is None) == (text is None):
+        raise ValueError("give exactly one of audio and text")
+    task = Task(task or (Task.A1A2 if audio is not None else Task.T1A2))
+    if task.audio_in != (audio is not None):
+        raise ValueError(f"task {task.value} takes {'audio' if task.audio_in else 'text'} input")
+    if batch_parallel and task is not Task.A1A2:
+        raise ValueError("batch-parallel decoding is for A1A2 (its text comes from an A1T2 row)")
+    vocab = model.config.vocab
+    tasks = [Task.A1A2, Task.A1T2] if batch_parallel else [task]
+    if audio is None:
+        ids = tokenizer.encode(text, bos=False, eos=False).tolist()
+        return [build_prompt(Encoded(task, [], question_ids=ids), vocab)], tasks, None, None, None
+    if encoder is None:
+        raise ValueError("speech input needs a Whisper encoder")
+    wave = audio if isinstance(audio, torch.Tensor) else load_audio(audio, 16_000)
+    features, frames = encode_speech(encoder, [wave])
+    prompts = [build_prompt(Encoded(t, [], audio_frames=int(frames[0])), vocab) for t in tasks]
+    if batch_parallel:
+        features, frames = features.repeat(2, 1, 1), frames.repeat(2)
+    return prompts, tasks, features, frames, [1, 1] if batch_parallel else None
+
+
+def answer(
+    model: OmniGPT,
+    encoder: WhisperEncoder | None,
+    tokenizer,
+    *,
+    audio: AudioInput | None = None,
+    text: str | None = None,
+    task: Task | str | None = None,
+    batch_parallel: bool = False,
+    **kwargs,
+) -> Answer:
+    """Answer one question, spoken (`audio`: a 16 kHz tensor or a file) or written (`text`).
+
+    Args:
+        task: default A1A2 for audio, T1A2 for text.
+        batch_parallel: A1A2 only: decode A1A2 and A1T2 as a batch of two, the speech following
+            the A1T2 row's text (Mini-Omni's "batch parallel decoding").
+        **kwargs: `decode_steps`'s sampling knobs and max_new_tokens.
+    """
+    prompts, tasks, features, frames, steer = _inputs(model, encoder, tokenizer, audio, text, task, batch_parallel)
+    g = generate(model, prompts, tasks, features, frames, steer=steer, **kwargs)[0]
+    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames)
+
+
+# ---- streaming ----------------------------------------------------------------------------------
+def stream_decode(
+    codec: SnacCodec, frames: Iterable[torch.Tensor], chunk: int = 4, context: int = 3
+) -> Iterator[torch.Tensor]:
+    """Decode a growing answer to audio chunks as soon as their frames (and context) exist.
+
+    Each chunk of `chunk` frames is decoded in a window with up to `context` frames on either side,
+    and only its own samples are kept. SNAC's decoder is convolutional, so once `context` covers its
+    receptive field every kept sample is the whole decoding's sample: the concatenated stream equals
+    ``codec.decode(all frames)`` to float rounding (with SNAC's decoder noise off; with it on, no two
+    decodings agree). The right context costs `context` frames of latency. Mini-Omni's stream
+    decodes 4-frame chunks with no context, which clicks at chunk edges.
+
+    Args:
+        frames: successive ``(N_t, 7)`` tensors, each extending the previous (N_t non-decreasing).
+    """
+    spf, done, latest = codec.samples_per_frame, 0, None
+    for latest in frames:
+        while latest.size(0) - done >= chunk + context:
+            yield _window(codec, latest, done, done + chunk, context, spf)
+            done += chunk
+    while latest is not None and done < latest.size(0):  # the end: no more context will come
+        stop = min(done + chunk, latest.size(0))
+        yield _window(codec, latest, done, stop, context, spf)
+        done = stop
+
+
+def _window(codec: SnacCodec, frames: torch.Tensor, start: int, stop: int, context: int, spf: int) -> torch.Tensor:
+    lo, hi = max(0, start - context), min(frames.size(0), stop + context)
+    wave = codec.decode(frames[lo:hi])  # ((hi - lo) * spf,)
+    return wave[(start - lo) * spf : (stop - lo) * spf]
+
+
+def stream_answer(
+    model: OmniGPT,
+    encoder: WhisperEncoder | None,
+    tokenizer,
+    codec: SnacCodec,
+    *,
+    audio: AudioInput | None = None,
+    text: str | None = None,
+    task: Task | str | None = None,
+    batch_parallel: bool = False,
+    chunk: int = 4,
+    context: int = 3,
+    **kwargs,
+):
+    """Yield the spoken answer as `codec.sample_rate` chunks while decoding; returns the `Answer`.
+
+    ``answer = yield from stream_answer(...)`` collects it; arguments as `answer` and `stream_decode`.
+    """
+    prompts, tasks, features, frames, steer = _inputs(model, encoder, tokenizer, audio, text, task, batch_parallel)
+    if not tasks[0].audio_out:
+        raise ValueError(f"task {tasks[0].value} has no spoken answer to stream")
+    text_steps, audio_steps = [], []
+
+    def growing_frames():
+        for t, a in decode_steps(model, prompts, tasks, features, frames, steer=steer, **kwargs):
+            text_steps.append(int(t[0]))
+            audio_steps.append(a[0].cpu())
+            yield to_frames(torch.stack(audio_steps, dim=1))  # (N, 7) frames completed so far
+
+    yield from stream_decode(codec, growing_frames(), chunk, context)
+    g = _finish(torch.tensor(text_steps), torch.stack(audio_steps, dim=1), model.config.vocab.eot)
+    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames)
