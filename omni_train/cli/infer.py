@@ -1,0 +1,117 @@
+"""omni-infer: answer one spoken or written question with a checkpoint (ours or Mini-Omni's).
+
+    omni-infer --checkpoint CKPT --audio question.wav --out answer.wav     # A1A2: spoken answer
+    omni-infer --checkpoint CKPT --text "what is two plus three" --task T1T2
+    omni-infer --checkpoint CKPT --audio clip.flac --task A1T1 --json       # ASR, one JSON line
+
+Whisper comes from --whisper (an openai-whisper checkpoint file, or a name such as ``small``, which
+whisper downloads), else CKPT/whisper.pt; SNAC from --snac (a directory in SNAC's layout, or a hub
+name), else CKPT/snac/. Neither is read unless needed: Whisper for --audio, SNAC for --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from litgpt.tokenizer import Tokenizer
+
+from omni_train.audio import SnacCodec, WhisperEncoder, save_wav
+from omni_train.checkpoints import load_checkpoint
+from omni_train.data.samples import Task
+from omni_train.generate import answer, stream_answer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="omni-infer", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
+    question = parser.add_mutually_exclusive_group(required=True)
+    question.add_argument("--audio", type=Path, help="spoken question (any format libsndfile reads)")
+    question.add_argument("--text", help="written question")
+    parser.add_argument("--task", choices=[t.value for t in Task], help="default: A1A2 for --audio, T1A2 for --text")
+    parser.add_argument("--out", type=Path, help="write the spoken answer here (wav); without it no audio is decoded")
+    parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: CKPT/whisper.pt)")
+    parser.add_argument("--snac", help="SNAC directory or hub name (default: CKPT/snac)")
+    parser.add_argument("--batch-parallel", action="store_true", help="A1A2 speaking the text of an A1T2 row")
+    parser.add_argument("--stream", action="store_true", help="decode speech while generating; report latency")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="default: the checkpoint's")
+    parser.add_argument("--json", action="store_true", help="print one JSON line: text, text_tokens, audio_tokens")
+    args = parser.parse_args(argv)
+
+    args.task = Task(args.task or ("A1A2" if args.audio else "T1A2"))
+    if args.task.audio_in != (args.audio is not None):
+        parser.error(f"task {args.task.value} takes {'--audio' if args.task.audio_in else '--text'}")
+    if (args.out or args.stream) and not args.task.audio_out:
+        parser.error(f"task {args.task.value} has no spoken answer for --out/--stream")
+    if args.stream and not args.out:
+        parser.error("--stream needs --out")
+    if args.audio and not args.whisper:
+        if not (args.checkpoint / "whisper.pt").is_file():
+            parser.error(f"--audio needs --whisper (no whisper.pt in {args.checkpoint})")
+        args.whisper = str(args.checkpoint / "whisper.pt")
+    if args.out and not args.snac:
+        if not (args.checkpoint / "snac").is_dir():
+            parser.error(f"--out needs --snac (no snac/ in {args.checkpoint})")
+        args.snac = str(args.checkpoint / "snac")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        model, _ = load_checkpoint(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
+        tokenizer = Tokenizer(args.checkpoint)
+        encoder = WhisperEncoder.from_pretrained(args.whisper, device=args.device) if args.audio else None
+        codec = SnacCodec.from_pretrained(args.snac, device=args.device) if args.out else None
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
+        sys.exit(f"omni-infer: error: {e}")
+    model.eval()
+    torch.manual_seed(args.seed)
+    question = dict(audio=args.audio, text=args.text, task=args.task, batch_parallel=args.batch_parallel)
+    knobs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+    if args.stream:
+        chunks, start, first = [], time.perf_counter(), None
+        stream = stream_answer(model, encoder, tokenizer, codec, **question, **knobs)
+        while True:
+            try:
+                chunks.append(next(stream))
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if first is None:
+                first = time.perf_counter() - start
+        elapsed, wave = time.perf_counter() - start, torch.cat(chunks) if chunks else torch.zeros(0)
+        seconds = wave.numel() / codec.sample_rate
+        rtf = elapsed / seconds if seconds else float("inf")
+        print(f"first audio after {first or 0:.3f} s; {seconds:.2f} s of speech in {elapsed:.2f} s "
+              f"(real-time factor {rtf:.3f})", file=sys.stderr)  # fmt: skip
+    else:
+        result = answer(model, encoder, tokenizer, **question, **knobs)
+        if args.out:
+            frames = result.frames
+            wave = codec.decode(frames) if frames.size(0) else torch.zeros(0)
+    if args.out:
+        save_wav(args.out, wave, codec.sample_rate)
+        print(f"wrote {wave.numel() / codec.sample_rate:.2f} s of speech to {args.out}", file=sys.stderr)
+
+    if args.json:
+        print(json.dumps(dict(text=result.text, text_tokens=result.text_tokens, audio_tokens=result.audio_tokens)))
+    else:
+        print(result.text)
+
+
+if __name__ == "__main__":
+    main()
