@@ -234,20 +234,26 @@ def test_stream_decode_equals_whole_decoding(codec):
 
 
 def test_stream_answer_yields_the_answer_chunk_by_chunk(model, encoder, tokenizer, codec, monkeypatch):
-    calls = script(monkeypatch, model, "audio_head", EOA, at_step=10)  # 9 frames
+    calls = script(monkeypatch, model, "audio_head", EOA, at_step=25)  # 24 frames, 32 steps
     (audio,) = clips(0.5)
-    whole = answer(model, encoder, tokenizer, audio=audio, max_new_tokens=30)
+    whole = answer(model, encoder, tokenizer, audio=audio, max_new_tokens=40)
     calls.clear()
-    stream = stream_answer(model, encoder, tokenizer, codec, audio=audio, max_new_tokens=30, chunk=2, context=8)
-    chunks = []
+    steps = []
+    hidden_states = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda *a, **k: steps.append(None) or hidden_states(*a, **k))
+    stream = stream_answer(model, encoder, tokenizer, codec, audio=audio, max_new_tokens=40, chunk=2, context=8)
+    chunks, steps_at_chunk = [], []
     while True:
         try:
             chunks.append(next(stream))
+            steps_at_chunk.append(len(steps))
         except StopIteration as stop:
             streamed = stop.value
             break
+    # the first chunk comes once 2 + 8 frames exist (step 16, 7 steps behind layer 0), long before the end
+    assert steps_at_chunk[0] == 10 + N_AUDIO_LAYERS and len(steps) == 24 + 8
     assert streamed.text_tokens == whole.text_tokens and streamed.audio_tokens == whole.audio_tokens
-    assert torch.equal(streamed.frames, whole.frames) and whole.frames.size(0) == 9
+    assert torch.equal(streamed.frames, whole.frames) and whole.frames.size(0) == 24
     torch.testing.assert_close(torch.cat(chunks), codec.decode(whole.frames), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="no spoken answer"):
         next(stream_answer(model, encoder, tokenizer, codec, audio=audio, task="A1T2"))
