@@ -260,6 +260,7 @@ def hf_asr(
     text_column: str = "text",
     split: str = "train",
     *,
+    tasks: Sequence[str] = ("A1T1",),
     id_column: str | None = None,
     name: str | None = None,
     skips: SkipCounter | None = None,
@@ -282,6 +283,7 @@ def hf_asr(
             are read whole by every shard, which keeps every `count`-th row.)
         cache_dir: where ``load_dataset`` may keep its lock files (default: the HF cache).
     """
+    _tasks(tasks, (Task.A1T1,))  # a uniform `tasks` argument for configs; ASR rows give A1T1 only
     p = _existing(path) if not _is_glob(path) else Path(str(path))
     on_disk = p.is_dir() and any((p / f).is_file() for f in ("state.json", "dataset_dict.json", "dataset_info.json"))
     needed = [audio_column, text_column] + ([id_column] if id_column else [])
@@ -415,6 +417,7 @@ def _table_samples(
 def asr_manifest(
     path: PathLike,
     *,
+    tasks: Sequence[str] = ("A1T1",),
     audio_key: str = "audio",
     text_key: str = "text",
     name: str | None = None,
@@ -425,6 +428,7 @@ def asr_manifest(
 
     Relative audio paths are relative to the manifest's folder, so a corpus folder can move.
     """
+    _tasks(tasks, (Task.A1T1,))
     files = _resolve(path, (".jsonl", ".json"))
     _check_columns(files[0], [audio_key, text_key])
     cols = _Columns(answer_text=text_key, question_audio=audio_key)
@@ -435,6 +439,7 @@ def asr_manifest(
 def open_orca(
     path: PathLike,
     *,
+    tasks: Sequence[str] = ("T1T2",),
     system_column: str = "system_prompt",
     question_column: str = "question",
     response_column: str = "response",
@@ -451,6 +456,7 @@ def open_orca(
     is empty. Mini-Omni's prompt layout has one text span for the question, with no chat template,
     so the system prompt has to live inside it.
     """
+    _tasks(tasks, (Task.T1T2,))
     files = _resolve(path, TABLE_EXTS)
     _check_columns(files[0], [system_column, question_column, response_column])
     read = partial(
