@@ -136,7 +136,7 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def _atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `out_dir` only once everything in it is written.
 
     POSIX cannot rename a directory over a non-empty one, so an existing target is first moved
@@ -184,7 +184,7 @@ def _copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
 def _write_checkpoint(
     out_dir: str | Path, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], tokenizer_dir: str | Path
 ) -> Path:
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         _copy_tokenizer(Path(tokenizer_dir), tmp)  # first: a bad tokenizer dir fails before the big write
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as fp:
             yaml.safe_dump(dict(config), fp, sort_keys=False)
@@ -494,6 +494,44 @@ def load_omni(
     state = _torch_load(checkpoint_dir / WEIGHTS_FILE)
     model = _empty_model(config, dtype or state["transformer.wte.weight"].dtype, device)
     return _load_full_state(model, state), config
+
+
+# ---- the audio models a checkpoint was trained with -------------------------------------------
+AUDIO_FILE = "omni_audio.json"  # in a model dir: which Whisper and SNAC the model was trained with
+WHISPER_FILE = "whisper.pt"
+SNAC_DIR = "snac"
+
+
+def save_audio_models(model_dir: Path, whisper_src: str, snac_src: str, pad_to_30s: bool) -> None:
+    """Put the Whisper and SNAC a model was trained with beside it: local files are copied, hub names named."""
+    entry = {"whisper": whisper_src, "snac": snac_src, "pad_to_30s": pad_to_30s}
+    if Path(whisper_src).is_file():
+        shutil.copyfile(whisper_src, model_dir / WHISPER_FILE)
+        entry["whisper"] = WHISPER_FILE
+    if Path(snac_src).is_dir():
+        shutil.copytree(snac_src, model_dir / SNAC_DIR, dirs_exist_ok=True)
+        entry["snac"] = SNAC_DIR
+    (model_dir / AUDIO_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+
+
+def audio_sources(model_dir: str | Path) -> dict | None:
+    """The Whisper and SNAC of a model dir, as paths or hub names, and Whisper's padding rule.
+
+    Read from ``omni_audio.json`` (written by omni-train); without it, a ``whisper.pt`` file or
+    ``snac/`` folder placed in the directory is used. None if the directory names neither.
+    """
+    model_dir = Path(model_dir)
+    path = model_dir / AUDIO_FILE
+    if path.is_file():
+        entry = json.loads(path.read_text())
+    else:
+        entry = {k: v for k, v in (("whisper", WHISPER_FILE), ("snac", SNAC_DIR)) if (model_dir / v).exists()}
+        if not entry:
+            return None
+    for key in ("whisper", "snac"):
+        if key in entry and (model_dir / entry[key]).exists():
+            entry[key] = str(model_dir / entry[key])
+    return entry
 
 
 # ---- Mini-Omni's format -----------------------------------------------------------------------

@@ -111,11 +111,19 @@ class OmniModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         out = self.model_step(batch)
+        self.last_metrics = out.metrics  # read by callbacks (the run summary's loss history)
         B = batch.input_ids.size(0)
-        self.log_dict({f"train/{k}": v for k, v in out.metrics.items()}, batch_size=B)
+        self.log_dict({f"train/{k}": v for k, v in out.metrics.items() if k != "loss"}, batch_size=B)
         self.log("train/padding", batch.padding_fraction, batch_size=B)
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=B)
+        # the mean over ranks (one all-reduce a step), so every rank logs and decides on the same number
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=B, sync_dist=True)
         return out.loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # before clipping (Lightning clips after this hook): the norm the clip threshold is compared with
+        grads = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.stack(grads).norm(2), batch_size=1)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out = self.model_step(batch)

@@ -161,6 +161,15 @@ def test_sources_are_re_iterable_shardable_and_picklable(va_dir):
     assert [(s.row, s.task) for s in clone] == full
 
 
+def test_more_shards_than_row_groups_shard_by_row(va_dir):
+    src = voice_assistant(va_dir, tasks=("T1T2",))
+    full = [s.row for s in src]
+    n = 2 * len(full)  # more shards than rows, let alone row groups
+    shards = [[s.row for s in src.sharded(i, n)] for i in range(n)]
+    assert sorted(r for part in shards for r in part) == sorted(full)  # each row once
+    assert sum(1 for part in shards if part) == len(full)  # every row its own shard: none starves
+
+
 def test_voice_assistant_config_errors(va_dir, tmp_path):
     with pytest.raises(FileNotFoundError) as err:
         voice_assistant(tmp_path / "nope")

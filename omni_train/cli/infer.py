@@ -5,8 +5,9 @@
     omni-infer --checkpoint CKPT --audio clip.flac --task A1T1 --json       # ASR, one JSON line
 
 Whisper comes from --whisper (an openai-whisper checkpoint file, or a name such as ``small``, which
-whisper downloads), else CKPT/whisper.pt; SNAC from --snac (a directory in SNAC's layout, or a hub
-name), else CKPT/snac/. Neither is read unless needed: Whisper for --audio, SNAC for --out.
+whisper downloads), else from what the checkpoint was trained with (``omni_audio.json``, written by
+omni-train: a copied file or a name, and whether Whisper's input was padded to 30 s); SNAC likewise
+from --snac or the checkpoint. Neither is read unless needed: Whisper for --audio, SNAC for --out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from litgpt.tokenizer import Tokenizer
 
 from omni_train.audio import SnacCodec, WhisperEncoder, save_wav
-from omni_train.checkpoints import load_checkpoint
+from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.data.samples import Task
 from omni_train.generate import answer, stream_answer
 
@@ -36,8 +37,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     question.add_argument("--text", help="written question")
     parser.add_argument("--task", choices=[t.value for t in Task], help="default: A1A2 for --audio, T1A2 for --text")
     parser.add_argument("--out", type=Path, help="write the spoken answer here (wav); without it no audio is decoded")
-    parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: CKPT/whisper.pt)")
-    parser.add_argument("--snac", help="SNAC directory or hub name (default: CKPT/snac)")
+    parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: the checkpoint's)")
+    parser.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
+    parser.add_argument("--pad-to-30s", action=argparse.BooleanOptionalAction, default=None,
+                        help="pad Whisper's input to 30 s as Mini-Omni does (default: as the checkpoint was trained)")
     parser.add_argument("--batch-parallel", action="store_true", help="A1A2 speaking the text of an A1T2 row")
     parser.add_argument("--stream", action="store_true", help="decode speech while generating; report latency")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
@@ -57,14 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"task {args.task.value} has no spoken answer for --out/--stream")
     if args.stream and not args.out:
         parser.error("--stream needs --out")
+    saved = audio_sources(args.checkpoint) or {}
+    if args.pad_to_30s is None:
+        args.pad_to_30s = saved.get("pad_to_30s", False)
     if args.audio and not args.whisper:
-        if not (args.checkpoint / "whisper.pt").is_file():
-            parser.error(f"--audio needs --whisper (no whisper.pt in {args.checkpoint})")
-        args.whisper = str(args.checkpoint / "whisper.pt")
+        if "whisper" not in saved:
+            parser.error(f"--audio needs --whisper ({args.checkpoint} does not say which Whisper it was trained with)")
+        args.whisper = saved["whisper"]
     if args.out and not args.snac:
-        if not (args.checkpoint / "snac").is_dir():
-            parser.error(f"--out needs --snac (no snac/ in {args.checkpoint})")
-        args.snac = str(args.checkpoint / "snac")
+        if "snac" not in saved:
+            parser.error(f"--out needs --snac ({args.checkpoint} does not say which SNAC it was trained with)")
+        args.snac = saved["snac"]
     return args
 
 
@@ -73,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model, _ = load_checkpoint(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
         tokenizer = Tokenizer(args.checkpoint)
-        encoder = WhisperEncoder.from_pretrained(args.whisper, device=args.device) if args.audio else None
+        encoder = (
+            WhisperEncoder.from_pretrained(args.whisper, device=args.device, pad_to_30s=args.pad_to_30s)
+            if args.audio else None
+        )
         codec = SnacCodec.from_pretrained(args.snac, device=args.device) if args.out else None
     except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
         sys.exit(f"omni-infer: error: {e}")

@@ -754,10 +754,15 @@ def _read_rows(
 ) -> Iterator[tuple[str, Path, dict | _BadRow]]:
     """Yield ``(location, folder, values)`` for each row of this shard; only `columns` are read from parquet.
 
-    Shard units are parquet row groups and JSONL lines, counted across all files in order. A JSONL
-    line that is not a JSON object comes back as a `_BadRow` (counted by the caller); a file
-    missing a column is a `MissingColumnError`.
+    Shard units are parquet row groups and JSONL lines, counted across all files in order. Parquet
+    with fewer row groups than there are shards (a small set on many workers) is sharded by row
+    instead, every shard reading all groups, so no shard is left empty. A JSONL line that is not a
+    JSON object comes back as a `_BadRow` (counted by the caller); a file missing a column is a
+    `MissingColumnError`.
     """
+    parquet = [f for f in files if _is_parquet(f)]
+    count = src.shard[1] if src is not None else 1
+    by_row = count > 1 and bool(parquet) and sum(pq.read_metadata(f).num_row_groups for f in parquet) < count
     unit = -1
     for f in files:
         _check_columns(f, columns)
@@ -767,14 +772,16 @@ def _read_rows(
                 starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
                 groups = []
                 for g in range(meta.num_row_groups):
-                    unit += 1
-                    if src is None or src.owns(unit):
+                    unit += not by_row
+                    if by_row or src is None or src.owns(unit):
                         groups.append(g)
                 for g in groups:  # one row group at a time, so row numbers stay exact
                     row = int(starts[g])
                     for batch in pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=columns):
                         for values in batch.to_pylist():
-                            yield f"{f.name}:{row}", f.parent, values
+                            unit += by_row
+                            if not by_row or src.owns(unit):
+                                yield f"{f.name}:{row}", f.parent, values
                             row += 1
         else:
             with open(f, encoding="utf-8") as fh:

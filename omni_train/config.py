@@ -1,0 +1,145 @@
+"""The schema of the Hydra configs in ``configs/``: a misspelt key is an error, not a silent default.
+
+Each dataclass is one config group (``model/``, ``data/``, ``stage/``); `TrainConfig` is the
+whole job. Groups whose keys belong to another library (``trainer/``: Lightning's `Trainer`
+arguments; ``logger/`` and ``callbacks/``: ``_target_`` objects) are plain dicts, checked by
+the classes they build.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+DEMO_DATA = Path(__file__).parent / "demo_data"
+
+
+@dataclass
+class ModelConfig:
+    """The base LLM, and the Whisper encoder and SNAC codec around it."""
+
+    name: str = MISSING  # a litgpt config name (`litgpt.Config.from_name`), e.g. Qwen2.5-0.5B
+    checkpoint_dir: Optional[str] = None  # base weights, litgpt or Hugging Face layout; None: random init
+    tokenizer_dir: Optional[str] = None  # default: checkpoint_dir
+    overrides: Dict[str, Any] = field(default_factory=dict)  # litgpt Config fields to change (tiny presets)
+    asr_adapter: str = "llamamlp"  # Whisper adapter: llamamlp (Mini-Omni's) or mlp (one Linear)
+    post_adapter: bool = False  # False: audio logits from lm_head (Mini-Omni's release); True: TTS adapter
+    post_adapter_layers: int = 6
+    whisper: str = "small"  # an openai-whisper model name or checkpoint file
+    whisper_dims: Dict[str, int] = field(default_factory=dict)  # if set: a random Whisper of these ModelDimensions
+    pad_to_30s: bool = False  # Mini-Omni's padded Whisper input (slower; see WhisperEncoder)
+    snac: str = "hubertsiuzdak/snac_24khz"  # a SNAC directory (config.json + pytorch_model.bin) or hub name
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are batched.
+
+    ``sources`` and ``val`` map a name to a source factory of `omni_train.data.sources`
+    (``_target_``), its arguments, the ``tasks`` it feeds and an optional ``weight`` (its share
+    among the sources of the same task). A stage draws each of its tasks from every source that
+    lists it.
+    """
+
+    root: str = "data"  # the folder the data/ presets look in (${data.root}/LibriSpeech, ...)
+    sources: Dict[str, Any] = field(default_factory=dict)
+    val: Dict[str, Any] = field(default_factory=dict)
+    max_tokens: int = 16384  # per rank and step: rows x padded length
+    max_batch_size: Optional[int] = None
+    buffer_size: int = 1000  # samples sorted by length at a time (bucketing)
+    num_workers: int = 2
+    pad_to_multiple_of: int = 8
+    max_seq_length: int = 2048  # longer samples are skipped and counted
+    too_long: str = "cut"  # audio over 30 s: cut or drop
+    max_skip_fraction: Optional[float] = 0.01  # stop once a source skips more than this share
+
+
+@dataclass
+class StageConfig:
+    """One training stage: its task mixture, schedule and loss weights."""
+
+    tasks: Dict[str, float] = MISSING  # task -> share of the samples, e.g. {A1T1: 1, T1T2: 1}
+    max_steps: int = MISSING
+    max_lr: float = 4e-4
+    min_lr: float = 4e-6
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    text_weight: float = 1.0
+    audio_weight: float = 1.0
+    loss_chunk_size: int = 2048
+    max_tokens: Optional[int] = None  # overrides data.max_tokens for this stage
+    max_batch_size: Optional[int] = None  # overrides data.max_batch_size
+    val_every: Optional[int] = None  # steps between validations; None: only at the end
+    checkpoint_every: int = 1000  # steps between Lightning checkpoints (and at the end)
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    """Checks around the run, reported in the run's summary.json."""
+
+    asr: Optional[str] = None  # a LibriSpeech-layout folder: WER before the first and after the last stage
+    asr_max_utterances: Optional[int] = None
+    speak: Optional[str] = None  # a question answered in speech at the end, written to answer.wav
+    max_new_tokens: int = 64
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)  # definitions, from stage/
+    run_stages: List[str] = MISSING  # which of them run, in order (set by the stage/ choice)
+    trainer: Dict[str, Any] = field(default_factory=dict)  # lightning.Trainer arguments
+    logger: Dict[str, Any] = field(default_factory=dict)  # name -> a _target_ logger
+    callbacks: Dict[str, Any] = field(default_factory=dict)  # name -> a _target_ callback
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    init_from: Optional[str] = None  # a model directory (ours or Mini-Omni's) to start the first stage from
+    resume: Optional[str] = None  # "auto": finish the run in hydra.run.dir where it stopped
+    seed: int = 1234
+    offline: bool = False  # no network: loggers stay offline (wandb syncs later)
+    run_dir: str = "."  # set to hydra's output dir by the configs
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("demo_data"):
+        OmegaConf.register_new_resolver("demo_data", lambda sub="": str(DEMO_DATA / sub))
+
+
+SECRET = re.compile(r"(api_?key|^token$|_token$|secret|password|passwd|credential)", re.IGNORECASE)
+
+
+def redacted(cfg: DictConfig) -> dict:
+    """The resolved config as a plain dict, safe to save with a run.
+
+    Values under secret-looking keys (``api_key``, ``hf_token``, ...) are replaced, and so is any
+    text that contains the value of a secret-looking environment variable (``WANDB_API_KEY``),
+    e.g. through ``${oc.env:...}``.
+    """
+    env_secrets = [v for k, v in os.environ.items() if SECRET.search(k) and len(v) >= 8]
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: "<redacted>" if SECRET.search(str(k)) and v is not None else walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and any(s in node for s in env_secrets):
+            return "<redacted>"
+        return node
+
+    return walk(OmegaConf.to_container(cfg, resolve=True))
+
+
+def plain(node: Any) -> Any:
+    """An OmegaConf node as plain Python (dicts and lists), anything else unchanged."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node

@@ -1,0 +1,171 @@
+"""omni-train end to end: the configs, the staged run, resume, DDP, and users' mistakes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from hydra import compose, initialize_config_dir
+from litgpt.config import Config
+from omegaconf import OmegaConf
+
+from omni_train.checkpoints import load_checkpoint
+from omni_train.cli.train import CONFIGS
+from omni_train.config import redacted, register
+from omni_train.model import OmniConfig
+from omni_train.train import ConfigError, train
+
+TESTS = Path(__file__).parent
+PRESETS = sorted(p.stem for p in (Path(CONFIGS) / "model").glob("*.yaml") if not p.stem.startswith("_"))
+TINY = [p for p in PRESETS if p.startswith("tiny")]
+SHORT = [  # the demo cut to seconds: 2 steps a stage, 2 held-out utterances
+    "experiment=demo", "stages.alignment.max_steps=2", "stages.adaption.max_steps=2",
+    "stages.finetune.max_steps=2", "eval.asr_max_utterances=2", "eval.max_new_tokens=4",
+]
+
+
+def config(*overrides: str):
+    register()
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def omni_train(*args: str, cwd: Path, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_model_preset_gives_an_omni_config(preset):
+    cfg = config(f"model={preset}")
+    base = Config.from_name(cfg.model.name, **OmegaConf.to_container(cfg.model.overrides))
+    omni = OmniConfig.from_base(base, whisper_adapter_dim=64)
+    assert omni.vocab.base_vocab_size == base.padded_vocab_size  # the layout follows the base, whatever it is
+    assert (cfg.model.checkpoint_dir is None) == preset.startswith("tiny")  # real presets name their weights
+
+
+def test_a_misspelt_key_is_an_error_not_a_default(tmp_path):
+    with pytest.raises(Exception, match="max_stepz"):
+        config("experiment=demo", "stages.alignment.max_stepz=3")
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "typo.yaml").write_text("# @package _global_\nstages:\n  alignment:\n    max_lr_: 1\n")
+    run = omni_train("--config-dir", str(tmp_path), "experiment=typo", "--cfg", "job", cwd=tmp_path)
+    assert run.returncode != 0 and "max_lr_" in run.stderr
+
+
+def test_the_published_recipe_resolves(tmp_path):
+    run = omni_train("experiment=mini_omni", "--cfg", "job", "--resolve", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    cfg = OmegaConf.create(run.stdout)
+    assert cfg.trainer.devices * cfg.data.max_batch_size == 192
+    assert list(cfg.run_stages) == ["alignment", "adaption", "finetune"]
+    assert [cfg.stages[s].max_steps for s in cfg.run_stages] == [40000] * 3
+    assert cfg.stages.finetune.max_lr == 5e-5 and cfg.stages.alignment.min_lr == 4e-6
+
+
+@pytest.mark.parametrize("preset", TINY)
+def test_shortened_demo_runs_for_every_tiny_model(tmp_path, preset):
+    summary = train(config(*SHORT, f"model={preset}", f"run_dir={tmp_path}"))
+    assert [s for s in summary["stages"]] == ["alignment", "adaption", "finetune"]
+    assert all(s["steps"] == 2 for s in summary["stages"].values())
+    assert 0 <= summary["wer_before"] and 0 <= summary["wer_after"]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["wer_after"] == summary["wer_after"]
+    for stage in summary["stages"]:
+        model, cfg = load_checkpoint(tmp_path / stage / "model")  # what inference and export read
+        assert cfg.post_adapter == preset.endswith("post-adapter")
+        assert (tmp_path / stage / "model" / "whisper.pt").is_file()
+        assert (tmp_path / stage / "model" / "snac" / "config.json").is_file()
+        assert (tmp_path / stage / "checkpoints" / "last.ckpt").is_file()
+        assert (tmp_path / stage / "logs").is_dir()
+    spoken = summary["spoken_answer"]
+    if spoken["frames"]:
+        info = sf.info(tmp_path / "answer.wav")
+        assert info.samplerate == 24000 and info.duration == pytest.approx(spoken["seconds"], abs=0.01)
+
+
+def test_a_random_whisper_is_made_once_and_saved_with_the_model(tmp_path):
+    dims = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
+                n_vocab=8, n_text_ctx=4, n_text_state=32, n_text_head=2, n_text_layer=1)
+    overrides = [f"+model.whisper_dims.{k}={v}" for k, v in dims.items()]
+    train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path}", *overrides, "eval.speak=null"))
+    model, cfg = load_checkpoint(tmp_path / "alignment" / "model")
+    assert cfg.whisper_adapter_dim == 32
+    saved = (tmp_path / "alignment" / "model" / "whisper.pt").read_bytes()
+    assert saved == (tmp_path / "whisper.pt").read_bytes()  # the encoder of the WER check is the trained one's
+
+
+def test_each_stage_starts_from_the_previous_stage(tmp_path):
+    train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path / 'a'}", "eval.asr=null", "eval.speak=null"))
+    first = tmp_path / "a" / "alignment" / "model"
+    summary = train(config(*SHORT, "stage=adaption", f"init_from={first}", f"run_dir={tmp_path / 'b'}",
+                           "eval.asr=null", "eval.speak=null"))
+    assert summary["stages"]["adaption"]["steps"] == 2
+    before, _ = load_checkpoint(first)
+    after, _ = load_checkpoint(tmp_path / "b" / "adaption" / "model")
+    # stage 2 keeps the adapters it was given and trains the LLM
+    assert all((before.state_dict()[k] == v).all() for k, v in after.state_dict().items() if "whisper_adapter" in k)
+    assert not (before.transformer.h[0].attn.qkv.weight == after.transformer.h[0].attn.qkv.weight).all()
+
+
+def test_resume_auto_continues_an_interrupted_stage(tmp_path):
+    common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null",
+              "stages.alignment.checkpoint_every=1"]
+    train(config(*common))
+    # as if killed after step 2 of 4: the checkpoints exist, the stage's outputs do not
+    (tmp_path / "alignment" / "summary.json").unlink()
+    summary = train(config(*common, "stages.alignment.max_steps=4", "resume=auto"))
+    stage = summary["stages"]["alignment"]
+    assert stage["resumed_from"].endswith("last.ckpt") and stage["steps"] == 4
+    # a finished stage is not trained again
+    again = train(config(*common, "stages.alignment.max_steps=4", "resume=auto"))
+    assert again["stages"]["alignment"] == stage
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["stage=adaption"], "init_from"),
+        (["model.name=NoSuchModel-1B"], "model.name"),
+        (["trainer=gpu"], "GPU"),
+        (["data.sources.asr.root=/no/such/dir"], "/no/such/dir"),
+        (["+stages.alignment.tasks.X9=1"], "X9"),
+    ],
+)
+def test_users_mistakes_are_one_line_errors(tmp_path, overrides, message):
+    cfg = config(*SHORT, f"run_dir={tmp_path}", "eval.asr=null", *overrides)
+    if message == "GPU":
+        pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has a GPU")
+    with pytest.raises((ConfigError, FileNotFoundError), match=message.replace(".", r"\.")):
+        train(cfg)
+
+
+def test_secrets_never_reach_the_saved_config(monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef-secret")
+    cfg = OmegaConf.create({"logger": {"wandb": {"api_key": "plain-key-value", "project": "p"}},
+                            "note": "${oc.env:WANDB_API_KEY}", "data": {"max_tokens": 5}})
+    text = json.dumps(redacted(cfg))
+    assert "0123456789abcdef-secret" not in text and "plain-key-value" not in text
+    assert redacted(cfg)["data"]["max_tokens"] == 5 and redacted(cfg)["logger"]["wandb"]["project"] == "p"
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    run = omni_train(
+        *SHORT, "trainer=ddp_cpu", "stage=alignment", "stages.alignment.max_steps=3", "eval.asr=null",
+        "eval.speak=null", f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.probe._target_=ddp_probe.Probe",
+        f"+callbacks.probe.out={tmp_path / 'probe'}", cwd=tmp_path, timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 for r in ranks)
+    assert ranks[0]["samples"] and ranks[1]["samples"]
+    assert not set(ranks[0]["samples"]) & set(ranks[1]["samples"])  # disjoint shares of every source
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # the logged loss is the mean over ranks
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged
+    ckpts = list((tmp_path / "run" / "alignment" / "checkpoints").glob("*.ckpt"))
+    assert any(c.name == "last.ckpt" for c in ckpts)
+    assert (tmp_path / "run" / "alignment" / "model" / "lit_model.pth").is_file()
