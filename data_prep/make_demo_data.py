@@ -344,6 +344,8 @@ sees a big dog", so that a tiny model can learn it in minutes.
 | `textqa.jsonl` | Open-Orca's columns: `id`, `system_prompt`, `question`, `response` | {n_qa} pairs |
 | `voice_assistant.parquet` | VoiceAssistant-400K's columns: `split_name`, `index`, `round`, `question`, `question_audio` (HF Audio: FLAC bytes + path), `answer`, `answer_snac` | {n_va} rows |
 | `snac/` | the SNAC codec of `answer_snac` (SNAC's `config.json` + `pytorch_model.bin`) | |
+| `tokenizer/` | a byte-level BPE over the demo texts, one token a word (`data_prep/train_demo_tokenizer.py`) | 905 tokens |
+| `whisper.pt` | a tiny Whisper encoder (openai-whisper's checkpoint layout) pretrained with CTC on `asr/train` only (`data_prep/train_demo_whisper.py`) | |
 
 - Audio: 16 kHz mono FLAC, {min_s:.1f}-{max_s:.1f} s, samples rounded to {bits} significant bits to
   keep the set small. A "speaker" is an espeak-ng voice variant ({n_speakers} of them); every
@@ -358,10 +360,17 @@ sees a big dog", so that a tiny model can learn it in minutes.
   is random, so speech decoded from demo outputs is not intelligible. Replace it with
   `hubertsiuzdak/snac_24khz` for real work.
 
-Regenerate (needs `apt-get install espeak-ng`; deterministic for a given seed and the same
-espeak-ng, libsndfile and torch versions):
+- The demo's base LLM is random (nothing can be downloaded), but Mini-Omni hears through a
+  *pretrained* Whisper. `whisper.pt` stands in for it at toy scale: trained to transcribe the
+  training split (CTC, characters), never shown `asr/heldout`, so the held-out WER the demo reports
+  measures what the LLM learned to read from its features.
 
-    python data_prep/make_demo_data.py --out omni_train/demo_data --seed {seed}
+Regenerate (needs `apt-get install espeak-ng`; deterministic for a given seed and the same
+espeak-ng, libsndfile and torch versions), then the tokenizer and the encoder (about a minute):
+
+    python data_prep/make_demo_data.py --out omni_train/demo_data --seed {seed} --train {n_train}
+    python data_prep/train_demo_tokenizer.py
+    python data_prep/train_demo_whisper.py
 """
 
 
@@ -373,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("omni_train/demo_data"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=320, help="ASR training utterances")
+    parser.add_argument("--train", type=int, default=1200, help="ASR training utterances")
     parser.add_argument("--heldout", type=int, default=40, help="ASR held-out utterances")
     parser.add_argument("--qa", type=int, default=48, help="text QA pairs")
     parser.add_argument("--va", type=int, default=40, help="VoiceAssistant rows (4 of them identity)")
