@@ -99,6 +99,16 @@ def test_a_random_whisper_is_made_once_and_saved_with_the_model(tmp_path):
     assert saved == (tmp_path / "whisper.pt").read_bytes()  # the encoder of the WER check is the trained one's
 
 
+def test_csv_tensorboard_and_offline_wandb_loggers(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the demo's offline=true already says so; no network either way
+    train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null",
+                 "logger=[csv,tensorboard,wandb]", "stages.alignment.log_every=1"))
+    logs = tmp_path / "alignment" / "logs"
+    assert "train/loss" in next(logs.rglob("metrics.csv")).read_text()
+    assert list(logs.rglob("events.out.tfevents.*"))
+    assert list(logs.rglob("offline-run-*"))
+
+
 def test_each_stage_starts_from_the_previous_stage(tmp_path):
     train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path / 'a'}", "eval.asr=null", "eval.speak=null"))
     first = tmp_path / "a" / "alignment" / "model"
