@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from tiny import SNAC_TINY, WHISPER_DIMS
 import soundfile as sf
 import torch
 import whisper
@@ -29,15 +30,7 @@ FORMATS = {
     "ogg": ("OGG", "VORBIS"),
     "mp3": ("MP3", "MPEG_LAYER_III"),
 }
-DIMS = ModelDimensions(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=2,
-    n_vocab=64, n_text_ctx=8, n_text_state=32, n_text_head=2, n_text_layer=1,
-)  # fmt: skip
-# SNAC 24 kHz's shape (no local attention, strides 4,2,1), shrunk: hop 8, so 32 samples a coarse frame
-SNAC_TINY = dict(
-    sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4], decoder_dim=16, decoder_rates=[4, 2],
-    attn_window_size=None, codebook_size=4096, codebook_dim=4, vq_strides=[4, 2, 1],
-)  # fmt: skip
+DIMS = ModelDimensions(**{**WHISPER_DIMS, "n_audio_layer": 2, "n_vocab": 64, "n_text_ctx": 8})
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1, seed: int = 0) -> np.ndarray:

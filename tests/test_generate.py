@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_omni, train_tokenizer
+from tiny import SNAC_TINY, WHISPER_DIMS, tiny_omni, train_tokenizer
 from whisper.model import ModelDimensions
 
 from omni_train.audio import SnacCodec, WhisperEncoder
@@ -24,15 +24,8 @@ from omni_train.generate import (
 from omni_train.model import OmniGPT
 from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, apply_delay
 
-DIMS = ModelDimensions(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
-    n_vocab=10, n_text_ctx=4, n_text_state=32, n_text_head=2, n_text_layer=1,
-)  # fmt: skip
-# SNAC 24 kHz's shape shrunk (32 samples a frame); noise off, so that decoding is deterministic
-SNAC_TINY = dict(
-    sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4], decoder_dim=16, decoder_rates=[4, 2],
-    attn_window_size=None, codebook_size=4096, codebook_dim=4, vq_strides=[4, 2, 1], noise=False,
-)  # fmt: skip
+DIMS = ModelDimensions(**WHISPER_DIMS)
+SNAC_TINY = {**SNAC_TINY, "noise": False}  # deterministic decoding
 
 
 def make_model(family="qwen2", seed=0, **omni) -> OmniGPT:

@@ -18,6 +18,18 @@ FAMILIES = {
 }
 
 
+# openai-whisper ModelDimensions of a tiny encoder (the text decoder is unused but must exist)
+WHISPER_DIMS = dict(
+    n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
+    n_vocab=10, n_text_ctx=4, n_text_state=32, n_text_head=2, n_text_layer=1,
+)  # fmt: skip
+# SNAC 24 kHz's shape (no local attention, strides 4,2,1), shrunk: hop 8, so 32 samples a coarse frame
+SNAC_TINY = dict(
+    sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4], decoder_dim=16, decoder_rates=[4, 2],
+    attn_window_size=None, codebook_size=4096, codebook_dim=4, vq_strides=[4, 2, 1],
+)  # fmt: skip
+
+
 def tiny_base(family: str = "qwen2", **overrides) -> Config:
     name, extra = FAMILIES[family]
     return Config.from_name(name, **{**SMALL, **extra, **overrides})
