@@ -51,11 +51,9 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 @torch.inference_mode()
 def asr_wer(init: dict, cfg: Any, batch_size: int = 16) -> dict:
     """WER of a model (an `init` dict of `omni_train.train`) on the folder `cfg.asr`."""
-    from omni_train.audio import WhisperEncoder
-
     utts = librispeech_utterances(cfg.asr, cfg.asr_max_utterances)
     model = init["model"].eval().to(DEVICE)
-    encoder = WhisperEncoder.from_pretrained(init["whisper"], device=DEVICE, pad_to_30s=init["pad_to_30s"])
+    encoder = init["encoder"].to(DEVICE)
     tokenizer = Tokenizer(init["tokenizer_dir"])
     audios = [load_audio(path, 16_000) for _, path, _ in utts]
     hyps = transcribe(model, encoder, tokenizer, audios, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens)

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from functools import partial
@@ -299,7 +298,7 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
     L.seed_everything(cfg.seed, workers=True)
 
     model, tokenizer_dir = init["model"].train(), init["tokenizer_dir"]  # Lightning keeps the modes it finds
-    encoder = WhisperEncoder.from_pretrained(init["whisper"], pad_to_30s=init["pad_to_30s"])
+    encoder = init["encoder"]
     tokenizer = Tokenizer(tokenizer_dir)
     data = build_data(cfg, stage, tokenizer, model, encoder)
     module = STAGES[stage](
@@ -343,7 +342,11 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
 
 # ---- the run -------------------------------------------------------------------------------------
 def init_for(cfg: DictConfig, stage: str, previous: Path | None, run_dir: Path) -> dict:
-    """Where `stage` starts: the previous stage's model, `init_from`, or (stage 1 only) the base LLM."""
+    """Where `stage` starts: the previous stage's model, `init_from`, or (stage 1 only) the base LLM.
+
+    Returns the model, its Whisper encoder (loaded once, for training and the WER checks), the
+    tokenizer folder, and the Whisper/SNAC sources to save with the stage's model.
+    """
     mcfg = cfg.model
     source = previous or (Path(cfg.init_from) if cfg.init_from else None)
     if source is not None:
@@ -352,18 +355,17 @@ def init_for(cfg: DictConfig, stage: str, previous: Path | None, run_dir: Path) 
         model, _ = load_checkpoint(source)
         audio = {"whisper": mcfg.whisper, "snac": mcfg.snac, "pad_to_30s": mcfg.pad_to_30s}
         audio.update(audio_sources(source) or {})  # what the model was trained with wins
-        return {"model": model, "tokenizer_dir": str(source), **audio}
+        encoder = WhisperEncoder.from_pretrained(audio["whisper"], pad_to_30s=audio["pad_to_30s"])
+        return {"model": model, "encoder": encoder, "tokenizer_dir": str(source), **audio}
     if stage != "alignment":
         raise ConfigError(f"stage={stage} starts from a trained model: set init_from=<run>/alignment/model (or a Mini-Omni dir)")
     whisper_src = mcfg.whisper
     if mcfg.whisper_dims:
         whisper_src = str(make_random_whisper(plain(mcfg.whisper_dims), run_dir / WHISPER_FILE, cfg.seed))
-    width = whisper.model.ModelDimensions(**plain(mcfg.whisper_dims)).n_audio_state if mcfg.whisper_dims else None
-    if width is None:  # a named or local Whisper: its width sets the adapter's input
-        width = WhisperEncoder.from_pretrained(whisper_src).width
-    model, tokenizer_dir = model_from_base(mcfg, width, cfg.seed)
-    return {"model": model, "tokenizer_dir": tokenizer_dir, "whisper": whisper_src, "snac": mcfg.snac,
-            "pad_to_30s": mcfg.pad_to_30s}
+    encoder = WhisperEncoder.from_pretrained(whisper_src, pad_to_30s=mcfg.pad_to_30s)
+    model, tokenizer_dir = model_from_base(mcfg, encoder.width, cfg.seed)  # its width is the adapter's input
+    return {"model": model, "encoder": encoder, "tokenizer_dir": tokenizer_dir, "whisper": whisper_src,
+            "snac": mcfg.snac, "pad_to_30s": mcfg.pad_to_30s}
 
 
 def check(cfg: DictConfig) -> None:
