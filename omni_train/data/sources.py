@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -176,7 +177,7 @@ def librispeech(
     code_files = None
     if tts_snac is not None:
         code_files = _resolve(tts_snac, TABLE_EXTS)
-        _check_columns(code_files[0], [tts_id_column, tts_snac_column])
+        _check_columns(_first_readable(code_files), [tts_id_column, tts_snac_column])
     elif Task.T1A2 in task_list:
         raise ValueError("librispeech: task T1A2 needs tts_snac (the SNAC codes of each utterance)")
     read = partial(
@@ -430,7 +431,7 @@ def asr_manifest(
     """
     _tasks(tasks, (Task.A1T1,))
     files = _resolve(path, (".jsonl", ".json"))
-    _check_columns(files[0], [audio_key, text_key])
+    _check_columns(_first_readable(files), [audio_key, text_key])
     cols = _Columns(answer_text=text_key, question_audio=audio_key)
     read = partial(_table_samples, files=files, tasks=(Task.A1T1,), cols=cols, batch_size=1)
     return Source(name or _stem(path), read, skips, max_skip_fraction)
@@ -458,7 +459,7 @@ def open_orca(
     """
     _tasks(tasks, (Task.T1T2,))
     files = _resolve(path, TABLE_EXTS)
-    _check_columns(files[0], [system_column, question_column, response_column])
+    _check_columns(_first_readable(files), [system_column, question_column, response_column])
     read = partial(
         _open_orca_samples, files=files, columns=(system_column, question_column, response_column),
         separator=separator, batch_size=batch_size,
@@ -504,7 +505,7 @@ def moss_audioqa(
     cols = _Columns(answer_text=answer_column, question_audio=audio_column, question_text=question_column)
     task_list = _tasks(tasks, (Task.A1T2, Task.T1T2))
     extra = [question_column] if question_column else []  # carried along even where the task needs no text question
-    _check_columns(files[0], cols.needed(task_list) + extra)
+    _check_columns(_first_readable(files), cols.needed(task_list) + extra)
     read = partial(_table_samples, files=files, tasks=task_list, cols=cols, batch_size=batch_size, extra=extra)
     return Source(name, read, skips, max_skip_fraction)
 
@@ -542,7 +543,7 @@ def voice_assistant(
     task_list = _tasks(tasks, tuple(Task))
     needed = VOICE_ASSISTANT_COLUMNS.needed(task_list)
     extra = ["split_name"] if splits is not None or exclude_splits else []
-    _check_columns(files[0], needed + extra)
+    _check_columns(_first_readable(files), needed + extra)
     include = None if splits is None else frozenset(splits)
     keep = partial(_split_filter, include=include, exclude=frozenset(exclude_splits))
     read = partial(
@@ -582,7 +583,7 @@ def slam_s2s_jsonl(
     """
     files = _resolve(path, (".jsonl", ".json"))
     task_list = _tasks(tasks, tuple(Task))
-    _check_columns(files[0], SLAM_COLUMNS.needed(task_list))
+    _check_columns(_first_readable(files), SLAM_COLUMNS.needed(task_list))
     read = partial(
         _table_samples, files=files, tasks=task_list, cols=SLAM_COLUMNS, batch_size=1, row_id=_key_or_location,
     )
@@ -744,9 +745,30 @@ def _check_columns(f: Path, columns: Iterable[str]) -> None:
         if first is None:
             return  # an empty manifest is no config mistake; it just yields nothing
         names = list(first)
+    _check_names(f, names, columns)
+
+
+def _check_names(f: Path, names: list[str], columns: Iterable[str]) -> None:
     for col in columns:
         if col not in names:
             raise MissingColumnError(f"{f}: no column {col!r} (columns: {', '.join(names)})")
+
+
+def _first_readable(files: list[Path]) -> Path:
+    """The first file whose columns can be read: a truncated shard is skipped (and counted) when the
+    data is read, so it should not stop the run when the source is built."""
+    for f in files:
+        if not _is_parquet(f) or _num_row_groups(f) >= 0:
+            return f
+    raise ValueError(f"{files[0].parent}: none of its {len(files)} parquet files can be read (truncated or not parquet)")
+
+
+def _num_row_groups(f: Path) -> int:
+    """-1 for a file whose parquet footer cannot be read."""
+    try:
+        return pq.read_metadata(f).num_row_groups
+    except (pa.ArrowException, OSError):
+        return -1
 
 
 def _read_rows(
@@ -758,16 +780,25 @@ def _read_rows(
     with fewer row groups than there are shards (a small set on many workers) is sharded by row
     instead, every shard reading all groups, so no shard is left empty. A JSONL line that is not a
     JSON object comes back as a `_BadRow` (counted by the caller); a file missing a column is a
-    `MissingColumnError`.
+    `MissingColumnError`. A parquet file that cannot be opened (truncated: its footer is gone) comes
+    back as one `_BadRow` located at the file's name, and a row group that fails midway as one at
+    the row where it failed; the rest of the file, or of the group, is lost, not the run.
     """
     parquet = [f for f in files if _is_parquet(f)]
     count = src.shard[1] if src is not None else 1
-    by_row = count > 1 and bool(parquet) and sum(pq.read_metadata(f).num_row_groups for f in parquet) < count
+    by_row = count > 1 and bool(parquet) and sum(max(0, _num_row_groups(f)) for f in parquet) < count
     unit = -1
     for f in files:
-        _check_columns(f, columns)
         if _is_parquet(f):
-            with pq.ParquetFile(f) as pf:
+            try:
+                pf = pq.ParquetFile(f)
+            except (pa.ArrowException, OSError) as err:
+                # every shard sees it; the one owning the next unit reports it, so it is counted once
+                if src is None or src.owns(unit + 1):
+                    yield f.name, f.parent, _BadRow("unreadable parquet file", str(err))
+                continue
+            with pf:
+                _check_names(f, pf.schema_arrow.names, columns)
                 meta = pf.metadata
                 starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
                 groups = []
@@ -777,13 +808,19 @@ def _read_rows(
                         groups.append(g)
                 for g in groups:  # one row group at a time, so row numbers stay exact
                     row = int(starts[g])
-                    for batch in pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=columns):
-                        for values in batch.to_pylist():
-                            unit += by_row
-                            if not by_row or src.owns(unit):
-                                yield f"{f.name}:{row}", f.parent, values
-                            row += 1
+                    try:
+                        for batch in pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=columns):
+                            for values in batch.to_pylist():
+                                unit += by_row
+                                if not by_row or src.owns(unit):
+                                    yield f"{f.name}:{row}", f.parent, values
+                                row += 1
+                    except (pa.ArrowException, OSError) as err:  # a corrupt page: the rest of this group is lost
+                        if not by_row or src.owns(unit + 1):
+                            yield f"{f.name}:{row}", f.parent, _BadRow("unreadable parquet data", str(err))
+                        unit += by_row * (int(starts[g + 1]) - row)  # keep the row units of all shards aligned
         else:
+            _check_columns(f, columns)
             with open(f, encoding="utf-8") as fh:
                 for lineno, line in enumerate(fh, start=1):
                     if not line.strip():
