@@ -79,6 +79,7 @@ class StageConfig:
     val_every: Optional[int] = None  # steps between validations; None: only at the end
     checkpoint_every: int = 1000  # steps between Lightning checkpoints (and at the end)
     log_every: int = 10
+    max_bad_steps: Optional[int] = 5  # stop after this many non-finite (skipped) steps in a row; null: never
 
 
 @dataclass

@@ -2,16 +2,22 @@
 
 The science lives here (what trains, the loss, the schedule); devices, precision, clipping and
 accumulation belong to the Trainer and its configs. Each stage differs only in its freeze rule.
+
+A step whose loss or gradient is not finite is skipped (weights and optimizer state stay as they
+were) and counted; `max_bad_steps` of them in a row stop the run with `TooManyBadSteps`, since by
+then the weights, the data or the learning rate are broken, not one batch.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 
 import lightning as L
 import torch
-import torch.nn as nn
+from torch import nn
 
 from omni_train.data.collator import Batch
 from omni_train.loss import LossOutput, omni_loss
@@ -19,6 +25,11 @@ from omni_train.model import OmniGPT
 from omni_train.vocab import N_AUDIO_LAYERS
 
 ENCODER_PREFIX = "encoder."
+log = logging.getLogger(__name__)
+
+
+class TooManyBadSteps(RuntimeError):
+    """`max_bad_steps` optimizer steps in a row had a non-finite loss or gradient."""
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: float) -> float:
@@ -42,6 +53,7 @@ class OmniModule(L.LightningModule):
         max_lr, min_lr, warmup_steps, max_steps: the warm-up + cosine schedule.
         weight_decay: for matrices only; norms, biases and embeddings get none.
         text_weight, audio_weight: loss weights (see `omni_loss`).
+        max_bad_steps: stop after this many skipped (non-finite) steps in a row; None: never.
     """
 
     stage: str = "base"
@@ -59,6 +71,7 @@ class OmniModule(L.LightningModule):
         text_weight: float = 1.0,
         audio_weight: float = 1.0,
         loss_chunk_size: int = 2048,
+        max_bad_steps: int | None = 5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model", "encoder", "optimizer"], logger=False)
@@ -66,6 +79,10 @@ class OmniModule(L.LightningModule):
         self.encoder = encoder
         self.optimizer_factory = optimizer or torch.optim.AdamW
         self.apply_freeze_rule()
+        self.bad_steps = 0  # skipped steps of this stage, all told (kept in checkpoints)
+        self._bad_in_row = 0
+        self._bad_loss: torch.Tensor | None = None  # this rank's loss was not finite since the last step
+        self._where: list[tuple[str, object]] = []  # (source, row) of the last batch, for the error message
 
     # ---- what trains -------------------------------------------------------------------------
     def trainable(self, name: str) -> bool:
@@ -115,15 +132,59 @@ class OmniModule(L.LightningModule):
         B = batch.input_ids.size(0)
         self.log_dict({f"train/{k}": v for k, v in out.metrics.items() if k != "loss"}, batch_size=B)
         self.log("train/padding", batch.padding_fraction, batch_size=B)
-        # the mean over ranks (one all-reduce a step), so every rank logs and decides on the same number
+        # the mean over ranks (one all-reduce a step), so every rank logs the same number
         self.log("train/loss", out.loss, prog_bar=True, batch_size=B, sync_dist=True)
+        # a non-finite loss still goes through backward (every DDP rank must run it); the step is
+        # dropped in on_before_optimizer_step. No host sync here: the flag stays on the device.
+        bad = ~torch.isfinite(out.loss.detach())
+        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad  # any micro-batch of the step
+        self._where = list(zip(batch.sources, batch.rows))
         return out.loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # before clipping (Lightning clips after this hook): the norm the clip threshold is compared with
         grads = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.stack(grads).norm(2), batch_size=1)
+        norm = torch.stack(grads).norm(2) if grads else None
+        if self._skip_step(norm):
+            optimizer.zero_grad(set_to_none=True)  # no gradient, no update: weights and optimizer state stay
+        elif norm is not None:
+            self.log("train/grad_norm", norm, batch_size=1)
+        self.log("train/bad_steps", float(self.bad_steps), batch_size=1)
+
+    def _skip_step(self, grad_norm: torch.Tensor | None) -> bool:
+        """Whether this optimizer step is dropped; every rank decides alike, on all ranks' losses and gradients."""
+        no = torch.zeros((), dtype=torch.bool, device=self.device)
+        bad_loss = self._bad_loss if self._bad_loss is not None else no
+        self._bad_loss = None
+        bad_grad = no
+        # with fp16's GradScaler, overflowing gradients are the scaler's to skip (they are how it finds its scale)
+        if grad_norm is not None and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            bad_grad = ~torch.isfinite(grad_norm)  # DDP: grads are already averaged; FSDP: this rank's shard
+        if not self.trainer.strategy.reduce((bad_loss | bad_grad).float(), reduce_op="sum").item():
+            self._bad_in_row = 0
+            return False
+        self.bad_steps += 1
+        self._bad_in_row += 1
+        step = self.global_step + 1  # the step being taken, as in the checkpoints' names
+        what = " and ".join(w for w, b in (("loss", bad_loss), ("gradient", bad_grad)) if b) or "loss on another rank"
+        where = self._describe_batch()
+        log.warning("step %d: non-finite %s, step skipped (%d so far); batch: %s", step, what, self.bad_steps, where)
+        limit = self.hparams.max_bad_steps
+        if limit is not None and self._bad_in_row >= limit:
+            first = step - self._bad_in_row + 1
+            raise TooManyBadSteps(
+                f"steps {first}-{step}: {self._bad_in_row} steps in a row had a non-finite loss or gradient "
+                f"(max_bad_steps={limit}); the last checkpoint holds the weights from before step {first}. "
+                f"Last batch on this rank: {where}. Lower the learning rate or check that data"
+            )
+        return True
+
+    def _describe_batch(self, n: int = 3) -> str:
+        counts = Counter(src for src, _ in self._where)
+        sources = ", ".join(f"{src} x{k}" for src, k in counts.most_common())
+        rows = ", ".join(f"{src} row {row!r}" for src, row in self._where[:n])
+        more = f", ... ({len(self._where) - n} more)" if len(self._where) > n else ""
+        return f"{sources} ({rows}{more})"
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         out = self.model_step(batch)
@@ -155,8 +216,10 @@ class OmniModule(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(ENCODER_PREFIX)]:
             del state[key]
+        checkpoint["bad_steps"] = self.bad_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.bad_steps = checkpoint.get("bad_steps", 0)
         if self.encoder is not None:
             state = checkpoint["state_dict"]
             state.update({ENCODER_PREFIX + k: v for k, v in self.encoder.state_dict().items()})

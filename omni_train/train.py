@@ -305,7 +305,7 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
         model, encoder, optimizer=partial(torch.optim.AdamW, betas=tuple(s.betas)),
         max_lr=s.max_lr, min_lr=s.min_lr, warmup_steps=s.warmup_steps, max_steps=s.max_steps,
         weight_decay=s.weight_decay, text_weight=s.text_weight, audio_weight=s.audio_weight,
-        loss_chunk_size=s.loss_chunk_size,
+        loss_chunk_size=s.loss_chunk_size, max_bad_steps=s.max_bad_steps,
     )
     throughput, history = Throughput(), LossHistory(s.log_every)
     trainer = build_trainer(cfg, stage, stage_dir, [throughput, history])
@@ -332,6 +332,7 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
             "samples_per_s": throughput.samples / max(throughput.seconds, 1e-9),
             "tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9),
             "loss": history.first_last(),
+            "bad_steps": module.bad_steps,  # non-finite loss or gradient: skipped
             "model_dir": str(stage_dir / "model"),
             "resumed_from": ckpt_path,
         }

@@ -27,6 +27,7 @@ log = logging.getLogger("omni_train")
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from omni_train.data.skips import TooManySkips
+    from omni_train.stages import TooManyBadSteps
     from omni_train.train import ConfigError, train
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; Hydra's root handler would repeat it
@@ -34,7 +35,7 @@ def _main(cfg: DictConfig) -> None:
 
     try:
         summary = train(cfg)
-    except (ConfigError, TooManySkips, FileNotFoundError, NotADirectoryError) as err:
+    except (ConfigError, TooManySkips, TooManyBadSteps, FileNotFoundError, NotADirectoryError) as err:
         log.error("omni-train: %s", err)
         sys.exit(f"omni-train: error: {err}")
     if summary.get("final_model"):  # rank 0 only
