@@ -50,6 +50,7 @@ from omni_train.checkpoints import (
 )
 from omni_train.config import plain, redacted
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
+from omni_train.data.skips import SkipReport
 from omni_train.data.samples import Task
 from omni_train.model import OmniConfig, OmniGPT
 from omni_train.stages import STAGES, OmniModule
@@ -307,8 +308,8 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
         weight_decay=s.weight_decay, text_weight=s.text_weight, audio_weight=s.audio_weight,
         loss_chunk_size=s.loss_chunk_size, max_bad_steps=s.max_bad_steps,
     )
-    throughput, history = Throughput(), LossHistory(s.log_every)
-    trainer = build_trainer(cfg, stage, stage_dir, [throughput, history])
+    throughput, history, skips = Throughput(), LossHistory(s.log_every), SkipReport()
+    trainer = build_trainer(cfg, stage, stage_dir, [throughput, history, skips])
     ckpt_path = latest_checkpoint(stage_dir) if cfg.resume == "auto" else None
     if ckpt_path:
         log.info("resuming stage %s from %s", stage, ckpt_path)
@@ -333,6 +334,7 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
             "tokens_per_s": throughput.tokens / max(throughput.seconds, 1e-9),
             "loss": history.first_last(),
             "bad_steps": module.bad_steps,  # non-finite loss or gradient: skipped
+            "skipped_samples": skips.final.as_dict() if skips.final else {},  # per source: counts, reasons, examples
             "model_dir": str(stage_dir / "model"),
             "resumed_from": ckpt_path,
         }

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from omni_train.data.samples import Encoded, Task
+from omni_train.data.skips import SkipCounter
 from omni_train.vocab import ANSWER_A, EOA, INPUT_A, N_AUDIO_LAYERS, N_LAYERS, PAD_A, TEXT_LAYER, Vocab, apply_delay
 
 IGNORE_INDEX = -100
@@ -84,6 +85,9 @@ class Batch:
         audio_mask: ``(B, L)`` positions whose audio layers take the Whisper frames.
         lengths: ``(B,)`` real (unpadded) positions of each row.
         task_ids: ``(B,)`` index into `TASKS`.
+        sources, rows: where each row came from (`Sample.source`, `Sample.row`), for error messages.
+        skips: the cumulative skip counts of the loader worker that made the batch (see `SkipReport`).
+        worker: that worker's id.
     """
 
     input_ids: torch.Tensor
@@ -96,6 +100,8 @@ class Batch:
     task_ids: torch.Tensor
     sources: list[str]
     rows: list
+    skips: SkipCounter | None = None
+    worker: int = 0
 
     @property
     def loss_mask(self) -> torch.Tensor:

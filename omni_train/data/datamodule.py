@@ -22,6 +22,7 @@ from omni_train.audio import AudioError, TooLongAudio, load_audio, log_mel, whis
 from omni_train.data.collator import Batch, OmniCollator, sequence_length
 from omni_train.data.sampler import bucket_batches, mix
 from omni_train.data.samples import Encoded, Sample
+from omni_train.data.skips import SkipCounter
 from omni_train.data.sources import Source
 from omni_train.vocab import Vocab
 
@@ -142,8 +143,12 @@ class OmniStream(IterableDataset):
         batches = bucket_batches(
             self._encoded(samples), sequence_length, self.max_tokens, self.buffer_size, seed, self.max_batch_size
         )
+        counters = list({id(c): c for c in self._skips.values()}.values())  # sources may share one
         for batch in batches:
-            yield self.collator(batch)
+            out = self.collator(batch)
+            # the counts live in this worker; the batch takes them to the trainer (`SkipReport`)
+            out.skips, out.worker = SkipCounter().merge(*counters), worker
+            yield out
 
 
 class OmniDataModule(L.LightningDataModule):

@@ -6,6 +6,10 @@ hide a config that points at the wrong column. A `SkipCounter` keeps both visibl
 (source, reason), the first few examples with their source and row, and `check` turns "too many"
 into a clear `TooManySkips` error.
 
+In a training run the counting happens in the DataLoader workers; each batch carries a snapshot of
+its worker's counts, and `SkipReport` (a Lightning callback) turns the newest snapshots into the
+stage's totals: a ``train/skipped`` metric, a log line per source at the end, the stage's summary.json.
+
 The unit is a *sample attempt*: a row that should give two tasks (say A1A2 and A1T2) is two attempts,
 and a broken ``answer_snac`` skips only the one that needs audio, so `fraction` stays in ``[0, 1]``.
 """
@@ -15,6 +19,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+
+import lightning as L
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,13 @@ class Skip:
 class TooManySkips(RuntimeError):
     """More samples were skipped than the configured fraction allows: usually a config or data mistake."""
 
+    def __init__(self, message: str) -> None:
+        # PyTorch re-raises a DataLoader worker's error as ``type(err)(its traceback as text)``; the
+        # user needs only our sentence, the text after the traceback's last "TooManySkips: "
+        if message.startswith("Caught TooManySkips"):
+            message = message.rsplit("TooManySkips: ", 1)[-1].strip()
+        super().__init__(message)
+
 
 class SkipCounter:
     """Counts sample attempts and skips per source; keeps the first `max_examples` skips per (source, reason).
@@ -59,11 +73,17 @@ class SkipCounter:
         """Count one skipped attempt; the first few per (source, reason) are kept and the first is logged."""
         key = (source, reason)
         self.skipped[key] += 1
-        if self.skipped[key] <= self.max_examples:
-            example = Skip(source, row, reason, detail, task)
-            self.examples.append(example)
-            if self.skipped[key] == 1:
-                log.warning("skipping %s (further skips of this kind are only counted)", example)
+        example = Skip(source, row, reason, detail, task)
+        if self._keep(example) and self.skipped[key] == 1:
+            log.warning("skipping %s (further skips of this kind are only counted)", example)
+
+    def _keep(self, example: Skip) -> bool:
+        """Keep the first `max_examples` distinct rows per (source, reason); a stream reads its bad rows again each pass."""
+        same = [e for e in self.examples if (e.source, e.reason) == (example.source, example.reason)]
+        if len(same) >= self.max_examples or any((e.row, e.task) == (example.row, example.task) for e in same):
+            return False
+        self.examples.append(example)
+        return True
 
     def n_seen(self, source: str | None = None) -> int:
         return self.attempts[source] if source is not None else sum(self.attempts.values())
@@ -95,15 +115,46 @@ class SkipCounter:
                     f"more than the allowed {max_fraction:.1%}; {self.summary(src)}"
                 )
 
-    def merge(self, other: SkipCounter) -> SkipCounter:
-        """Add `other`'s counts (e.g. a DataLoader worker's) into this counter; returns self."""
-        self.attempts.update(other.attempts)
-        for key, n in other.skipped.items():
-            kept = sum(1 for e in self.examples if (e.source, e.reason) == key)
-            new = [e for e in other.examples if (e.source, e.reason) == key]
-            self.examples.extend(new[: max(0, self.max_examples - kept)])
-            self.skipped[key] += n
+    def merge(self, *others: SkipCounter) -> SkipCounter:
+        """Add the counts of `others` (e.g. DataLoader workers') into this counter; returns self."""
+        for other in others:
+            self.attempts.update(other.attempts)
+            self.skipped.update(other.skipped)
+            for example in other.examples:
+                self._keep(example)
         return self
+
+    def copy(self) -> SkipCounter:
+        return SkipCounter(self.max_examples).merge(self)
+
+    def as_dict(self) -> dict:
+        """Plain counts per source (for summary.json and checkpoints): seen, skipped, reasons, examples."""
+        out = {}
+        for src in sorted(set(self.attempts) | {s for s, _ in self.skipped}):
+            out[src] = {
+                "seen": self.n_seen(src),
+                "skipped": self.n_skipped(src),
+                "fraction": round(self.fraction(src), 6),
+                "reasons": {r: n for (s, r), n in sorted(self.skipped.items()) if s == src},
+                "examples": [
+                    {"row": e.row, "reason": e.reason, "detail": e.detail, "task": e.task}
+                    for e in self.examples
+                    if e.source == src
+                ],
+            }
+        return out
+
+    @classmethod
+    def from_dict(cls, counts: dict, max_examples: int = 3) -> SkipCounter:
+        """The inverse of `as_dict`."""
+        counter = cls(max_examples)
+        for src, c in counts.items():
+            counter.attempts[src] += c["seen"]
+            for reason, n in c["reasons"].items():
+                counter.skipped[(src, reason)] += n
+            for e in c["examples"]:
+                counter._keep(Skip(src, e["row"], e["reason"], e["detail"], e["task"]))
+        return counter
 
     def summary(self, source: str | None = None) -> str:
         """One line: counts per reason, then the kept examples."""
@@ -115,3 +166,59 @@ class SkipCounter:
 
     def __repr__(self) -> str:
         return f"SkipCounter(seen={self.n_seen()}, skipped={self.n_skipped()})"
+
+
+class SkipReport(L.Callback):
+    """The training loader's skip counts, brought from its workers to the trainer.
+
+    Every batch carries its worker's cumulative counts (`Batch.skips`, from worker `Batch.worker`);
+    the newest snapshot of each worker, plus what earlier worker processes and the run before a
+    resume counted, is this rank's total. At the end of training the ranks' totals are summed into
+    `final`, logged one line per source, and saved in checkpoints so a resumed stage keeps counting.
+    """
+
+    def __init__(self) -> None:
+        self.base = SkipCounter()  # counted by worker processes that are gone, and before a resume
+        self.latest: dict[int, SkipCounter] = {}
+        self.final: SkipCounter | None = None
+        self._resumed: dict | None = None
+
+    def total(self) -> SkipCounter:
+        return self.base.copy().merge(*self.latest.values())
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._resumed is not None and trainer.is_global_zero:  # every rank loads rank 0's counts; one keeps them
+            self.base = SkipCounter.from_dict(self._resumed)
+        self._resumed = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        snapshot = getattr(batch, "skips", None)
+        if snapshot is None:
+            return
+        previous = self.latest.get(batch.worker)
+        if previous is not None and snapshot.n_seen() < previous.n_seen():  # a new process under that id
+            self.base.merge(previous)
+        self.latest[batch.worker] = snapshot
+        skipped = self.base.n_skipped() + sum(s.n_skipped() for s in self.latest.values())
+        module.log("train/skipped", float(skipped), batch_size=1)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        total = self.total()
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
+            parts: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, total.as_dict())
+            total = SkipCounter().merge(*map(SkipCounter.from_dict, parts))
+        self.final = total
+        if trainer.is_global_zero:
+            for src in sorted(total.attempts):
+                if total.n_skipped(src):
+                    log.warning(
+                        "%s: skipped %d of %d samples (%.2f%%); %s",
+                        src, total.n_skipped(src), total.n_seen(src), 100 * total.fraction(src), total.summary(src),
+                    )
+
+    def state_dict(self) -> dict:
+        return {"skips": self.total().as_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resumed = state_dict.get("skips")
