@@ -99,7 +99,11 @@ def model_from_base(mcfg: DictConfig, whisper_width: int, seed: int) -> tuple[Om
         path = Path(mcfg.checkpoint_dir)
         if not path.is_dir():
             raise ConfigError(f"model.checkpoint_dir={mcfg.checkpoint_dir}: no such folder (download the base model)")
-        model, _ = load_base(path, base_config=base_config(mcfg), seed=seed, **omni)
+        config = base_config(mcfg)
+        try:
+            model, _ = load_base(path, base_config=config, seed=seed, **omni)
+        except ValueError as err:  # weights or tokenizer that do not fit model.name
+            raise ConfigError(f"model.checkpoint_dir={mcfg.checkpoint_dir}: {err}") from None
     else:  # a random base, e.g. the tiny demo presets
         config = base_config(mcfg)
         with torch.random.fork_rng(devices=[]):
@@ -107,7 +111,10 @@ def model_from_base(mcfg: DictConfig, whisper_width: int, seed: int) -> tuple[Om
             base = GPT(config)
             base.apply(base._init_weights)
         model = omni_from_base(base.state_dict(), OmniConfig.from_base(config, **omni), seed=seed)
-    validate_tokenizer(tokenizer_dir, model.config.vocab.base_vocab_size)
+    try:
+        validate_tokenizer(tokenizer_dir, model.config.vocab.base_vocab_size)
+    except ValueError as err:
+        raise ConfigError(f"model.tokenizer_dir: {err}") from None
     return model, str(tokenizer_dir)
 
 
@@ -228,8 +235,6 @@ def build_trainer(cfg: DictConfig, stage: str, stage_dir: Path, extra_callbacks:
     kwargs = plain(cfg.trainer)
     if isinstance(kwargs.get("strategy"), dict):
         kwargs["strategy"] = instantiate(kwargs["strategy"])
-    if kwargs.get("accelerator") == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("trainer: this preset needs a GPU and none is visible; use trainer=cpu (or ddp_cpu)")
     loggers = [
         instantiate(spec, save_dir=str(stage_dir / "logs"), name=stage) for spec in plain(cfg.logger).values() if spec
     ]
@@ -355,7 +360,10 @@ def init_for(cfg: DictConfig, stage: str, previous: Path | None, run_dir: Path) 
     if source is not None:
         if not (source / CONFIG_FILE).is_file():
             raise ConfigError(f"init_from={source}: not a model folder (no {CONFIG_FILE}); give <run>/<stage>/model")
-        model, _ = load_checkpoint(source)
+        try:
+            model, _ = load_checkpoint(source)
+        except ValueError as err:  # e.g. a tokenizer that does not fit the checkpoint's vocabulary
+            raise ConfigError(f"init_from={source}: {err}") from None
         audio = {"whisper": mcfg.whisper, "snac": mcfg.snac, "pad_to_30s": mcfg.pad_to_30s}
         audio.update(audio_sources(source) or {})  # what the model was trained with wins
         encoder = WhisperEncoder.from_pretrained(audio["whisper"], pad_to_30s=audio["pad_to_30s"])
@@ -381,6 +389,8 @@ def check(cfg: DictConfig) -> None:
             problems.append(f"stages.{stage}: not defined (choose it with stage={stage} or stage=all)")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
+    if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
+        problems.append("trainer: this preset needs a GPU and none is visible; use trainer=cpu (or ddp_cpu)")
     if problems:
         raise ConfigError("; ".join(problems))
     for stage in cfg.run_stages:  # a wrong data path fails now, not after hours of stage 1

@@ -144,14 +144,35 @@ def test_resume_auto_continues_an_interrupted_stage(tmp_path):
         (["trainer=gpu"], "GPU"),
         (["data.sources.asr.root=/no/such/dir"], "/no/such/dir"),
         (["+stages.alignment.tasks.X9=1"], "X9"),
+        (["stage=adaption", "init_from=/no/such/model"], "init_from=/no/such/model"),
+        (["model.overrides.padded_vocab_size=256"], "model.tokenizer_dir: the tokenizer in"),  # 905 tokens > 256 rows
     ],
 )
 def test_users_mistakes_are_one_line_errors(tmp_path, overrides, message):
     cfg = config(*SHORT, f"run_dir={tmp_path}", "eval.asr=null", *overrides)
     if message == "GPU":
         pytest.importorskip("torch").cuda.is_available() and pytest.skip("this machine has a GPU")
-    with pytest.raises((ConfigError, FileNotFoundError), match=message.replace(".", r"\.")):
+    with pytest.raises((ConfigError, FileNotFoundError), match=message.replace(".", r"\.")) as err:
         train(cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["model=no-such-preset"], "Could not find 'model/no-such-preset'"),  # Hydra's own message, then the choices
+        (["experiment=demo", "stages.alignment.max_stepz=3"], "Could not override 'stages.alignment.max_stepz'"),
+        (["experiment=demo", "model.overrides.padded_vocab_size=256"], "omni-train: error: model.tokenizer_dir: "),
+    ],
+)
+def test_users_mistakes_through_the_command_line(tmp_path, args, says):
+    run = omni_train(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode != 0 and "Traceback" not in run.stderr + run.stdout
+    if says.startswith("omni-train: error:"):  # ours: the last line says it all
+        assert lines[-1].startswith(says) and "905 tokens" in lines[-1] and "256 rows" in lines[-1]
+    else:
+        assert lines[0].endswith(says) or lines[0].startswith(says)
 
 
 def test_secrets_never_reach_the_saved_config(monkeypatch):
