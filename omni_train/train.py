@@ -308,7 +308,7 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
     tokenizer = Tokenizer(tokenizer_dir)
     data = build_data(cfg, stage, tokenizer, model, encoder)
     module = STAGES[stage](
-        model, encoder, optimizer=partial(torch.optim.AdamW, betas=tuple(s.betas)),
+        model, encoder, optimizer=partial(torch.optim.AdamW, betas=tuple(s.betas), fused=True),
         max_lr=s.max_lr, min_lr=s.min_lr, warmup_steps=s.warmup_steps, max_steps=s.max_steps,
         weight_decay=s.weight_decay, text_weight=s.text_weight, audio_weight=s.audio_weight,
         loss_chunk_size=s.loss_chunk_size, max_bad_steps=s.max_bad_steps,
