@@ -1,22 +1,43 @@
-"""Evaluation shared by training runs and ``omni-eval``: ASR WER on LibriSpeech-layout folders, and
-spoken answers written to wav.
+"""Evaluation shared by training runs and ``omni-eval``.
+
+- ASR WER on LibriSpeech-layout folders, in the paper's table form (`asr_split`, `wer_table`);
+- speech-text consistency: WER of a Whisper transcript of the spoken answer against the model's
+  own text answer, Mini-Omni's weak point (`consistency`);
+- text retention: perplexity of the base LLM and of the trained model on the same text (`retention`);
+- the per-task loss curves of a run's stages on one figure (`plot_losses`);
+- a spoken answer written to wav (`speak`, for training runs).
 
 WER follows the paper's practice: Whisper's English text normaliser on both sides, then jiwer.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jiwer
+import soundfile as sf
 import torch
+import torch.nn.functional as F
+import torchaudio.functional as AF
+import yaml
+from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
+from tqdm import tqdm
 from whisper.normalizers import EnglishTextNormalizer
 
-from omni_train.audio import SnacCodec, load_audio, save_wav
+from omni_train.audio import AudioError, SnacCodec, load_audio, save_wav
+from omni_train.data.collator import build_prompt
+from omni_train.data.samples import Encoded, Task
 from omni_train.data.sources import AUDIO_EXTS
-from omni_train.generate import answer, transcribe
+from omni_train.generate import Answer, answer, decode_text, encode_speech, generate, transcribe
+from omni_train.model import OmniGPT
+from omni_train.vocab import PAD_A
 
 _normalize = EnglishTextNormalizer()
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,18 +69,112 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
     return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
 
 
+# ---- ASR: LibriSpeech WER in the paper's table ---------------------------------------------------
+SPLITS = ("test-clean", "test-other", "dev-clean", "dev-other")
+# DESIGN.md "Published results" (LibriSpeech WER %); a missing split is one the paper does not report
+PUBLISHED = {
+    "wav2vec2-base": {"test-clean": 6.0, "test-other": 13.4},
+    "VITA": {"test-clean": 8.14, "test-other": 18.41, "dev-clean": 7.57, "dev-other": 16.57},
+    "whisper-small (Mini-Omni paper)": {"test-clean": 3.4, "test-other": 7.6},
+    "Mini-Omni": {"test-clean": 4.5, "test-other": 9.7, "dev-clean": 4.6, "dev-other": 9.2},
+}
+
+
+def _is_split(folder: Path) -> bool:
+    """Transcripts at most two folders down (LibriSpeech: SPLIT/speaker/chapter/*.trans.txt), so a
+    folder of splits is not taken for one split."""
+    return folder.is_dir() and any(next(folder.glob(g), None) for g in ("*.trans.txt", "*/*.trans.txt", "*/*/*.trans.txt"))
+
+
+def find_splits(root: str | Path, names: list[str] | None = None) -> tuple[dict[str, Path], list[str]]:
+    """Find LibriSpeech-layout splits as ``ROOT/NAME`` or ``ROOT/LibriSpeech/NAME`` (where the tarballs unpack).
+
+    With the default names (the four of `SPLITS`), a `root` that holds none of them but is itself
+    a split is returned under its own folder name: any folder of that layout can be scored.
+
+    Returns:
+        ``{name: folder}`` of the splits found, and the names not found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder (a LibriSpeech root or split)")
+    found, missing = {}, []
+    for name in names or SPLITS:
+        folder = next((f for f in (root / name, root / "LibriSpeech" / name) if _is_split(f)), None)
+        if folder is None:
+            missing.append(name)
+        else:
+            found[name] = folder
+    if not found and not names and _is_split(root):
+        return {root.resolve().name: root}, []
+    return found, missing
+
+
+def transcribe_files(
+    model: OmniGPT, encoder, tokenizer, paths: list[Path], batch_size: int = 16, max_new_tokens: int = 256,
+    desc: str | None = None,
+) -> list[str]:  # fmt: skip
+    """`transcribe` of audio files, shortest first, reading one batch at a time (a split need not fit in memory)."""
+
+    def seconds(path: Path) -> float:
+        try:
+            info = sf.info(str(path))
+        except (sf.SoundFileError, RuntimeError) as e:
+            raise AudioError(f"cannot read audio {path}: {e}") from e
+        return info.frames / info.samplerate
+
+    order = sorted(range(len(paths)), key=lambda i: seconds(paths[i]))
+    texts = [""] * len(paths)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
+        idx = order[start : start + batch_size]
+        audios = [load_audio(paths[i], 16_000) for i in idx]
+        hyps = transcribe(model, encoder, tokenizer, audios, batch_size=len(idx), max_new_tokens=max_new_tokens)
+        for i, hyp in zip(idx, hyps):
+            texts[i] = hyp
+    return texts
+
+
+@torch.inference_mode()
+def asr_split(
+    model: OmniGPT, encoder, tokenizer, folder: str | Path, limit: int | None = None, batch_size: int = 16,
+    max_new_tokens: int = 256, desc: str | None = None,
+) -> dict:  # fmt: skip
+    """Greedy ASR of one LibriSpeech-layout folder: its WER and every utterance's id, reference and hypothesis."""
+    utts = librispeech_utterances(folder, limit)
+    paths = [path for _, path, _ in utts]
+    hyps = transcribe_files(model, encoder, tokenizer, paths, batch_size, max_new_tokens, desc)
+    refs = [text for _, _, text in utts]
+    utterances = [{"id": u, "ref": r, "hyp": h} for (u, _, _), r, h in zip(utts, refs, hyps)]
+    return {"folder": str(folder), "wer": round(wer(refs, hyps), 2), "n": len(utts), "utterances": utterances}
+
+
+def wer_table(results: dict[str, dict[str, float]], published: bool = True) -> str:
+    """A markdown table in the paper's form: a row a model, a column a split, '-' where there is no number.
+
+    Args:
+        results: ``{model name: {split: WER %}}``; splits beyond the paper's four get columns too.
+        published: put the published rows (DESIGN.md) first, marked as published.
+    """
+    extra = [s for r in results.values() for s in r if s not in SPLITS]
+    splits = [*SPLITS, *dict.fromkeys(extra)]
+    rows = {f"{name} (published)": r for name, r in PUBLISHED.items()} if published else {}
+    rows.update(results)
+    lines = ["| model | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    for name, r in rows.items():
+        published_row = name.endswith("(published)")  # its numbers as the papers print them
+        cells = ["-" if s not in r else str(r[s]) if published_row else f"{r[s]:.2f}" for s in splits]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 @torch.inference_mode()
 def asr_wer(init: dict, cfg: Any, batch_size: int = 16) -> dict:
     """WER of a model (an `init` dict of `omni_train.train`) on the folder `cfg.asr`."""
-    utts = librispeech_utterances(cfg.asr, cfg.asr_max_utterances)
     model = init["model"].eval().to(DEVICE)
     encoder = init["encoder"].to(DEVICE)
     tokenizer = Tokenizer(init["tokenizer_dir"])
-    audios = [load_audio(path, 16_000) for _, path, _ in utts]
-    hyps = transcribe(model, encoder, tokenizer, audios, batch_size=batch_size, max_new_tokens=cfg.max_new_tokens)
-    refs = [text for _, _, text in utts]
-    examples = [{"id": u, "ref": r, "hyp": h} for (u, _, _), r, h in zip(utts, refs, hyps)]
-    return {"wer": round(wer(refs, hyps), 2), "n": len(utts), "examples": examples}
+    result = asr_split(model, encoder, tokenizer, cfg.asr, cfg.asr_max_utterances, batch_size, cfg.max_new_tokens)
+    return {"wer": result["wer"], "n": result["n"], "examples": result["utterances"]}
 
 
 @torch.inference_mode()
@@ -76,3 +191,333 @@ def speak(init: dict, cfg: Any, out: Path) -> dict:
         seconds = audio.numel() / codec.sample_rate
     return {"question": cfg.speak, "text": reply.text, "frames": int(reply.frames.size(0)),
             "seconds": round(seconds, 2), "wav": str(out) if seconds else None}
+
+
+# ---- speech-text consistency -------------------------------------------------------------------
+@dataclass
+class Question:
+    """One question for `consistency`: written (`text`), spoken (`audio`), or both (a LibriSpeech utterance)."""
+
+    id: str
+    text: str | None = None
+    audio: Path | None = None
+
+
+def read_questions(path: str | Path) -> list[Question]:
+    """Questions from a file: ``.jsonl`` rows with ``question`` (or ``text``) and/or ``audio`` (a path,
+    relative to the file) and an optional ``id``; any other file holds one written question a line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such questions file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix != ".jsonl":
+        questions = [Question(f"{path.stem}.{i}", text=t.strip()) for i, t in enumerate(lines, 1) if t.strip()]
+    else:
+        questions = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, row {i}: not JSON ({e})") from e
+            text = row.get("question", row.get("text")) if isinstance(row, dict) else None
+            audio = row.get("audio") if isinstance(row, dict) else None
+            if not text and not audio:
+                raise ValueError(f"{path}, row {i}: needs a 'question' (or 'text') or an 'audio' field")
+            audio = None if audio is None else path.parent / audio
+            if audio is not None and not audio.is_file():
+                raise FileNotFoundError(f"{path}, row {i}: audio file {audio} not found")
+            questions.append(Question(str(row.get("id", f"{path.stem}.{i}")), text=text, audio=audio))
+    if not questions:
+        raise ValueError(f"{path}: no questions in it")
+    return questions
+
+
+def librispeech_questions(folders: list[Path], limit: int | None = None) -> list[Question]:
+    """LibriSpeech utterances as questions: spoken (A1A2) or, by their transcripts, written (T1A2)."""
+    utts = [u for folder in folders for u in librispeech_utterances(folder)]
+    return [Question(u, text=text, audio=path) for u, path, text in utts[:limit]]
+
+
+@torch.inference_mode()
+def spoken_answers(
+    model: OmniGPT, encoder, tokenizer, questions: list[Question], task: Task | str = Task.A1A2,
+    batch_size: int = 8, max_new_tokens: int = 1024, desc: str | None = None,
+) -> list[Answer]:  # fmt: skip
+    """Greedy answers to many questions, `batch_size` at a time (each row stops on its own)."""
+    task, vocab = Task(task), model.config.vocab
+    out = []
+    for start in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch", disable=desc is None):
+        batch = questions[start : start + batch_size]
+        if task.audio_in:
+            if missing := [q.id for q in batch if q.audio is None]:
+                raise ValueError(f"task {task.value} needs spoken questions; {missing[:3]} have no audio")
+            features, frames = encode_speech(encoder, [load_audio(q.audio, 16_000) for q in batch])
+            prompts = [build_prompt(Encoded(task, [], audio_frames=int(T)), vocab) for T in frames]
+        else:
+            if missing := [q.id for q in batch if not q.text]:
+                raise ValueError(f"task {task.value} needs written questions; {missing[:3]} have no text")
+            ids = [tokenizer.encode(q.text, bos=False, eos=False).tolist() for q in batch]
+            prompts = [build_prompt(Encoded(task, [], question_ids=i), vocab) for i in ids]
+            features = frames = None
+        for g in generate(model, prompts, task, features, frames, max_new_tokens=max_new_tokens):
+            out.append(Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames))
+    return out
+
+
+def transcribe_speech(judge, wave: torch.Tensor, sample_rate: int) -> str:
+    """What an openai-whisper model (`whisper.load_model`) hears in `wave`: greedy, English, no prompt."""
+    wave = AF.resample(wave.detach().float().cpu().reshape(-1), sample_rate, 16_000)
+    if wave.numel() == 0:
+        return ""
+    cuda = next(judge.parameters()).device.type == "cuda"
+    result = judge.transcribe(
+        wave.numpy(), language="en", temperature=0.0, condition_on_previous_text=False, fp16=cuda, verbose=None
+    )
+    return result["text"].strip()
+
+
+@torch.inference_mode()
+def consistency(
+    model: OmniGPT, encoder, tokenizer, codec: SnacCodec, judge, questions: list[Question],
+    task: Task | str = Task.A1A2, batch_size: int = 8, max_new_tokens: int = 1024, desc: str | None = None,
+) -> dict:  # fmt: skip
+    """Speech-text consistency: WER of `judge`'s transcript of each spoken answer against its text answer.
+
+    The text answer is the reference. An answer whose text normalises to nothing is listed but not
+    scored (``"wer": None``); one with text but no speech scores 100.
+
+    Returns:
+        ``{"wer": corpus WER % or None, "n", "scored", "items": [{id, question, text, transcript, seconds, wer}]}``.
+    """
+    task = Task(task)
+    if not task.audio_out:
+        raise ValueError(f"task {task.value} has no spoken answer; consistency needs A1A2 or T1A2")
+    answers = spoken_answers(model, encoder, tokenizer, questions, task, batch_size, max_new_tokens, desc)
+    items = []
+    for q, a in zip(questions, answers):
+        wave = codec.decode(a.frames.to(codec.device)) if a.frames.size(0) else torch.zeros(0)
+        transcript = transcribe_speech(judge, wave, codec.sample_rate)
+        scored = bool(_normalize(a.text).strip())
+        items.append({
+            "id": q.id, "question": str(q.audio) if task.audio_in else q.text, "text": a.text,
+            "transcript": transcript, "seconds": round(wave.numel() / codec.sample_rate, 2),
+            "wer": round(wer([a.text], [transcript]), 2) if scored else None,
+        })  # fmt: skip
+    scored = [i for i in items if i["wer"] is not None]
+    total = round(wer([i["text"] for i in scored], [i["transcript"] for i in scored]), 2) if scored else None
+    return {"wer": total, "n": len(items), "scored": len(scored), "items": items}
+
+
+# ---- text retention ----------------------------------------------------------------------------
+def read_documents(path: str | Path, limit: int | None = None) -> list[str]:
+    """Held-out text: ``.jsonl`` rows with a ``text`` field, else plain text split into paragraphs at blank lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such text file")
+    raw = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        docs = []
+        for i, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, row {i}: not JSON ({e})") from e
+            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                raise ValueError(f"{path}, row {i}: needs a string 'text' field")  # noqa: TRY004 (bad data)
+            docs.append(row["text"])
+    else:
+        docs = [p.strip() for p in re.split(r"\n\s*\n", raw)]
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise ValueError(f"{path}: no text in it")
+    return docs[:limit]
+
+
+def base_from_omni(model: OmniGPT) -> GPT:
+    """The plain litgpt `GPT` inside an `OmniGPT`: the backbone and the base rows of ``wte`` and ``lm_head``.
+
+    `omni_from_base` copies every base tensor exactly, so for a model fresh from `load_base` this is
+    the base LLM itself, run by litgpt's own code.
+    """
+    config = model.config.base_config
+    V = config.padded_vocab_size
+    state = {
+        k: v[:V] if k in ("transformer.wte.weight", "lm_head.weight", "lm_head.bias") else v
+        for k, v in model.state_dict().items()
+        if not k.startswith(("whisper_adapter.", "transformer.post_adapter"))
+    }
+    param = model.lm_head.weight
+    with torch.device("meta"):
+        base = GPT(config)
+    base = base.to(dtype=param.dtype).to_empty(device=param.device)
+    base.reset_parameters()  # the rope cache, as `checkpoints._empty_model` does
+    base.cos, base.sin = base.cos.to(param.dtype), base.sin.to(param.dtype)
+    base.load_state_dict(state, strict=True)
+    return base.eval()
+
+
+def _answer_logits(model: OmniGPT, x: torch.Tensor) -> torch.Tensor:
+    """Text logits ``(1, T, V)`` of tokens ``(1, T)`` read as the text answer of an empty T1T2 prompt."""
+    vocab = model.config.vocab
+    prompt = build_prompt(Encoded(Task.T1T2, [], question_ids=[]), vocab).to(x.device)  # (8, 3)
+    pad_a = torch.tensor(vocab.audio_layer_ids(PAD_A), device=x.device)  # (7,)
+    body = torch.cat([pad_a[:, None].expand(-1, x.size(1)), x], dim=0)  # (8, T): text answers read pad_a
+    text, _ = model(torch.cat([prompt, body], dim=1)[None], with_audio=False)  # (1, 3 + T, text_vocab)
+    return text[:, prompt.size(1) :, : vocab.base_vocab_size]
+
+
+@torch.inference_mode()
+def _perplexity(logits_fn, docs: list[torch.Tensor], window: int, device) -> float:
+    """exp(mean NLL) of every token but each document's first, read in windows of `window` tokens."""
+    nll, count = 0.0, 0
+    for ids in docs:
+        for start in range(0, ids.numel() - 1, window):
+            y = ids[start + 1 : start + window + 1].to(device)  # (T,)
+            x = ids[start : start + y.numel()].to(device)  # (T,)
+            logits = logits_fn(x[None])[0].float()  # (T, V)
+            nll += F.cross_entropy(logits, y, reduction="sum").item()
+            count += y.numel()
+    return math.exp(nll / count)
+
+
+@torch.inference_mode()
+def retention(
+    base: GPT, model: OmniGPT, tokenizer, documents: list[str], max_length: int = 1024, desc: str | None = None
+) -> dict:
+    """Text perplexity of the base LLM and of the trained model on the same documents and tokens.
+
+    The trained model is read two ways, both over the base vocabulary rows (so the numbers compare):
+    - ``llm_path``: the text embedded alone, as the base LLM reads it (litgpt's `GPT.forward` on the
+      trained weights). A model fresh from `omni_from_base` gives exactly the base perplexity here.
+    - ``t1t2_answer``: the text as the model reads it in its own tasks, the answer of a T1T2 row
+      (8 averaged layers, pad_a in the 7 audio layers). Before training this differs from the base
+      (the pad_a embeddings dilute the text's); it is the number that says whether the speech model
+      still writes well.
+    """
+    V = model.config.vocab.base_vocab_size
+    if base.config.padded_vocab_size != V:
+        raise ValueError(f"the base has {base.config.padded_vocab_size} text rows, the model {V}: not its base")
+    device = model.lm_head.weight.device
+    docs = [ids for ids in (tokenizer.encode(d).long() for d in documents) if ids.numel() > 1]
+    if not docs:
+        raise ValueError("no document is two tokens long or more")
+    window = min(max_length, base.max_seq_length, model.max_seq_length - 3)
+    paths = {
+        "base": lambda x: base(x),
+        "llm_path": lambda x: GPT.forward(model, x)[..., :V],
+        "t1t2_answer": lambda x: _answer_logits(model, x),
+    }
+    ppl = {k: _perplexity(fn, docs, window, device) for k, fn in tqdm(paths.items(), desc=desc, disable=desc is None)}
+    return {
+        "documents": len(docs), "tokens": sum(d.numel() - 1 for d in docs), "window": window,
+        "perplexity": {k: round(v, 4) for k, v in ppl.items()},
+        "ratio_to_base": {k: round(v / ppl["base"], 4) for k, v in ppl.items() if k != "base"},
+    }  # fmt: skip
+
+
+# ---- loss curves -------------------------------------------------------------------------------
+TASK_LOSS = re.compile(r"^train/loss_(?P<task>[A-Z0-9]+)/(?P<kind>text|audio)$")  # written by stages.OmniModule
+
+
+def _version(path: Path) -> int:
+    return int(path.parent.name.rpartition("_")[2] or 0)
+
+
+def run_losses(run_dir: str | Path) -> list[dict]:
+    """The per-task train losses of every stage of a run, as the CSV logger wrote them, in run order.
+
+    Returns:
+        one dict a stage: ``stage``, ``offset`` (its first step on the cumulative axis), ``steps``,
+        ``losses`` (``{column: ([steps], [values])}``).
+
+    Raises:
+        FileNotFoundError: no ``<stage>/logs/<stage>/version_*/metrics.csv`` (the CSV logger is needed).
+    """
+    from omni_train.stages import STAGES
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    files: dict[str, list[Path]] = {}
+    for f in sorted(run_dir.glob("*/logs/*/version_*/metrics.csv"), key=_version):
+        files.setdefault(f.relative_to(run_dir).parts[0], []).append(f)
+    if not files:
+        raise FileNotFoundError(
+            f"{run_dir}: no <stage>/logs/<stage>/version_*/metrics.csv; the plot reads the CSV logger's files "
+            "(train with logger=csv, or e.g. logger=[csv,wandb])"
+        )
+    order = list(STAGES)
+    if (run_dir / "config.yaml").is_file():
+        order = list((yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("run_stages") or []) + order
+    rank = {s: i for i, s in reversed(list(enumerate(order)))}
+    stages, offset = [], 0
+    for stage in sorted(files, key=lambda s: (rank.get(s, len(rank)), s)):
+        points: dict[str, dict[int, float]] = {}
+        for f in files[stage]:  # a resumed stage writes a new version; the later one wins a step
+            with open(f, newline="", encoding="utf-8") as fp:
+                for row in csv.DictReader(fp):
+                    for col, value in row.items():
+                        if col and TASK_LOSS.match(col) and value not in (None, "") and row.get("step"):
+                            points.setdefault(col, {})[int(float(row["step"]))] = float(value)
+        last = max((s for p in points.values() for s in p), default=-1)
+        summary = run_dir / stage / "summary.json"
+        steps = json.loads(summary.read_text()).get("steps", last + 1) if summary.is_file() else last + 1
+        steps = max(int(steps), last + 1)
+        losses = {c: (sorted(p), [p[s] for s in sorted(p)]) for c, p in sorted(points.items())}
+        stages.append({"stage": stage, "offset": offset, "steps": steps, "losses": losses})
+        offset += steps
+    if not any(s["losses"] for s in stages):
+        raise ValueError(
+            f"{run_dir}: the metrics.csv files hold no train/loss_<task>/text or /audio column (they are logged "
+            "every stages.<stage>.log_every steps: a shorter stage logs none)"
+        )
+    return stages
+
+
+def plot_losses(run_dir: str | Path, out: str | Path) -> list[dict]:
+    """Draw every stage's per-task losses on one PNG: text losses above, audio losses below.
+
+    x is the step counted across stages; each stage after the first starts at a dashed line, and
+    every stage is named above the plot. A task keeps its colour in every stage.
+
+    Returns:
+        `run_losses`'s stages (offsets and steps: where the boundaries are).
+    """
+    from matplotlib.figure import Figure  # no pyplot: no global backend, safe in any process
+
+    stages = run_losses(run_dir)
+    columns = {c for s in stages for c in s["losses"]}
+    tasks = sorted({TASK_LOSS.match(c)["task"] for c in columns})
+    kinds = [k for k in ("text", "audio") if any(c.endswith("/" + k) for c in columns)]
+    fig = Figure(figsize=(10, 3.2 * len(kinds) + 0.6), layout="constrained")
+    axes = fig.subplots(len(kinds), 1, sharex=True, squeeze=False)[:, 0]
+    colors = {t: f"C{i % 10}" for i, t in enumerate(tasks)}
+    for ax, kind in zip(axes, kinds):
+        labelled = set()
+        for s in stages:
+            for col, (steps, values) in s["losses"].items():
+                task = TASK_LOSS.match(col)["task"]
+                if col.endswith("/" + kind):
+                    x = [s["offset"] + step for step in steps]
+                    label = None if task in labelled else task
+                    ax.plot(x, values, color=colors[task], label=label, marker="." if len(x) < 30 else None)
+                    labelled.add(task)
+        for s in stages[1:]:
+            ax.axvline(s["offset"] - 0.5, color="0.4", linestyle="--", linewidth=1)
+        ax.set_ylabel(f"{kind} loss")
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        by_task = sorted(zip(labels, handles))
+        ax.legend([h for _, h in by_task], [t for t, _ in by_task], title="task", fontsize="small", loc="upper right")
+    for s in stages:
+        axes[0].text(s["offset"], 1.02, s["stage"], transform=axes[0].get_xaxis_transform(), fontsize="small")
+    axes[-1].set_xlabel("step (counted across stages)")
+    fig.suptitle(f"per-task train loss: {Path(run_dir).resolve().name}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    return stages
