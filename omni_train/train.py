@@ -264,6 +264,19 @@ def build_trainer(cfg: DictConfig, stage: str, stage_dir: Path, extra_callbacks:
         raise ConfigError(f"trainer: {err}") from None
 
 
+def check_strategy(trainer: L.Trainer, module: OmniModule) -> None:
+    """Refuse what a strategy would silently get wrong."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    masked = [n for n, p in module.model.named_parameters() if p.requires_grad and module.new_rows_only(n)]
+    if masked and isinstance(trainer.strategy, FSDPStrategy):
+        # FSDP runs autograd through its flat parameters, so hooks on the original ones never fire
+        raise ConfigError(
+            f"trainer=fsdp: stage {module.stage} trains only the new rows of {', '.join(masked)} through a gradient "
+            "mask that FSDP bypasses; run it with trainer=ddp (its LLM is frozen, so it fits without sharding)"
+        )
+
+
 # ---- one stage -----------------------------------------------------------------------------------
 def _write_json(path: Path, value: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
@@ -315,6 +328,7 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
     )
     throughput, history, skips = Throughput(), LossHistory(s.log_every), SkipReport()
     trainer = build_trainer(cfg, stage, stage_dir, [throughput, history, skips])
+    check_strategy(trainer, module)
     ckpt_path = latest_checkpoint(stage_dir) if cfg.resume == "auto" else None
     if ckpt_path:
         log.info("resuming stage %s from %s", stage, ckpt_path)

@@ -97,3 +97,20 @@ def test_warmup_then_cosine_to_min():
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
     assert lrs[60] == pytest.approx((4e-4 + 4e-6) / 2)
     assert lrs[110] == lrs[119] == 4e-6
+
+
+@pytest.mark.parametrize("stage", ["alignment", "adaption", "finetune"])
+def test_fsdp_refused_only_where_rows_are_masked(stage):
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from omni_train.train import ConfigError, check_strategy
+
+    module = STAGES[stage](OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS))
+    check_strategy(SimpleNamespace(strategy=DDPStrategy()), module)  # DDP keeps the hooks: always fine
+    if stage == "alignment":
+        with pytest.raises(ConfigError, match="trainer=ddp"):
+            check_strategy(SimpleNamespace(strategy=FSDPStrategy()), module)
+    else:
+        check_strategy(SimpleNamespace(strategy=FSDPStrategy()), module)
