@@ -329,6 +329,9 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
     throughput, history, skips = Throughput(), LossHistory(s.log_every), SkipReport()
     trainer = build_trainer(cfg, stage, stage_dir, [throughput, history, skips])
     check_strategy(trainer, module)
+    for callback in trainer.callbacks:  # those that decode (callbacks.SampleLogger) need the tokenizer and SNAC
+        if hasattr(callback, "use_init"):
+            callback.use_init(init)
     ckpt_path = latest_checkpoint(stage_dir) if cfg.resume == "auto" else None
     if ckpt_path:
         log.info("resuming stage %s from %s", stage, ckpt_path)
