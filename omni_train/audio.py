@@ -7,6 +7,7 @@ Mini-Omni: Whisper gives 50 frames a second and a clip of ``ms`` milliseconds fi
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -19,7 +20,7 @@ import soundfile as sf
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchaudio.functional as AF
+import torchaudio.transforms as AT
 import whisper
 from whisper.model import AudioEncoder, ModelDimensions
 
@@ -90,8 +91,15 @@ def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
         raise AudioError(f"non-finite samples in audio {name}")
     wave = torch.from_numpy(data).mean(dim=1)  # (S,) mono
     if rate != sample_rate:
-        wave = AF.resample(wave, rate, sample_rate)
+        wave = _resampler(rate, sample_rate)(wave)
     return wave.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig: int, new: int) -> AT.Resample:
+    # torchaudio.functional.resample rebuilds its sinc kernel on every call, which costs more than
+    # the resampling itself (22.05 -> 16 kHz: 5.4 ms vs 2.4 ms an 8.5-s clip); the module keeps it.
+    return AT.Resample(orig, new)
 
 
 def save_wav(path: str | os.PathLike, audio: torch.Tensor | np.ndarray, sample_rate: int) -> None:
