@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from litgpt.config import Config
 from litgpt.model import GPT, Block, batched_index_select, do_softcapping
 
-from omni_train.vocab import N_AUDIO_LAYERS, N_LAYERS, Vocab
+from omni_train.vocab import N_AUDIO_LAYERS, N_LAYERS, TEXT_LAYER, Vocab
 
 
 @dataclass
@@ -218,21 +218,31 @@ class OmniGPT(GPT):
         return h_text, self.transformer.post_adapter_audio_ln(x)
 
     # ---- heads --------------------------------------------------------------------------------
+    def head_rows(self, layer: int) -> tuple[nn.Linear, int, int]:
+        """The Linear that scores `layer` (0-6 audio, 7 text) and its rows ``[start, stop)``.
+
+        The loss takes whole heads and row ranges rather than sliced weights, so the layers that
+        share `lm_head` accumulate into one weight gradient.
+        """
+        if layer == TEXT_LAYER:
+            return self.lm_head, 0, self.config.text_vocab_size
+        size = self.config.audio_vocab_size
+        if self.config.post_adapter:
+            return self.transformer.post_adapter_audio_lm_head, layer * size, (layer + 1) * size
+        start = self.config.text_vocab_size + layer * size
+        return self.lm_head, start, start + size
+
+    def _head(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        head, start, stop = self.head_rows(layer)
+        return head.weight[start:stop], None if head.bias is None else head.bias[start:stop]
+
     def text_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight ``(text_vocab_size, C)`` and bias of the text head: only the text rows of `lm_head`."""
-        n = self.config.text_vocab_size
-        bias = self.lm_head.bias
-        return self.lm_head.weight[:n], None if bias is None else bias[:n]
+        return self._head(TEXT_LAYER)
 
     def audio_head(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight ``(audio_vocab_size, C)`` and bias of audio layer `layer`'s head."""
-        size = self.config.audio_vocab_size
-        if self.config.post_adapter:
-            head, start = self.transformer.post_adapter_audio_lm_head, layer * size
-        else:
-            head, start = self.lm_head, self.config.text_vocab_size + layer * size
-        bias = head.bias
-        return head.weight[start : start + size], None if bias is None else bias[start : start + size]
+        return self._head(layer)
 
     def logits(self, h: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
         x = F.linear(h, *head)

@@ -5,7 +5,7 @@ from tiny import tiny_omni
 
 from omni_train.data.collator import IGNORE_INDEX, OmniCollator
 from omni_train.data.samples import Encoded, Task
-from omni_train.loss import linear_cross_entropy, omni_loss
+from omni_train.loss import head_cross_entropy, linear_cross_entropy, omni_loss
 from omni_train.model import OmniGPT
 
 
@@ -69,3 +69,42 @@ def test_text_only_batch_has_no_audio_term():
     out = omni_loss(model, h_text, h_audio, batch.targets, batch.task_ids)
     torch.testing.assert_close(out.loss, out.metrics["loss/text"])
     assert not any(k.startswith("loss/audio") for k in out.metrics)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_row_ranges_of_one_head_match_sliced_logits_and_gradients(softcap):
+    """Several layers reading one head (lm_head's text and audio slices) share one weight gradient."""
+    torch.manual_seed(0)
+    w = torch.randn(60, 16, requires_grad=True)
+    b = torch.randn(60, requires_grad=True)
+    hs = [torch.randn(k, 16, requires_grad=True) for k in (9, 0, 5)]
+    ranges = [(0, 40), (40, 50), (50, 60)]
+    ts = [torch.randint(0, stop - start, (h.size(0),)) for h, (start, stop) in zip(hs, ranges)]
+    segs = [(h, t, start, stop) for h, t, (start, stop) in zip(hs, ts, ranges)]
+    out = head_cross_entropy(w, b, segs, chunk_size=4, softcap=softcap)
+    assert len(out) == 2  # the empty segment is left out
+    refs = []
+    for h, t, (start, stop) in zip(hs, ts, ranges):
+        if h.size(0):
+            z = F.linear(h, w[start:stop], b[start:stop])
+            refs.append(F.cross_entropy(torch.tanh(z / softcap) * softcap if softcap else z, t, reduction="none"))
+    for (loss, _), ref in zip(out, refs):
+        torch.testing.assert_close(loss, ref)
+    total, ref_total = sum(loss.sum() * (i + 1) for i, (loss, _) in enumerate(out)), refs[0].sum() + 2 * refs[1].sum()
+    grads = torch.autograd.grad(total, (w, b, hs[0], hs[2]))
+    for g, r in zip(grads, torch.autograd.grad(ref_total, (w, b, hs[0], hs[2]))):
+        torch.testing.assert_close(g, r)
+
+
+def test_loss_under_bf16_autocast_runs_its_matmuls_in_bf16():
+    torch.manual_seed(0)
+    w = torch.randn(50, 16, requires_grad=True)
+    h = torch.randn(12, 16, requires_grad=True)
+    t = torch.randint(0, 50, (12,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses, _ = linear_cross_entropy(h, w, None, t, chunk_size=5)
+    ref = F.cross_entropy(F.linear(h.bfloat16(), w.bfloat16()).float(), t, reduction="none")
+    torch.testing.assert_close(losses, ref)
+    losses.sum().backward()
+    assert w.grad.dtype == torch.float32 and h.grad.dtype == torch.float32
+    torch.testing.assert_close(w.grad, torch.autograd.grad(F.cross_entropy(h @ w.T, t, reduction="sum"), w)[0], rtol=0.05, atol=0.05)
