@@ -188,7 +188,10 @@ def test_ddp_two_cpu_processes(tmp_path):
     run = omni_train(
         *SHORT, "trainer=ddp_cpu", "stage=alignment", "stages.alignment.max_steps=3", "eval.asr=null",
         "eval.speak=null", f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.probe._target_=ddp_probe.Probe",
-        f"+callbacks.probe.out={tmp_path / 'probe'}", cwd=tmp_path, timeout=280,
+        f"+callbacks.probe.out={tmp_path / 'probe'}",
+        # a NaN gradient on rank 1 only, at step 2: both ranks must skip that step, or their weights part
+        "+callbacks.fault._target_=test_numeric_faults.NaNGrads", "+callbacks.fault.steps=[1]", "+callbacks.fault.rank=1",
+        cwd=tmp_path, timeout=280,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -196,7 +199,8 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert ranks[0]["samples"] and ranks[1]["samples"]
     assert not set(ranks[0]["samples"]) & set(ranks[1]["samples"])  # disjoint shares of every source
     assert ranks[0]["losses"] == ranks[1]["losses"]  # the logged loss is the mean over ranks
-    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients were averaged, and the bad step skipped alike
+    assert json.loads((tmp_path / "run" / "alignment" / "summary.json").read_text())["bad_steps"] == 1
     ckpts = list((tmp_path / "run" / "alignment" / "checkpoints").glob("*.ckpt"))
     assert any(c.name == "last.ckpt" for c in ckpts)
     assert (tmp_path / "run" / "alignment" / "model" / "lit_model.pth").is_file()
