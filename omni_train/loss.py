@@ -7,6 +7,7 @@ chunk of logits, not ``B x T x vocab`` floats for each of the 8 layers.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -37,77 +38,84 @@ def _cast(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
-    """Cross-entropy of row ranges of one head, chunk by chunk, logits recomputed in backward.
+    """Mean cross-entropy of row ranges of one head, chunk by chunk, gradients made in the forward.
 
     One call serves every layer that reads the same head (the text and 7 audio slices of
-    `lm_head`), so the backward accumulates one weight gradient in place instead of autograd
-    adding a full-size gradient per slice. Nothing vocabulary-wide is kept between forward and
-    backward, and the backward reuses each chunk's logits buffer for their gradient.
+    `lm_head`), so their weight gradients land in one buffer instead of autograd adding a
+    full-size gradient per slice. Each output is a mean, so its gradient is a scalar times what
+    the forward can compute already, chunk by chunk, while the chunk's logits exist: the backward
+    only scales, and logits are computed once (a checkpointed loss computes them twice).
     """
 
     @staticmethod
-    def forward(ctx, weight, bias, ranges, chunk_size, softcap, *tensors):
+    def forward(ctx, weight, bias, ranges, chunk_size, softcap, grad_enabled, *tensors):
         n = len(ranges)
         hs, targets = tensors[:n], tensors[n:]
         device = hs[0].device.type
-        # the matmul dtype: autocast's (bf16-mixed) or the head's own; the backward uses the same
+        # the matmul dtype: autocast's (bf16-mixed) or the head's own
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
-        ctx.ranges, ctx.chunk_size, ctx.softcap, ctx.dtype = ranges, chunk_size, softcap, dtype
-        ctx.set_materialize_grads(False)
-        losses, correct = [], []
-        for h, t, (start, stop) in zip(hs, targets, ranges):
-            w, b = _cast(weight[start:stop], dtype), _cast(None if bias is None else bias[start:stop], dtype)
-            loss = torch.empty(h.size(0), dtype=torch.float32, device=h.device)
-            ok = torch.empty(h.size(0), dtype=torch.bool, device=h.device)
-            step = _rows_per_chunk(chunk_size, stop - start)
-            for i in range(0, h.size(0), step):
-                z, _ = _logits(h[i : i + step].to(dtype), w, b, softcap)  # (chunk, V)
-                tz = t[i : i + step, None]
-                loss[i : i + step] = torch.logsumexp(z, -1) - z.gather(1, tz).squeeze(1)
-                ok[i : i + step] = z.argmax(-1) == tz.squeeze(1)
-            losses.append(loss)
-            correct.append(ok)
-        ctx.save_for_backward(weight, bias, *hs, *targets)
-        ctx.mark_non_differentiable(*correct)
-        return (*losses, *correct)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        weight, bias, *tensors = ctx.saved_tensors
-        n, dtype = len(ctx.ranges), ctx.dtype
-        hs, targets, grads = tensors[:n], tensors[n:], grads[:n]
-        need_w, need_b = ctx.needs_input_grad[0], bias is not None and ctx.needs_input_grad[1]
+        # needs_input_grad is True under no_grad too: validation must not pay for gradients
+        need = [grad_enabled and x for x in ctx.needs_input_grad]
+        need_w, need_b = need[0], bias is not None and need[1]
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b else None
-        grad_hs = []
-        for k, (h, t, g, (start, stop)) in enumerate(zip(hs, targets, grads, ctx.ranges)):
-            need_h = ctx.needs_input_grad[5 + k]
-            grad_h = torch.zeros_like(h) if need_h else None
-            grad_hs.append(grad_h)
-            if g is None or not (need_h or need_w or need_b):
-                continue
+        means, losses, correct, grad_hs = [], [], [], []
+        for k, (h, t, (start, stop)) in enumerate(zip(hs, targets, ranges)):
             w, b = _cast(weight[start:stop], dtype), _cast(None if bias is None else bias[start:stop], dtype)
-            step = _rows_per_chunk(ctx.chunk_size, stop - start)
-            for i in range(0, h.size(0), step):
+            K = h.size(0)
+            need_h = need[6 + k]
+            grad_h = torch.empty_like(h) if need_h else None
+            loss = torch.empty(K, dtype=torch.float32, device=h.device)
+            ok = torch.empty(K, dtype=torch.bool, device=h.device)
+            step = _rows_per_chunk(chunk_size, stop - start)
+            for i in range(0, K, step):
                 part = slice(i, i + step)
-                hp = h[part].to(dtype)
-                z, tanh = _logits(hp, w, b, ctx.softcap)
-                # d loss / d z = softmax(z) - onehot(t), computed in the logits' own buffer
-                z = z.sub_(torch.logsumexp(z, -1, keepdim=True)).exp_()
-                z[torch.arange(z.size(0), device=z.device), t[part]] -= 1
-                z.mul_(g[part, None])
+                hp, tp = h[part].to(dtype), t[part]
+                z, tanh = _logits(hp, w, b, softcap)  # (chunk, V) fp32
+                lse = torch.logsumexp(z, -1, keepdim=True)
+                loss[part] = (lse - z.gather(1, tp[:, None])).squeeze(1)
+                ok[part] = z.argmax(-1) == tp
+                if not (need_h or need_w or need_b):
+                    continue
+                # d mean / d z = (softmax(z) - onehot(t)) / K, made in the logits' own buffer
+                z = z.sub_(lse).exp_()
+                z[torch.arange(z.size(0), device=z.device), tp] -= 1
+                z.div_(K)
                 if tanh is not None:
                     z.mul_(1 - tanh * tanh)  # through the soft cap
                 if need_b:
                     grad_b[start:stop] += z.sum(0).to(grad_b.dtype)
                 z = z.to(dtype)
                 if need_h:
-                    grad_h[part] = (z @ w).to(h.dtype)
+                    grad_h[part] = z @ w
                 if need_w and grad_w.dtype == dtype:
                     grad_w[start:stop].addmm_(z.T, hp)  # in place: no (V, C) temporary
                 elif need_w:
                     grad_w[start:stop] += z.T @ hp  # mixed precision: fp32 master weights
-        return (grad_w, grad_b, None, None, None, *grad_hs, *[None] * n)
+            means.append(loss.mean())
+            losses.append(loss)
+            correct.append(ok)
+            grad_hs.append(grad_h)
+        ctx.ranges, ctx.grad_hs, ctx.used = ranges, grad_hs, False
+        ctx.save_for_backward(grad_w, grad_b)
+        ctx.mark_non_differentiable(*losses, *correct)
+        return (*means, *losses, *correct)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        if ctx.used:
+            raise RuntimeError("the chunked loss scales its stored gradients in place: backward through it once")
+        ctx.used = True
+        grad_w, grad_b = ctx.saved_tensors
+        grad_hs = []
+        for (start, stop), g, grad_h in zip(ctx.ranges, grads[: len(ctx.ranges)], ctx.grad_hs):
+            g = 0.0 if g is None else g
+            for buf in (grad_w, grad_b):
+                if buf is not None:
+                    buf[start:stop] *= g
+            grad_hs.append(None if grad_h is None else grad_h.mul_(g))
+        ctx.grad_hs = None
+        return (grad_w, grad_b, None, None, None, None, *grad_hs, *[None] * len(ctx.ranges))
 
 
 def head_cross_entropy(
@@ -116,26 +124,31 @@ def head_cross_entropy(
     segments: list[tuple[torch.Tensor, torch.Tensor, int, int]],
     chunk_size: int = 2048,
     softcap: float | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Cross-entropy of several row ranges of one head, each against its own hidden states.
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Mean cross-entropy of several row ranges of one head, each against its own hidden states.
 
     Args:
         weight: ``(V, C)`` the whole head; bias ``(V,)`` or None.
         segments: ``(h, targets, start, stop)``: ``(K, C)`` hidden states of trained positions,
-            ``(K,)`` targets in ``[0, stop - start)``, scored against rows ``[start, stop)``.
+            ``(K,)`` targets in ``[0, stop - start)``, scored against rows ``[start, stop)``; the
+            row ranges of one call must not overlap.
         chunk_size: positions a chunk at most; a chunk also holds at most `MAX_CHUNK_LOGITS` logits.
 
     Returns:
-        per segment: per-position losses ``(K,)`` (differentiable) and whether the argmax was right.
+        per non-empty segment: the mean loss (differentiable; backward through it once), and
+        per-position losses ``(K,)`` and whether the argmax was right ``(K,)`` (both detached).
     """
-    segments = [s for s in segments if s[0].size(0)] if segments else []
+    segments = [s for s in segments if s[0].size(0)]
     if not segments:
         return []
     ranges = tuple((start, stop) for _, _, start, stop in segments)
-    out = _HeadCrossEntropy.apply(
-        weight, bias, ranges, chunk_size, softcap, *(s[0] for s in segments), *(s[1] for s in segments)
-    )
-    return list(zip(out[: len(segments)], out[len(segments) :]))
+    ordered = sorted(ranges)
+    if any(a[1] > b[0] for a, b in itertools.pairwise(ordered)):
+        raise ValueError(f"row ranges of one head must not overlap, got {ranges}")
+    hs, targets = (s[0] for s in segments), (s[1] for s in segments)
+    out = _HeadCrossEntropy.apply(weight, bias, ranges, chunk_size, softcap, torch.is_grad_enabled(), *hs, *targets)
+    n = len(segments)
+    return list(zip(out[:n], out[n : 2 * n], out[2 * n :]))
 
 
 def linear_cross_entropy(
@@ -145,19 +158,20 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     chunk_size: int = 2048,
     softcap: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of ``F.linear(h, weight, bias)`` against `targets`, chunk by chunk.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of ``F.linear(h, weight, bias)`` against `targets`, chunk by chunk.
 
     Args:
-        h: ``(K, C)`` hidden states of the trained positions.
+        h: ``(K, C)`` hidden states of the trained positions, ``K > 0``.
         weight: ``(V, C)`` head rows; bias ``(V,)`` or None.
         targets: ``(K,)`` in ``[0, V)``.
 
     Returns:
-        per-position losses ``(K,)`` (differentiable) and whether the argmax was right ``(K,)``.
+        the mean loss (differentiable), per-position losses ``(K,)`` and whether the argmax was
+        right ``(K,)`` (both detached).
     """
     if h.size(0) == 0:
-        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
+        raise ValueError("linear_cross_entropy needs at least one position")
     return head_cross_entropy(weight, bias, [(h, targets, 0, weight.size(0))], chunk_size, softcap)[0]
 
 
@@ -202,22 +216,23 @@ def omni_loss(
         offset = 0 if index == TEXT_LAYER else model.config.vocab.audio_offset(index)
         heads.setdefault(id(head), (head, []))[1].append((index, (h[mask], targets[:, index][mask] - offset, start, stop)))
         tasks[index] = task_ids[row_of_position[mask]]
-    losses: dict[int, torch.Tensor] = {}
+    means: dict[int, torch.Tensor] = {}  # differentiable, one a layer
+    losses: dict[int, torch.Tensor] = {}  # per position, detached (metrics)
     for head, members in heads.values():
         results = head_cross_entropy(head.weight, head.bias, [seg for _, seg in members], chunk_size, softcap)
         present = [index for index, seg in members if seg[0].size(0)]
-        for index, (loss, correct) in zip(present, results):
+        for index, (mean, loss, correct) in zip(present, results):
             name = "text" if index == TEXT_LAYER else f"audio_l{index}"
-            losses[index] = loss
-            metrics[f"loss/{name}"] = loss.detach().mean()
+            means[index], losses[index] = mean, loss
+            metrics[f"loss/{name}"] = mean.detach()
             metrics[f"acc/{name}"] = correct.float().mean()
 
     text_losses = losses.get(TEXT_LAYER, h_text.new_zeros(0, dtype=torch.float32))
-    total = text_weight * (text_losses.mean() if text_losses.numel() else h_text.sum() * 0)
+    total = text_weight * means[TEXT_LAYER] if TEXT_LAYER in means else h_text.sum() * 0
     per_task = [(text_losses, tasks[TEXT_LAYER], "text")]
     audio = [i for i in range(N_AUDIO_LAYERS) if i in losses]
     if with_audio:
-        audio_means = torch.stack([losses[i].mean() for i in audio])
+        audio_means = torch.stack([means[i] for i in audio])
         total = total + audio_weight * audio_means.mean()
         per_task.append((torch.cat([losses[i] for i in audio]), torch.cat([tasks[i] for i in audio]), "audio"))
         metrics["loss/audio"] = audio_means.detach().mean()

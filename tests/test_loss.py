@@ -15,12 +15,13 @@ def test_chunked_matches_full_logits_and_gradients():
     w = torch.randn(50, 16, requires_grad=True)
     b = torch.randn(50, requires_grad=True)
     t = torch.randint(0, 50, (37,))
-    losses, correct = linear_cross_entropy(h, w, b, t, chunk_size=8)
+    mean, losses, correct = linear_cross_entropy(h, w, b, t, chunk_size=8)
     ref = F.cross_entropy(F.linear(h, w, b), t, reduction="none")
-    torch.testing.assert_close(losses, ref)
+    torch.testing.assert_close(losses, ref.detach())
+    torch.testing.assert_close(mean, ref.mean())
     assert torch.equal(correct, F.linear(h, w, b).argmax(-1) == t)
-    grads = torch.autograd.grad(losses.sum(), (h, w, b))
-    ref_grads = torch.autograd.grad(ref.sum(), (h, w, b))
+    grads = torch.autograd.grad(mean, (h, w, b))
+    ref_grads = torch.autograd.grad(ref.mean(), (h, w, b))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
 
@@ -80,20 +81,25 @@ def test_row_ranges_of_one_head_match_sliced_logits_and_gradients(softcap):
     hs = [torch.randn(k, 16, requires_grad=True) for k in (9, 0, 5)]
     ranges = [(0, 40), (40, 50), (50, 60)]
     ts = [torch.randint(0, stop - start, (h.size(0),)) for h, (start, stop) in zip(hs, ranges)]
-    segs = [(h, t, start, stop) for h, t, (start, stop) in zip(hs, ts, ranges)]
-    out = head_cross_entropy(w, b, segs, chunk_size=4, softcap=softcap)
+    out = head_cross_entropy(w, b, [(h, t, *r) for h, t, r in zip(hs, ts, ranges)], chunk_size=4, softcap=softcap)
     assert len(out) == 2  # the empty segment is left out
     refs = []
     for h, t, (start, stop) in zip(hs, ts, ranges):
         if h.size(0):
             z = F.linear(h, w[start:stop], b[start:stop])
-            refs.append(F.cross_entropy(torch.tanh(z / softcap) * softcap if softcap else z, t, reduction="none"))
-    for (loss, _), ref in zip(out, refs):
-        torch.testing.assert_close(loss, ref)
-    total, ref_total = sum(loss.sum() * (i + 1) for i, (loss, _) in enumerate(out)), refs[0].sum() + 2 * refs[1].sum()
-    grads = torch.autograd.grad(total, (w, b, hs[0], hs[2]))
-    for g, r in zip(grads, torch.autograd.grad(ref_total, (w, b, hs[0], hs[2]))):
+            refs.append(F.cross_entropy(torch.tanh(z / softcap) * softcap if softcap else z, t))
+    for (mean, _, _), ref in zip(out, refs):
+        torch.testing.assert_close(mean, ref)
+    # weighted as omni_loss weighs layers; gradients must follow each segment's own weight
+    grads = torch.autograd.grad(out[0][0] + 0.25 * out[1][0], (w, b, hs[0], hs[2]))
+    for g, r in zip(grads, torch.autograd.grad(refs[0] + 0.25 * refs[1], (w, b, hs[0], hs[2]))):
         torch.testing.assert_close(g, r)
+
+
+def test_overlapping_row_ranges_are_refused():
+    w, h, t = torch.randn(10, 4), torch.randn(3, 4), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="overlap"):
+        head_cross_entropy(w, None, [(h, t, 0, 6), (h, t, 5, 10)])
 
 
 def test_loss_under_bf16_autocast_runs_its_matmuls_in_bf16():
@@ -102,9 +108,41 @@ def test_loss_under_bf16_autocast_runs_its_matmuls_in_bf16():
     h = torch.randn(12, 16, requires_grad=True)
     t = torch.randint(0, 50, (12,))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses, _ = linear_cross_entropy(h, w, None, t, chunk_size=5)
+        mean, losses, _ = linear_cross_entropy(h, w, None, t, chunk_size=5)
     ref = F.cross_entropy(F.linear(h.bfloat16(), w.bfloat16()).float(), t, reduction="none")
     torch.testing.assert_close(losses, ref)
-    losses.sum().backward()
+    mean.backward()
     assert w.grad.dtype == torch.float32 and h.grad.dtype == torch.float32
-    torch.testing.assert_close(w.grad, torch.autograd.grad(F.cross_entropy(h @ w.T, t, reduction="sum"), w)[0], rtol=0.05, atol=0.05)
+    ref_grad = torch.autograd.grad(F.cross_entropy(h @ w.T, t), w)[0]
+    torch.testing.assert_close(w.grad, ref_grad, rtol=0.05, atol=0.01)
+
+
+@pytest.mark.parametrize("post_adapter", [False, True])
+def test_omni_loss_gradients_equal_the_naive_loss_gradients(post_adapter):
+    torch.manual_seed(0)
+    model = OmniGPT(tiny_omni(post_adapter=post_adapter))
+    cfg = model.config
+    batch = batch_for(cfg.vocab)
+    args = (batch.input_ids, torch.randn(2, 3, cfg.whisper_adapter_dim), batch.audio_lengths, batch.audio_mask)
+    t = batch.targets
+    out = omni_loss(model, *model.hidden_states(*args), t, batch.task_ids, text_weight=2.0, audio_weight=0.5, chunk_size=3)
+    text, audio = model(*args)
+    naive = 2.0 * F.cross_entropy(text.transpose(1, 2), t[:, 7], ignore_index=IGNORE_INDEX)
+    local = [torch.where(t[:, i] == IGNORE_INDEX, IGNORE_INDEX, t[:, i] - cfg.vocab.audio_offset(i)) for i in range(7)]
+    audio_ce = [F.cross_entropy(audio[:, i].transpose(1, 2), local[i], ignore_index=IGNORE_INDEX) for i in range(7)]
+    naive = naive + 0.5 * torch.stack(audio_ce).mean()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for g, r in zip(torch.autograd.grad(out.loss, params, allow_unused=True), torch.autograd.grad(naive, params)):
+        torch.testing.assert_close(torch.zeros_like(r) if g is None else g, r, rtol=1e-4, atol=1e-6)
+
+
+def test_no_gradient_work_without_grad_mode(monkeypatch):
+    """Validation runs under no_grad; the loss must not build its gradients there."""
+    w, h, t = torch.randn(10, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True), torch.zeros(3).long()
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "addmm_", lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        mean, _, _ = linear_cross_entropy(h, w, None, t)
+    assert not calls and not mean.requires_grad
+    linear_cross_entropy(h, w, None, t)
+    assert calls  # with grad mode on, the weight gradient is made in the forward
