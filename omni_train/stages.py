@@ -174,8 +174,8 @@ class OmniModule(L.LightningModule):
             first = step - self._bad_in_row + 1
             raise TooManyBadSteps(
                 f"steps {first}-{step}: {self._bad_in_row} steps in a row had a non-finite loss or gradient "
-                f"(max_bad_steps={limit}); the last checkpoint holds the weights from before step {first}. "
-                f"Last batch on this rank: {where}. Lower the learning rate or check that data"
+                f"(max_bad_steps={limit}); skipped steps change no weights, so checkpoints/last.ckpt is a good one. "
+                f"Last batch on this rank: {where}. Lower the learning rate or check those rows"
             )
         return True
 
