@@ -57,7 +57,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
         # needs_input_grad is True under no_grad too: validation must not pay for gradients
         need = [grad_enabled and x for x in ctx.needs_input_grad]
         need_w, need_b = need[0], bias is not None and need[1]
-        grad_w = torch.zeros_like(weight) if need_w else None
+        # accumulated in the matmul dtype, in place (bf16 under bf16-mixed, like autograd's own sum
+        # over chunks), and cast to the weight's dtype once at the end
+        grad_w = torch.zeros_like(weight, dtype=dtype) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b else None
         means, losses, correct, grad_hs = [], [], [], []
         for k, (h, t, (start, stop)) in enumerate(zip(hs, targets, ranges)):
@@ -88,14 +90,14 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 z = z.to(dtype)
                 if need_h:
                     grad_h[part] = z @ w
-                if need_w and grad_w.dtype == dtype:
+                if need_w:
                     grad_w[start:stop].addmm_(z.T, hp)  # in place: no (V, C) temporary
-                elif need_w:
-                    grad_w[start:stop] += z.T @ hp  # mixed precision: fp32 master weights
             means.append(loss.mean())
             losses.append(loss)
             correct.append(ok)
             grad_hs.append(grad_h)
+        if need_w and grad_w.dtype != weight.dtype:
+            grad_w = grad_w.to(weight.dtype)
         ctx.ranges, ctx.grad_hs, ctx.used = ranges, grad_hs, False
         ctx.save_for_backward(grad_w, grad_b)
         ctx.mark_non_differentiable(*losses, *correct)
