@@ -173,6 +173,8 @@ def run_consistency(args) -> dict:
     result = {"checkpoint": str(args.checkpoint), "whisper": args.whisper, "task": task.value, **result}
     _write_json(args.out, result)
     number = "-" if result["wer"] is None else f"{result['wer']:.2f}"
+    if result["wer"] is None:
+        print("omni-eval consistency: note: no text answer had words to score against", file=sys.stderr)
     print(f"| model | task | answers | scored | speech-text WER |\n|---|---|---|---|---|\n"
           f"| {args.checkpoint} | {task.value} | {result['n']} | {result['scored']} | {number} |")  # fmt: skip
     print(f"per-item results: {args.out}", file=sys.stderr)
