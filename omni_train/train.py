@@ -53,6 +53,7 @@ from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.data.skips import SkipReport
 from omni_train.data.samples import Task
 from omni_train.model import OmniConfig, OmniGPT
+from omni_train.resume import AtomicCheckpointIO, AtomicFSDPStrategy, Preempted, Preemption, RngState
 from omni_train.stages import STAGES, OmniModule
 
 log = logging.getLogger("omni_train")
@@ -174,11 +175,10 @@ def build_data(cfg: DictConfig, stage: str, tokenizer: Tokenizer, model: OmniGPT
 
 # ---- the Trainer ---------------------------------------------------------------------------------
 def fsdp_strategy(activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD", **kwargs):
-    """Lightning's FSDP with one unit a transformer block (and sharded checkpoints)."""
-    from lightning.pytorch.strategies import FSDPStrategy
+    """Lightning's FSDP with one unit a transformer block (and sharded checkpoints, swapped in whole)."""
     from litgpt.model import Block
 
-    return FSDPStrategy(
+    return AtomicFSDPStrategy(
         auto_wrap_policy={Block},
         activation_checkpointing_policy={Block} if activation_checkpointing else None,
         sharding_strategy=sharding_strategy,
@@ -218,6 +218,12 @@ class LossHistory(L.Callback):
             metrics = {k: float(v) for k, v in module.last_metrics.items() if k.startswith("loss")}
             self.rows.append({"step": step, **metrics})
 
+    def state_dict(self) -> dict:  # a resumed stage's summary still starts at step 1
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
+
     def first_last(self, window: int = 5) -> dict[str, dict[str, float]]:
         """Per metric: the mean of its first and of its last `window` recorded values."""
         keys = sorted({k for r in self.rows for k in r if k != "step"})
@@ -241,10 +247,12 @@ def build_trainer(cfg: DictConfig, stage: str, stage_dir: Path, extra_callbacks:
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="step-{step}", every_n_train_steps=s.checkpoint_every,
         save_last=True, save_top_k=1, monitor="step", mode="max", auto_insert_metric_name=False,
+        enable_version_counter=False,  # last.ckpt, never last-v1.ckpt: resume=auto and the preemption save use that name
     )
     callbacks = [
         checkpoints,
         L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
+        RngState(),
         *extra_callbacks,
         *[instantiate(spec) for spec in plain(cfg.callbacks).values()],
     ]
@@ -259,6 +267,7 @@ def build_trainer(cfg: DictConfig, stage: str, stage_dir: Path, extra_callbacks:
             logger=loggers or False,
             callbacks=callbacks,
             default_root_dir=stage_dir,
+            plugins=[*kwargs.pop("plugins", []), AtomicCheckpointIO()],  # a failed write keeps the last checkpoint
         )
     except TypeError as err:
         raise ConfigError(f"trainer: {err}") from None
@@ -304,8 +313,10 @@ def _trained_model(trainer: L.Trainer, module: OmniModule, stage_dir: Path) -> O
 
 
 def latest_checkpoint(stage_dir: Path) -> str | None:
-    """The newest of ``checkpoints/last.ckpt`` and the checkpoints Lightning writes when SLURM preempts a job."""
+    """The newest of ``checkpoints/last.ckpt`` and the checkpoints Lightning writes when SLURM preempts a job
+    (or ``.last.ckpt.old``, if a crash hit a sharded FSDP checkpoint's swap: see `AtomicFSDPStrategy`)."""
     found = [*stage_dir.glob("checkpoints/last.ckpt"), *stage_dir.glob("hpc_ckpt_*.ckpt")]
+    found = found or list(stage_dir.glob("checkpoints/.last.ckpt.old"))
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
@@ -327,7 +338,8 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
         loss_chunk_size=s.loss_chunk_size, max_bad_steps=s.max_bad_steps,
     )
     throughput, history, skips = Throughput(), LossHistory(s.log_every), SkipReport()
-    trainer = build_trainer(cfg, stage, stage_dir, [throughput, history, skips])
+    preemption = Preemption(stage_dir / "checkpoints" / "last.ckpt", s.checkpoint_every)
+    trainer = build_trainer(cfg, stage, stage_dir, [throughput, history, skips, preemption])
     check_strategy(trainer, module)
     for callback in trainer.callbacks:  # those that decode (callbacks.SampleLogger) need the tokenizer and SNAC
         if hasattr(callback, "use_init"):
@@ -339,6 +351,8 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
+    if preemption.signum:
+        raise Preempted(preemption.signum, stage, trainer.global_step, preemption.path)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"stage {stage} interrupted at step {trainer.global_step}; resume with resume=auto")
 

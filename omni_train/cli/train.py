@@ -27,6 +27,7 @@ log = logging.getLogger("omni_train")
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from omni_train.data.skips import TooManySkips
+    from omni_train.resume import Preempted
     from omni_train.stages import TooManyBadSteps
     from omni_train.train import ConfigError, train
 
@@ -38,6 +39,10 @@ def _main(cfg: DictConfig) -> None:
     except (ConfigError, TooManySkips, TooManyBadSteps, FileNotFoundError, NotADirectoryError) as err:
         log.error("omni-train: %s", err)
         sys.exit(f"omni-train: error: {err}")
+    except Preempted as stop:  # a checkpoint was saved: status 128 + signal says "stopped, resumable"
+        log.warning("omni-train: %s", stop)
+        print(f"omni-train: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     if summary.get("final_model"):  # rank 0 only
         from omni_train.report import print_summary
 

@@ -88,6 +88,8 @@ class Batch:
         sources, rows: where each row came from (`Sample.source`, `Sample.row`), for error messages.
         skips: the cumulative skip counts of the loader worker that made the batch (see `SkipReport`).
         worker: that worker's id.
+        position: for training batches, ``(shard, state)``: where that loader shard's stream continues
+            after this batch (`OmniDataModule` saves it in checkpoints for exact resume).
     """
 
     input_ids: torch.Tensor
@@ -102,6 +104,7 @@ class Batch:
     rows: list
     skips: SkipCounter | None = None
     worker: int = 0
+    position: tuple[int, dict] | None = None
 
     @property
     def loss_mask(self) -> torch.Tensor:

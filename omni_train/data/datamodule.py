@@ -3,14 +3,22 @@
     Source (rows -> Sample) -> SampleEncoder (-> Encoded) -> bucket_batches -> OmniCollator (-> Batch)
 
 Training streams are endless mixtures (a stage runs for a number of steps, not epochs); validation
-streams read each source once, in order.
+streams read each source once, in order. Where a training stream stands is part of every checkpoint
+(`OmniDataModule.state_dict`), so a resumed stage gets the batches it would have got.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
-from collections.abc import Iterator
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -20,11 +28,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from omni_train.audio import AudioError, TooLongAudio, load_audio, log_mel, whisper_frames
 from omni_train.data.collator import Batch, OmniCollator, sequence_length
-from omni_train.data.sampler import bucket_batches, mix
+from omni_train.data.sampler import Mixture, bucket_batches, resumable_buckets
 from omni_train.data.samples import Encoded, Sample
 from omni_train.data.skips import SkipCounter
 from omni_train.data.sources import Source
+from omni_train.resume import gather_objects
 from omni_train.vocab import Vocab
+
+log = logging.getLogger(__name__)
 
 
 class SkipSample(Exception):
@@ -100,6 +111,9 @@ class OmniStream(IterableDataset):
         sources: name -> `Source`.
         weights: name -> mixture weight; None reads each source once, in order (validation).
         max_tokens: token budget of a batch (rows x padded length), per rank.
+        resume: shard index -> the `Batch.position` state of the last batch trained from that shard.
+        rotation: loader worker w reads shard ``(w + rotation) % workers`` of its rank (see
+            `OmniDataModule`); 0 for a fresh start.
     """
 
     def __init__(
@@ -112,8 +126,11 @@ class OmniStream(IterableDataset):
         buffer_size: int = 1000,
         max_batch_size: int | None = None,
         seed: int = 0,
+        resume: dict[int, dict] | None = None,
+        rotation: int = 0,
     ) -> None:
         self.sources, self.weights = sources, weights
+        self.resume, self.rotation = resume or {}, rotation
         self._skips = {src.name: src.skips for src in sources.values()}  # samples carry the Source's name
         self.encoder, self.collator = encoder, collator
         self.max_tokens, self.buffer_size, self.max_batch_size, self.seed = max_tokens, buffer_size, max_batch_size, seed
@@ -132,23 +149,73 @@ class OmniStream(IterableDataset):
         rank, world = _rank_and_world()
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        index, count = rank * workers + worker, world * workers
+        index, count = rank * workers + (worker + self.rotation) % workers, world * workers
         shards = {name: src.sharded(index, count) for name, src in self.sources.items()}
+        counters = list({id(c): c for c in self._skips.values()}.values())  # sources may share one
         if self.weights is None:  # validation: everything once, in a fixed order
-            samples, seed = itertools.chain.from_iterable(shards.values()), 0
+            samples = itertools.chain.from_iterable(shards.values())
+            batches = bucket_batches(
+                self._encoded(samples), sequence_length, self.max_tokens, self.buffer_size, 0, self.max_batch_size
+            )
+            pairs: Iterable[tuple[list[Encoded], dict | None]] = ((batch, None) for batch in batches)
         else:
             streams = {name: (lambda p, s=s: s) for name, s in shards.items()}
             seed = self.seed + index
-            samples = mix(streams, self.weights, seed=seed)
-        batches = bucket_batches(
-            self._encoded(samples), sequence_length, self.max_tokens, self.buffer_size, seed, self.max_batch_size
-        )
-        counters = list({id(c): c for c in self._skips.values()}.values())  # sources may share one
-        for batch in batches:
+            mixture = Mixture(streams, self.weights, seed)
+            resume = self.resume.get(index)
+            if resume is not None:
+                with _uncounted(shards.values(), counters):
+                    mixture.load_state_dict(resume["upstream"])
+            pairs = resumable_buckets(
+                self._encoded(mixture), sequence_length, self.max_tokens, self.buffer_size, seed,
+                self.max_batch_size, upstream=mixture.state_dict, resume=resume,
+            )
+        for batch, state in pairs:
             out = self.collator(batch)
             # the counts live in this worker; the batch takes them to the trainer (`SkipReport`)
             out.skips, out.worker = SkipCounter().merge(*counters), worker
+            out.position = None if state is None else (index, state)
             yield out
+
+
+@contextmanager
+def _uncounted(sources: Iterable[Source], counters: list[SkipCounter]):
+    """Fast-forwarding re-reads rows that were counted, and judged against max_skip_fraction, before
+    the restart: read them without either."""
+    limits = [(src, src.max_skip_fraction) for src in sources]
+    saved = [(c, copy.deepcopy(vars(c))) for c in counters]
+    for src, _ in limits:
+        src.max_skip_fraction = None
+    try:
+        yield
+    finally:
+        for src, limit in limits:
+            src.max_skip_fraction = limit
+        for c, state in saved:
+            vars(c).clear()
+            vars(c).update(state)
+
+
+def _worker_init(worker_id: int, trainer_pid: int) -> None:
+    """Loader workers outlive the preemption signals, which SLURM and terminals send to every process
+    of a job: a worker that died of one would crash the trainer before it can save (see
+    `omni_train.resume.Preemption`). SIGUSR1 is ignored; SIGTERM ends a worker only when it comes
+    from the trainer itself (how multiprocessing stops its children), which only a thread waiting
+    with `sigwaitinfo` can tell (where it does not exist, SIGTERM keeps its default)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True).start()
+    if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning would have installed (seed_everything(workers=True))
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
+
+
+def _exit_on_sigterm_from(trainer_pid: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == trainer_pid:
+            os._exit(0)
 
 
 class OmniDataModule(L.LightningDataModule):
@@ -156,6 +223,23 @@ class OmniDataModule(L.LightningDataModule):
 
     A run stops with `TooManySkips` once more than `max_skip_fraction` of a source's samples were
     skipped (bad rows, unreadable audio, over-long samples); None only counts them.
+
+    Exact resume. Each (rank, loader worker) reads its own shard of the data; every training batch
+    carries the state its shard's stream continues from (`Batch.position`), taken at the start of
+    the batch's bucketing buffer: the mixture's RNG and each source's pass and rows read, the
+    shuffle RNG, and how many of the buffer's batches were handed out. `on_before_batch_transfer`
+    keeps the state of the last batch the trainer took from each shard; `state_dict` gathers them
+    from all ranks into the checkpoint. Because the state travels with the batch, it is exact
+    however far the workers and Lightning's prefetching ran ahead. On resume each shard re-reads its
+    sources up to the saved rows (no audio decoding, no tokenising) and remakes one buffer (up to
+    `buffer_size` samples encoded, as any buffer is), then drops the batches already trained.
+
+    With several workers the DataLoader takes batches from workers 0, 1, ... in turn; after a
+    restart its worker 0 reads the shard that was due next (`OmniStream.rotation`), so the order
+    across shards is the uninterrupted one. A checkpoint from a different world size or
+    `num_workers`, or different data settings, cannot be continued exactly: the stream then starts
+    afresh with a warning. (torchdata's StatefulDataLoader would need the same per-shard state from
+    the dataset and would still keep only rank 0's state under DDP.)
     """
 
     def __init__(
@@ -181,6 +265,50 @@ class OmniDataModule(L.LightningDataModule):
         self.collator = OmniCollator(encoder.vocab, pad_to_multiple_of)
         self.max_tokens, self.max_batch_size, self.buffer_size = max_tokens, max_batch_size, buffer_size
         self.num_workers, self.seed = num_workers, seed
+        self._positions: dict[int, dict] = {}  # shard index -> state after the last batch trained from it
+        self._next_worker = 0  # this rank's shard (0..workers-1) the loader serves next
+        self._loaded: dict | None = None
+
+    def _workers(self) -> int:
+        return max(1, self.num_workers)
+
+    def _settings(self) -> dict:
+        """What must not change for a saved stream position to mean the same batches."""
+        return {"seed": self.seed, "weights": sorted(self.weights.items()), "buffer_size": self.buffer_size,
+                "max_tokens": self.max_tokens, "max_batch_size": self.max_batch_size}
+
+    def on_before_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        if batch.position is not None:  # a training batch, about to be trained on
+            index, state = batch.position
+            self._positions[index] = state
+            self._next_worker = (index % self._workers() + 1) % self._workers()
+        return batch
+
+    def state_dict(self) -> dict:
+        world = _rank_and_world()[1]
+        mine = {"shards": self._positions, "next_worker": self._next_worker}
+        return {"shards": world * self._workers(), "settings": self._settings(), "ranks": gather_objects(mine)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loaded = state_dict
+
+    def _resume(self) -> tuple[dict[int, dict], int]:
+        """This rank's saved shard states and the worker rotation, if the checkpoint fits this run."""
+        state, self._loaded = self._loaded, None
+        if not state:
+            return {}, 0
+        rank, world = _rank_and_world()
+        if state["shards"] != world * self._workers() or len(state["ranks"]) != world:
+            log.warning("the checkpoint's data stream had %d shards (ranks x workers), this run has %d: "
+                        "the data order starts afresh", state["shards"], world * self._workers())
+            return {}, 0
+        if state["settings"] != self._settings():
+            log.warning("data settings changed since the checkpoint (%s, now %s): the data order starts afresh",
+                        state["settings"], self._settings())
+            return {}, 0
+        mine = state["ranks"][rank]
+        self._positions, self._next_worker = dict(mine["shards"]), mine["next_worker"]
+        return dict(mine["shards"]), mine["next_worker"]
 
     def _loader(self, dataset: OmniStream) -> DataLoader:
         return DataLoader(
@@ -189,9 +317,11 @@ class OmniDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=partial(_worker_init, trainer_pid=os.getpid()) if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:
+        resume, rotation = self._resume()
         stream = OmniStream(
             self.train_sources,
             self.encoder,
@@ -201,6 +331,8 @@ class OmniDataModule(L.LightningDataModule):
             self.buffer_size,
             self.max_batch_size,
             self.seed,
+            resume=resume,
+            rotation=rotation,
         )
         return self._loader(stream)
 

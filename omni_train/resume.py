@@ -1,0 +1,269 @@
+"""What lets a stage stop anywhere and continue as if it had not: complete checkpoint files, the
+RNG states, and preemption signals turned into a checkpoint at a step boundary.
+
+A Lightning checkpoint already holds the weights, the optimizer, the LR schedule and the step. With
+`OmniDataModule.state_dict` (where each loader shard of the data stream stands) and `RngState`,
+``resume=auto`` continues a stage with the same batches and the same random draws, so an interrupted
+run ends with the weights and loss log of an uninterrupted one.
+
+Signals (`Preemption`): SIGTERM (schedulers, ``kill``, Kubernetes) and SIGUSR1 (SLURM's warning
+before the time limit: ``#SBATCH --signal=SIGUSR1@90``) make the run save ``last.ckpt`` after the
+step in progress and stop; `omni-train` then exits with status 128 + the signal number (143 for
+SIGTERM, 138 for SIGUSR1), so a wrapper sees "stopped, not finished". Under SLURM, SIGUSR1 also
+requeues the job (``scontrol requeue``), as Lightning's own handler does. Lightning's handler saves
+from inside the signal handler, i.e. wherever the main thread happens to be (in the middle of an
+optimizer step, or of a collective the other ranks are not in); ours only sets a flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import FSDPStrategy
+
+from omni_train.data.sampler import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+def gather_objects(obj: Any) -> list:
+    """`obj` of every rank, in rank order. A collective: under DDP every rank must call it (Lightning
+    builds a checkpoint's contents on every rank, and only rank 0 writes the file)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+# ---- complete checkpoint files -------------------------------------------------------------------
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside it, fsyncs it, then renames it into place.
+
+    A write that fails (full disk, quota, a crash) leaves the previous file with that name, e.g.
+    ``last.ckpt``, complete and loadable. Lightning's own writer also renames into place, but
+    serialises the whole checkpoint into memory first (twice the RAM of the optimizer state) and
+    never fsyncs, so after a node crash the new name can point at a file whose bytes never reached
+    the disk. Remote paths (``s3://``) go to Lightning's writer. FSDP's sharded checkpoints bypass
+    CheckpointIO altogether; see `AtomicFSDPStrategy`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed while writing
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError):
+                err.add_note(f"writing checkpoint {path} failed; the previous {path.name}, if any, is intact")
+            raise
+        _fsync_dir(path.parent)
+
+
+class AtomicFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP, whose sharded checkpoints (a folder: one file a rank, plus metadata) are
+    written beside the target and swapped in once every rank has finished, instead of overwriting
+    the shards of the previous ``last.ckpt`` in place (where a crash would leave a mix).
+
+    The swap moves the old folder aside, renames the new one in, then deletes the old one; a
+    crash between the two renames leaves ``.last.ckpt.old``, which `omni_train.train.latest_checkpoint`
+    then resumes from. Full (one-file) state dicts go through `AtomicCheckpointIO`.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        if self.global_rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # what a process killed while writing left
+        self.barrier("atomic_fsdp_save_start")
+        super().save_checkpoint(checkpoint, tmp, storage_options)  # torch.distributed.checkpoint fsyncs the shards
+        self.barrier("atomic_fsdp_save_written")
+        if self.global_rank == 0:
+            swap_in(tmp, path)
+        self.barrier("atomic_fsdp_save_done")
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Replace `target` (a file or a folder, or nothing) by `new`; the old one stays as ``.NAME.old``
+    until the new one is in place."""
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():  # complete, so an .old beside it is stale (else .old is the one to keep for now)
+        _remove(old)
+        os.replace(target, old)
+    os.replace(new, target)
+    _fsync_dir(target.parent)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make renames in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- random number generators --------------------------------------------------------------------
+def rng_states() -> dict:
+    """This process's torch (CPU and CUDA), numpy and Python RNG states, as checkpoint-safe values."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": [kind, key.tolist(), pos, has_gauss, gauss],
+        "python": rng_state(random),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+    set_rng_state(random, states["python"])
+
+
+class RngState(L.Callback):
+    """Saves every rank's RNG states with each checkpoint and restores them when training resumes,
+    so dropout and any other random draw continue the sequence the interrupted run was on.
+
+    They are restored in `on_train_start`, not on load: starting the loader draws from torch's RNG
+    (its workers' base seed) after the checkpoint is loaded, as it did when the original run started.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: list[dict] | None = None
+
+    def state_dict(self) -> dict:
+        return {"ranks": gather_objects(rng_states())}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loaded = state_dict["ranks"]
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._loaded is None:
+            return
+        if len(self._loaded) == trainer.world_size:
+            set_rng_states(self._loaded[trainer.global_rank])
+        else:
+            log.warning("checkpoint has RNG states of %d ranks, this run has %d: not restored",
+                        len(self._loaded), trainer.world_size)
+        self._loaded = None
+
+
+# ---- preemption ----------------------------------------------------------------------------------
+class Preempted(RuntimeError):
+    """The run was asked to stop, saved a checkpoint and stopped; `exit_code` is 128 + the signal."""
+
+    def __init__(self, signum: int, stage: str, step: int, path: Path) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"{name}: stage {stage} stopped after step {step} and saved {path}; "
+                         "run the same command with resume=auto to continue")
+        self.exit_code = 128 + signum
+
+
+class Preemption(L.Callback):
+    """SIGTERM or SIGUSR1 -> save `path` after the current optimizer step, then stop the fit.
+
+    The handler only records the signal. After each optimizer step the ranks agree (one tiny
+    all-reduce: a signal on any rank stops all of them, so one signalled process is enough) and all
+    take part in the save. The caller checks `signum` after ``fit`` and raises `Preempted`.
+
+    Args:
+        path: the checkpoint to write, the stage's ``last.ckpt`` (where ``resume=auto`` looks).
+        checkpoint_every: the ModelCheckpoint's interval; at those steps it saves ``last.ckpt``
+            itself right after this callback, so this one only stops the fit.
+    """
+
+    signals = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, path: str | Path, checkpoint_every: int) -> None:
+        self.path, self.checkpoint_every = Path(path), checkpoint_every
+        self.signum = 0  # the signal that stopped the run (agreed over ranks), 0: none
+        self._received = 0
+        self._last_step = -1
+
+    def _handler(self, signum: int, frame) -> None:
+        self._received = signum
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning installs its handlers just before; ours replace them for this fit, and its
+        # teardown puts back whatever was there before the fit
+        for sig in self.signals:
+            signal.signal(sig, self._handler)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_step:  # gradient accumulation: no optimizer step yet
+            return
+        self._last_step = trainer.global_step
+        signum = self._received
+        if trainer.world_size > 1:
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=module.device), reduce_op="max"))
+        if not signum:
+            return
+        self.signum = signum
+        log.warning("received %s: saving %s after step %d and stopping",
+                    signal.Signals(signum).name, self.path, trainer.global_step)
+        if trainer.global_step % self.checkpoint_every != 0:
+            trainer.save_checkpoint(self.path)
+            for callback in trainer.checkpoint_callbacks:  # it would write last.ckpt again at train end
+                callback.save_last = False
+        trainer.should_stop = True
+        if signum == signal.SIGUSR1 and trainer.is_global_zero and SLURMEnvironment.detect():
+            _requeue()
+
+
+def _requeue() -> None:
+    """Put this SLURM job back in the queue (it keeps its id; resume=auto continues it)."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not re.fullmatch(r"[0-9_]+", job):
+        log.warning("SIGUSR1 under SLURM, but no usable SLURM_JOB_ID (%r): not requeued", job)
+        return
+    try:
+        result = subprocess.run(["scontrol", "requeue", job], check=False, capture_output=True, text=True)
+    except FileNotFoundError:
+        log.warning("scontrol not found: job %s not requeued", job)
+        return
+    if result.returncode == 0:
+        log.warning("requeued SLURM job %s", job)
+    else:
+        log.warning("scontrol requeue %s failed (%d): %s", job, result.returncode, result.stderr.strip())

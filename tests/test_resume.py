@@ -1,0 +1,300 @@
+"""A stage stopped anywhere continues as if it had not: SIGKILL, SIGTERM/SIGUSR1, a failed checkpoint write.
+
+The runs are the demo's stage 1, cut to 6 steps of small batches of a smaller model. `Trace` (added through the config,
+as a user's callback would be) appends each step's rows and loss to a file at once, so even a
+SIGKILLed run leaves its log, and can send a signal to its own process at a chosen step.
+"""
+
+import errno
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from litgpt.tokenizer import Tokenizer
+
+from omni_train.cli.train import CONFIGS
+from omni_train.config import register
+from omni_train.data import sources
+from omni_train.data.datamodule import OmniDataModule, SampleEncoder
+from omni_train.resume import AtomicFSDPStrategy, RngState
+from omni_train.train import train
+from omni_train.vocab import Vocab
+
+TESTS = Path(__file__).parent
+DEMO = TESTS.parent / "omni_train" / "demo_data"
+STEPS = 6
+COMMON = [  # about 3 batches a bucketing buffer, so resumes land inside buffers too
+    "experiment=demo", "stage=alignment", "eval.asr=null", "eval.speak=null", "~data.val.asr_heldout",
+    f"stages.alignment.max_steps={STEPS}", "stages.alignment.log_every=1", "stages.alignment.max_tokens=1024",
+    "data.buffer_size=24", "+logger.csv.flush_logs_every_n_steps=1",
+    # half the demo model: 47 MB checkpoints (mostly the 7 x 4160 audio rows of wte and lm_head, and their Adam state)
+    "model.overrides.n_layer=2", "model.overrides.n_embd=64", "model.overrides.head_size=16",
+    "model.overrides.intermediate_size=128",
+]
+
+
+class Trace(L.Callback):
+    """Appends {step, rows, loss} after every step (flushed: a killed run keeps it); at `signal_at`
+    sends `signal_name` to its own process (or, with `group`, to its process group, loader workers too)."""
+
+    def __init__(self, out: str, signal_at: int = 0, signal_name: str = "", group: bool = False) -> None:
+        self.out, self.signal_at, self.signal_name, self.group = Path(out), signal_at, signal_name, group
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        record = {"step": trainer.global_step, "rows": [f"{s}|{r}" for s, r in zip(batch.sources, batch.rows)],
+                  "loss": float(outputs["loss"])}
+        with open(self.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if trainer.global_step == self.signal_at:
+            sig = getattr(signal, self.signal_name)
+            if self.group:  # from another process, as a scheduler's signal comes
+                kill = ["kill", f"-{sig.name.removeprefix('SIG')}", "--", f"-{os.getpgid(0)}"]
+                subprocess.run(kill, check=True, start_new_session=True)
+            else:
+                os.kill(os.getpid(), sig)
+
+
+def config(*overrides: str):
+    register()
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def omni_train(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The CLI in its own session, so a signal to its process group reaches nothing else."""
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HYDRA_FULL_ERROR": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False,
+                          start_new_session=True)
+
+
+def trace(run: Path, **kwargs) -> list[str]:
+    args = [f"+callbacks.trace._target_={__name__}.Trace", f"+callbacks.trace.out={run / 'trace.jsonl'}"]
+    return args + [f"+callbacks.trace.{k}={v}" for k, v in kwargs.items()]
+
+
+def steps(run: Path) -> dict[int, dict]:
+    """Step -> its record; a step trained again after a resume replaces the lost one."""
+    return {r["step"]: r for r in map(json.loads, (run / "trace.jsonl").read_text().splitlines())}
+
+
+def csv_losses(run: Path) -> dict[int, float]:
+    """train/loss per step from the CSV logger, over all its versions (each start writes a new one)."""
+    import csv
+
+    out = {}
+    for path in sorted((run / "alignment" / "logs").rglob("metrics.csv")):  # version_0, version_1, ...
+        for row in csv.DictReader(path.open()):
+            if row.get("train/loss"):
+                out[int(row["step"])] = float(row["train/loss"])
+    return out
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "alignment" / "model" / "lit_model.pth", weights_only=True)
+
+
+def saved_step(path: Path) -> int:
+    return torch.load(path, weights_only=False, map_location="cpu")["global_step"]
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    got, want = steps(run), steps(reference)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    assert [got[s]["rows"] for s in want] == [want[s]["rows"] for s in want]  # the same batches, in order
+    assert [got[s]["loss"] for s in want] == pytest.approx([want[s]["loss"] for s in want], rel=1e-5)
+    assert csv_losses(run) == pytest.approx(csv_losses(reference), rel=1e-5)
+    a, b = weights(run), weights(reference)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must reproduce."""
+    run = tmp_path_factory.mktemp("reference")
+    train(config(*COMMON, f"run_dir={run}", f"stages.alignment.checkpoint_every={STEPS}", *trace(run)))
+    want = steps(run)
+    # a restart from the stream's beginning would train step 3 on step 1's rows, and the losses move
+    assert want[3]["rows"] != want[1]["rows"] and len({r["loss"] for r in want.values()}) == STEPS
+    assert len(csv_losses(run)) == STEPS
+    return run
+
+
+def test_sigkill_then_resume_auto_matches_the_uninterrupted_run(tmp_path, reference):
+    run = tmp_path / "run"
+    killed = omni_train(*COMMON, f"hydra.run.dir={run}", "stages.alignment.checkpoint_every=2",
+                        *trace(run, signal_at=3, signal_name="SIGKILL"), cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert saved_step(run / "alignment" / "checkpoints" / "last.ckpt") == 2  # step 3 was trained, then lost
+    assert not (run / "alignment" / "model").exists()
+
+    summary = train(config(*COMMON, f"run_dir={run}", "stages.alignment.checkpoint_every=2", "resume=auto",
+                           *trace(run)))
+    assert summary["stages"]["alignment"]["resumed_from"].endswith("last.ckpt")
+    assert len((run / "trace.jsonl").read_text().splitlines()) == 3 + STEPS - 2  # steps 1-3, then 3-6 again
+    assert_same_run(run, reference)
+
+
+def test_sigusr1_and_sigterm_save_stop_and_resume(tmp_path, reference):
+    run, bin_dir = tmp_path / "run", tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # SLURM's requeue command, as a stub that records its arguments
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "omni", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    every = "stages.alignment.checkpoint_every=4"  # step 2: the signal handler saves; step 4: ModelCheckpoint does
+
+    # SLURM's warning before the time limit: save after the step in progress, requeue, exit 128 + 10
+    first = omni_train(*COMMON, f"hydra.run.dir={run}", every, *trace(run, signal_at=1, signal_name="SIGUSR1"),
+                       cwd=tmp_path, env=slurm)
+    assert first.returncode == 128 + signal.SIGUSR1, first.stderr[-3000:]
+    assert "SIGUSR1: stage alignment stopped after step 2" in first.stderr and "resume=auto" in first.stderr
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert saved_step(run / "alignment" / "checkpoints" / "last.ckpt") == 2
+    assert not list(run.rglob("hpc_ckpt_*.ckpt"))  # Lightning's own SIGUSR1 handler did not run
+
+    # SIGTERM to the whole process group, the loader worker included: it must not die of it
+    second = omni_train(*COMMON, f"hydra.run.dir={run}", every, "resume=auto", "data.num_workers=1",
+                        *trace(run, signal_at=3, signal_name="SIGTERM", group=True), cwd=tmp_path)
+    assert second.returncode == 128 + signal.SIGTERM, second.stderr[-3000:]
+    assert "SIGTERM: stage alignment stopped after step 4" in second.stderr
+    assert saved_step(run / "alignment" / "checkpoints" / "last.ckpt") == 4
+
+    train(config(*COMMON, f"run_dir={run}", every, "resume=auto", *trace(run)))
+    assert_same_run(run, reference)
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    common = [*COMMON, f"run_dir={run}", "stages.alignment.max_steps=4", "stages.alignment.checkpoint_every=2"]
+    real_save, writes = torch.save, []
+
+    def disk_full_on_second_last_ckpt(obj, f, *args, **kwargs):
+        if "last.ckpt" in str(getattr(f, "name", "")):
+            writes.append(f.name)
+            if len(writes) == 2:  # step 4: write half the bytes, then fail as a full disk does
+                buffer = io.BytesIO()
+                real_save(obj, buffer, *args, **kwargs)
+                f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_on_second_last_ckpt)
+    with pytest.raises(OSError, match="No space left") as failed:
+        train(config(*common))
+    assert "previous last.ckpt" in "".join(getattr(failed.value, "__notes__", []))
+    last = run / "alignment" / "checkpoints" / "last.ckpt"
+    assert saved_step(last) == 2  # the complete one from step 2
+    assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]  # no half-written leftovers
+    monkeypatch.setattr(torch, "save", real_save)
+    summary = train(config(*common, "resume=auto"))
+    assert summary["stages"]["alignment"]["steps"] == 4
+
+
+def test_a_sharded_fsdp_checkpoint_is_swapped_in_whole(tmp_path, monkeypatch):
+    """FSDP needs GPUs; its writer (a folder of shards) is replaced by one that can fail half-way."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    def write_shards(self, checkpoint, path, storage_options=None):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "shard-0").write_text(checkpoint["v"])
+        if checkpoint.get("fail"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        (Path(path) / ".metadata").write_text(checkpoint["v"])
+
+    monkeypatch.setattr(FSDPStrategy, "save_checkpoint", write_shards)
+    strategy, last = AtomicFSDPStrategy(state_dict_type="sharded"), tmp_path / "last.ckpt"
+    shards = lambda: {p.name: p.read_text() for p in last.iterdir()}
+    strategy.save_checkpoint({"v": "1"}, last)
+    with pytest.raises(OSError, match="No space left"):
+        strategy.save_checkpoint({"v": "2", "fail": True}, last)
+    assert shards() == {"shard-0": "1", ".metadata": "1"}  # in place, shard-0 would now be step 2's
+    strategy.save_checkpoint({"v": "3"}, last)
+    assert shards() == {"shard-0": "3", ".metadata": "3"} and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+# ---- the data stream alone --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_data():
+    tokenizer = Tokenizer(DEMO / "tokenizer")
+    encoder = SampleEncoder(tokenizer, Vocab(1024), n_mels=80, max_seq_length=512)
+    train_sources = {"asr": sources.librispeech(DEMO / "asr" / "train", name="asr"),
+                     "qa": sources.open_orca(DEMO / "textqa.jsonl", name="qa")}
+    return train_sources, encoder
+
+
+def datamodule(demo_data, workers: int) -> OmniDataModule:
+    train_sources, encoder = demo_data
+    return OmniDataModule(train_sources, {"asr": 2.0, "qa": 1.0}, encoder, max_tokens=600, buffer_size=12,
+                          num_workers=workers, seed=3)
+
+
+def rows(batch) -> list[str]:
+    return [f"{s}|{r}" for s, r in zip(batch.sources, batch.rows)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_stream_continues_after_the_last_trained_batch(demo_data, workers, monkeypatch):
+    import omni_train.data.datamodule as dm_module
+
+    taken, more, decoded = 7, 5, []
+    real = dm_module.load_audio
+    monkeypatch.setattr(dm_module, "load_audio", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    dm = datamodule(demo_data, workers)
+    it = iter(dm.train_dataloader())
+    first = [rows(dm.on_before_batch_transfer(next(it), 0)) for _ in range(taken)]  # what the trainer took
+    state = torch.load(io.BytesIO(_saved(dm.state_dict())), weights_only=True)  # as a checkpoint holds it
+    expected = [rows(next(it)) for _ in range(more)]
+    decoded_before, decoded[:] = len(decoded), []
+
+    resumed = datamodule(demo_data, workers)
+    resumed.load_state_dict(state)
+    it = iter(resumed.train_dataloader())
+    got = [rows(next(it))]
+    if workers == 0:  # (workers decode in their own processes) one buffer's audio, not the skipped batches'
+        assert 0 < len(decoded) <= 12 < decoded_before
+    got += [rows(next(it)) for _ in range(more - 1)]
+    assert got == expected
+    it = iter(datamodule(demo_data, workers).train_dataloader())
+    fresh = [rows(next(it)) for _ in range(more)]
+    assert fresh != expected and fresh == first[:more]  # without the state: a replay from the start
+
+
+def _saved(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def test_rng_states_survive_a_checkpoint():
+    saved = torch.load(io.BytesIO(_saved(RngState().state_dict())), weights_only=True)
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    callback = RngState()
+    callback.load_state_dict(saved)
+    torch.manual_seed(123)  # whatever happened in between
+    np.random.seed(123)
+    random.seed(123)
+
+    class Trainer:
+        world_size, global_rank = 1, 0
+
+    callback.on_train_start(Trainer(), None)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
