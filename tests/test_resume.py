@@ -51,8 +51,8 @@ class Trace(L.Callback):
         self.out, self.signal_at, self.signal_name, self.group = Path(out), signal_at, signal_name, group
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        record = {"step": trainer.global_step, "rows": [f"{s}|{r}" for s, r in zip(batch.sources, batch.rows)],
-                  "loss": float(outputs["loss"])}
+        record = {"step": trainer.global_step, "rank": trainer.global_rank, "loss": float(outputs["loss"]),
+                  "rows": [f"{s}|{r}" for s, r in zip(batch.sources, batch.rows)]}
         with open(self.out, "a") as f:
             f.write(json.dumps(record) + "\n")
         if trainer.global_step == self.signal_at:
