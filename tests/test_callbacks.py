@@ -5,6 +5,7 @@ import json
 import pytest
 import soundfile as sf
 import torch
+import wandb
 from test_train import SHORT, config
 
 from omni_train.callbacks import SampleLogger, evaluating, mel_picture
@@ -16,12 +17,15 @@ HELDOUT = DEMO_DATA / "asr" / "heldout"
 
 def test_samples_and_wer_reach_csv_tensorboard_and_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    train(config(
-        *SHORT, "stage=alignment", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null",
-        "logger=[csv,tensorboard,wandb]", "callbacks=samples", "callbacks.samples.every_n_steps=1",
-        "callbacks.samples.max_speech=1", "callbacks.samples.max_new_tokens=12",
-        f"callbacks.samples.wer={HELDOUT}", "callbacks.samples.wer_max_utterances=2",
-    ))  # fmt: skip
+    try:
+        train(config(
+            *SHORT, "stage=alignment", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null",
+            "logger=[csv,tensorboard,wandb]", "callbacks=samples", "callbacks.samples.every_n_steps=1",
+            "callbacks.samples.max_speech=1", "callbacks.samples.max_new_tokens=12",
+            f"callbacks.samples.wer={HELDOUT}", "callbacks.samples.wer_max_utterances=2",
+        ))  # fmt: skip
+    finally:
+        wandb.finish()  # or the next test's WandbLogger would write into this test's run
     logs = tmp_path / "alignment" / "logs"
     # CSV: one JSON a step (steps 1 and 2; the end adds none), a wav and a mel picture a spoken answer
     samples = next(logs.rglob("samples"))
