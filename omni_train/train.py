@@ -351,6 +351,10 @@ def run_stage(cfg: DictConfig, stage: str, init: dict, run_dir: Path) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
+    if any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
+        import wandb
+
+        wandb.finish()  # else the next stage's WandbLogger writes into this stage's run
     if preemption.signum:
         raise Preempted(preemption.signum, stage, trainer.global_step, preemption.path)
     if trainer.interrupted:

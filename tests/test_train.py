@@ -101,12 +101,14 @@ def test_a_random_whisper_is_made_once_and_saved_with_the_model(tmp_path):
 
 def test_csv_tensorboard_and_offline_wandb_loggers(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")  # the demo's offline=true already says so; no network either way
-    train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null",
-                 "logger=[csv,tensorboard,wandb]", "stages.alignment.log_every=1"))
+    train(config(*SHORT, "run_stages=[alignment,adaption]", f"run_dir={tmp_path}", "eval.asr=null",
+                 "eval.speak=null", "logger=[csv,tensorboard,wandb]", "stages.alignment.log_every=1"))
     logs = tmp_path / "alignment" / "logs"
     assert "train/loss" in next(logs.rglob("metrics.csv")).read_text()
     assert list(logs.rglob("events.out.tfevents.*"))
-    assert list(logs.rglob("offline-run-*"))
+    # one wandb run a stage, each in its own stage's folder (not stage 2 written into stage 1's run)
+    runs = {stage: list((tmp_path / stage / "logs").rglob("offline-run-*")) for stage in ("alignment", "adaption")}
+    assert len(runs["alignment"]) == 1 and len(runs["adaption"]) == 1, runs
 
 
 def test_each_stage_starts_from_the_previous_stage(tmp_path):
