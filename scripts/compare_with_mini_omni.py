@@ -15,9 +15,8 @@ T1_A2, T1_T2, A1_A2_batch: temperature 0.9 with top_k 1, i.e. greedy) and record
 ``--json --pad-to-30s`` (Mini-Omni pads Whisper's input to 30 s) and the same step budget.
 
 What is compared, per task: the text tokens up to eot, and for spoken answers the 7 audio layers
-token for token (layer-local codes, delay pads included). Mini-Omni's loop stops *before* recording
-the step at which audio layer 6 says eoa; omni-infer's JSON includes that step. That one column is
-reported as such, not as a mismatch.
+token for token (layer-local codes, delay pads included). Both stop *before* the step at which
+audio layer 6 says eoa (Mini-Omni's loop breaks there; omni-infer's JSON leaves that column out).
 
 A tiny random model would not follow the layout (speak pad_a during the delay, end every layer
 with eoa): Mini-Omni samples those tokens, omni-infer forces them, and the two would part at step
@@ -281,12 +280,9 @@ def compare(task: str, ours: dict, theirs: dict, eot: int) -> dict:
         row["mini_omni_error"] = theirs["error"]
     if audio is not None:
         mine = ours["audio_tokens"]
-        extra = all(len(m) == len(t) + 1 for m, t in zip(mine, audio)) and mine[6][-1] == EOA
-        if extra:  # the step at which layer 6 says eoa: omni-infer keeps it, Mini-Omni breaks before it
-            mine = [m[:-1] for m in mine]
         diffs = {i: d for i, (m, t) in enumerate(zip(mine, audio)) if (d := first_difference(m, t))}
         row.update(audio_steps=len(mine[0]), audio_tokens=sum(map(len, mine)), audio_match=not diffs,
-                   audio_diff=diffs or None, final_eoa_column=extra)  # fmt: skip
+                   audio_diff=diffs or None)  # fmt: skip
     row["match"] = row["text_match"] and row.get("audio_match", True)
     return row
 
@@ -348,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         audio = ""
         if "audio_match" in r:
             same = "==" if r["audio_match"] else "!="
-            audio = f"; audio {same} ({r['audio_tokens']} tokens, {r['audio_steps']} steps"
-            audio += ", + omni-infer's final eoa step)" if r["final_eoa_column"] else ")"
+            audio = f"; audio {same} ({r['audio_tokens']} tokens, {r['audio_steps']} steps)"
         print(f"{r['task']:<11} {'MATCH' if r['match'] else 'DIFFER'}: text {'==' if r['text_match'] else '!='} "
               f"({r['text_tokens']} tokens){audio}"
               + (f"; text diff at {r['text_diff']}" if r["text_diff"] else "")

@@ -90,3 +90,16 @@ def test_usage_errors(files, capsys, argv, message):
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(files["bare"]), *argv])
     assert message in capsys.readouterr().err
+
+
+def test_json_audio_stops_before_layer_6_says_eoa_as_mini_omni_does():
+    from omni_train.cli.infer import as_mini_omni_returns
+    from omni_train.vocab import EOA, apply_delay
+
+    frames = torch.arange(14).view(2, 7)
+    finished = apply_delay(frames).tolist()  # pads, 2 frames, eoa per layer: layer 6 ends with eoa
+    assert finished[6][-1] == EOA
+    trimmed = as_mini_omni_returns(finished)
+    assert all(len(t) == len(f) - 1 for t, f in zip(trimmed, finished)) and trimmed[6][-1] != EOA
+    unfinished = [layer[:-2] for layer in finished]  # cut off before the end: nothing to trim
+    assert as_mini_omni_returns(unfinished) == unfinished and as_mini_omni_returns(None) is None

@@ -25,6 +25,7 @@ from omni_train.audio import SnacCodec, WhisperEncoder, save_wav
 from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.data.samples import Task
 from omni_train.generate import answer, stream_answer
+from omni_train.vocab import EOA
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -117,9 +118,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {wave.numel() / codec.sample_rate:.2f} s of speech to {args.out}", file=sys.stderr)
 
     if args.json:
-        print(json.dumps(dict(text=result.text, text_tokens=result.text_tokens, audio_tokens=result.audio_tokens)))
+        audio = as_mini_omni_returns(result.audio_tokens)
+        print(json.dumps(dict(text=result.text, text_tokens=result.text_tokens, audio_tokens=audio)))
     else:
         print(result.text)
+
+
+def as_mini_omni_returns(audio_tokens: list[list[int]] | None) -> list[list[int]] | None:
+    """Mini-Omni's generate functions stop before the step at which audio layer 6 says eoa; so does --json."""
+    if audio_tokens and audio_tokens[-1] and audio_tokens[-1][-1] == EOA:
+        return [layer[:-1] for layer in audio_tokens]
+    return audio_tokens
 
 
 if __name__ == "__main__":
