@@ -1,20 +1,68 @@
-"""Smoke runs of the benchmarks on their smallest shapes, so they do not rot (not timings)."""
+"""Smoke runs of the benchmarks on their smallest shapes, so they do not rot (not timings).
 
+Each script prints its ratio last. They run in this process (runpy) to spare a Python start-up
+each; loss_memory.py still starts one process a variant, by design.
+"""
+
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
 
 
 def run(script: str, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True)
     return out.stdout
+
+
+def run_here(script: str, *args: str, monkeypatch, capsys) -> str:
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import benchmarks/common.py
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    runpy.run_path(str(BENCH / script), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def last_ratio(out: str) -> float:
+    last = out.strip().splitlines()[-1]
+    assert "ratio" in last, out
+    return float(last.rsplit(" ", 1)[-1])
 
 
 def test_padding_benchmark_prints_both_fractions():
     out = run("padding.py", "--rows", "500", "--max-tokens", "4096", "--buffer", "200")
     assert "stream order:" in out and "bucketed:" in out
     assert out.strip().splitlines()[-1].startswith("ratio")
+
+
+@pytest.mark.parametrize(
+    "script, args, expect",
+    [
+        ("step_overhead.py", ["--tiny", "--layers", "1"], ["lm_head", "post_adapter", "voice_assistant", "dense"]),
+        ("whisper_encoder.py", ["--tiny"], ["cosine similarity"]),
+        ("data_path.py", ["--tiny"], ["samples per CPU-second", "demand"]),
+        ("scaling.py", ["--tiny"], ["GPU-h", "finetune"]),
+        ("gpu_mfu.py", ["--device", "cpu", "--tiny"], ["omni", "plain"]),
+    ],
+)
+def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch, capsys):
+    out = run_here(script, *args, monkeypatch=monkeypatch, capsys=capsys)
+    assert all(word in out for word in expect), out
+    assert last_ratio(out) > 0
+
+
+def test_loss_memory_benchmark_measures_both_paths_in_fresh_processes(monkeypatch, capsys):
+    out = run_here("loss_memory.py", "--tiny", monkeypatch=monkeypatch, capsys=capsys)
+    assert "chunked  peak" in out and "naive    peak" in out
+    assert float(out.split("loss relative difference: ")[1].split()[0]) < 1e-5
+    assert last_ratio(out) > 0
+
+
+def test_gpu_benchmark_says_it_needs_cuda(monkeypatch, capsys):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        run_here("gpu_mfu.py", monkeypatch=monkeypatch, capsys=capsys)

@@ -1,0 +1,149 @@
+"""Step overhead: a stage-3 training step of OmniGPT vs the plain litgpt GPT of the same backbone.
+
+The plain model has a vocabulary as large as OmniGPT's whole table (181,120 for Qwen2) and trains
+as litgpt's full fine-tuning does (full logits, `chunked_cross_entropy`); OmniGPT trains as stage 3
+does (8 embedded layers averaged, Whisper frames through the adapter, `omni_loss`). Both read the
+same positions, share the very same backbone weights and one AdamW, and alternate repetitions.
+
+Two batches: VoiceAssistant-shaped A1A2 rows through the real collator (only answers are
+trained), and a dense batch where every position of every layer is trained (OmniGPT's worst
+case). The frozen Whisper encoder is not part of the step (see whisper_encoder.py); its output is
+random frames of whisper-small's width.
+
+    python benchmarks/step_overhead.py [--layers 2] [--max-tokens 1024] [--reps 3] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import fields
+
+import torch
+from common import TINY, interleaved, voice_assistant_sample
+from litgpt.config import Config
+from litgpt.model import GPT
+from litgpt.utils import chunked_cross_entropy
+
+from omni_train.data.collator import IGNORE_INDEX, TASKS, OmniCollator, sequence_length
+from omni_train.data.sampler import bucket_batches
+from omni_train.data.samples import Task
+from omni_train.loss import omni_loss
+from omni_train.model import OmniConfig, OmniGPT
+from omni_train.vocab import N_AUDIO_LAYERS, TEXT_LAYER
+
+
+def build(args, post_adapter: bool) -> tuple[OmniGPT, GPT]:
+    torch.manual_seed(0)
+    base = Config.from_name(args.model, n_layer=args.layers, **(TINY if args.tiny else {}))
+    cfg = OmniConfig.from_base(
+        base, whisper_adapter_dim=args.whisper_dim, post_adapter=post_adapter, post_adapter_layers=args.post_layers
+    )
+    omni = OmniGPT(cfg)
+    plain_cfg = Config(
+        **{**{f.name: getattr(base, f.name) for f in fields(Config)}, "padded_vocab_size": cfg.padded_vocab_size}
+    )
+    with torch.device("meta"):
+        plain = GPT(plain_cfg)
+    # the same Parameter objects: the two steps differ only in what they compute
+    plain.transformer = omni.transformer
+    plain.lm_head = omni.lm_head
+    omni.max_seq_length = args.max_tokens + 64
+    plain._max_seq_length, plain.cos, plain.sin = omni.max_seq_length, omni.cos, omni.sin  # not meta
+    return omni, plain
+
+
+def voice_assistant_batch(cfg: OmniConfig, max_tokens: int, seed: int):
+    rng = random.Random(seed)
+    samples = [voice_assistant_sample(rng, cfg.vocab.base_vocab_size) for _ in range(64)]
+    samples = [s for s in samples if sequence_length(s) <= max_tokens]
+    batch = max(bucket_batches(samples, sequence_length, max_tokens, seed=seed), key=len)
+    return OmniCollator(cfg.vocab, pad_to_multiple_of=8)(batch)
+
+
+def dense_batch(cfg: OmniConfig, like) -> dict:
+    """Every position of every layer trained; a text question (no Whisper frames)."""
+    B, _, L = like.input_ids.shape
+    g = torch.Generator().manual_seed(0)
+    vocab = cfg.vocab
+    ids = torch.stack(
+        [torch.randint(0, 4096, (B, L), generator=g) + vocab.audio_offset(i) for i in range(N_AUDIO_LAYERS)]
+        + [torch.randint(0, vocab.base_vocab_size, (B, L), generator=g)],
+        dim=1,
+    )  # (B, 8, L)
+    targets = ids.roll(-1, dims=-1)
+    task_ids = torch.full((B,), TASKS.index(Task.T1A2))
+    return {"input_ids": ids, "targets": targets, "task_ids": task_ids, "features": None, "lengths": None, "mask": None}
+
+
+def omni_inputs(batch, whisper_dim: int) -> dict:
+    features = torch.randn(batch.audio_lengths.numel(), int(batch.audio_lengths.max()), whisper_dim)
+    return {
+        "input_ids": batch.input_ids, "targets": batch.targets, "task_ids": batch.task_ids,
+        "features": features, "lengths": batch.audio_lengths, "mask": batch.audio_mask,
+    }  # fmt: skip
+
+
+def steps(omni: OmniGPT, plain: GPT, data: dict):
+    optimizer = torch.optim.AdamW(omni.parameters(), lr=1e-6)  # plain's step leaves the adapter's grad None
+    ids, targets = data["input_ids"], data["targets"]
+    plain_ids, plain_targets = ids[:, TEXT_LAYER], targets[:, TEXT_LAYER]  # (B, L)
+    with_audio = bool((targets[:, :N_AUDIO_LAYERS] != IGNORE_INDEX).any())
+
+    def omni_step():
+        optimizer.zero_grad(set_to_none=True)
+        h_text, h_audio = omni.hidden_states(
+            ids, data["features"], data["lengths"], data["mask"], with_audio=with_audio
+        )
+        out = omni_loss(omni, h_text, h_audio, targets, data["task_ids"])
+        out.loss.backward()
+        optimizer.step()
+
+    def plain_step():  # litgpt finetune/full.py's step
+        optimizer.zero_grad(set_to_none=True)
+        logits = plain(plain_ids)  # (B, L, padded vocab)
+        loss = chunked_cross_entropy(logits, plain_targets)
+        loss.backward()
+        optimizer.step()
+
+    return omni_step, plain_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="Qwen2.5-0.5B", help="litgpt config name (Qwen2-0.5B's shape)")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--post-layers", type=int, default=6, help="post-adapter blocks (Mini-Omni: 6)")
+    parser.add_argument("--whisper-dim", type=int, default=768)
+    parser.add_argument("--max-tokens", type=int, default=1024, help="positions a batch (rows x padded length)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--variants", default="lm_head,post_adapter")
+    parser.add_argument("--batches", default="voice_assistant,dense")
+    parser.add_argument("--tiny", action="store_true", help="a 64-wide model with a 512-token base vocab (smoke test)")
+    args = parser.parse_args()
+    if args.tiny:
+        args.max_tokens, args.reps, args.whisper_dim = min(args.max_tokens, 256), 1, 32
+
+    print(f"threads={torch.get_num_threads()} model={args.model} layers={args.layers} max_tokens={args.max_tokens}")
+    ratios = {}
+    for variant in args.variants.split(","):
+        omni, plain = build(args, post_adapter=variant == "post_adapter")
+        va = voice_assistant_batch(omni.config, args.max_tokens, seed=0)
+        data = {"voice_assistant": omni_inputs(va, args.whisper_dim), "dense": dense_batch(omni.config, va)}
+        for name in args.batches.split(","):
+            omni_step, plain_step = steps(omni, plain, data[name])
+            t = interleaved({"omni": omni_step, "plain": plain_step}, reps=args.reps)
+            B, _, L = data[name]["input_ids"].shape
+            trained = (data[name]["targets"] != IGNORE_INDEX).float().mean(dim=(0, 2))  # (8,)
+            ratios[variant, name] = t["omni"] / t["plain"]
+            print(
+                f"{variant:12s} {name:15s} B={B} L={L} vocab={omni.config.padded_vocab_size} "
+                f"trained text={trained[TEXT_LAYER]:.2f} audio={trained[:N_AUDIO_LAYERS].mean():.2f}  "
+                f"omni {t['omni']:.3f} s  plain {t['plain']:.3f} s  ratio {ratios[variant, name]:.3f}"
+            )
+        del omni, plain
+    print("ratio omni/plain step: " + ", ".join(f"{v} {b} {r:.3f}" for (v, b), r in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
