@@ -194,8 +194,9 @@ class Preempted(RuntimeError):
 
     def __init__(self, signum: int, stage: str, step: int, path: Path) -> None:
         name = signal.Signals(signum).name
+        run = Path(path).parents[2]  # <run>/<stage>/checkpoints/last.ckpt
         super().__init__(f"{name}: stage {stage} stopped after step {step} and saved {path}; "
-                         "run the same command with resume=auto to continue")
+                         f"continue with the same command and hydra.run.dir={run} resume=auto")
         self.exit_code = 128 + signum
 
 
