@@ -203,24 +203,28 @@ class Question:
     audio: Path | None = None
 
 
+def _jsonl_rows(path: Path):
+    """(row number, parsed row) of each non-blank line; a line that is not JSON is an error naming it."""
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, row {i}: not JSON ({e})") from e
+
+
 def read_questions(path: str | Path) -> list[Question]:
     """Questions from a file: ``.jsonl`` rows with ``question`` (or ``text``) and/or ``audio`` (a path,
     relative to the file) and an optional ``id``; any other file holds one written question a line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such questions file")
-    lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix != ".jsonl":
+        lines = path.read_text(encoding="utf-8").splitlines()
         questions = [Question(f"{path.stem}.{i}", text=t.strip()) for i, t in enumerate(lines, 1) if t.strip()]
     else:
         questions = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, row {i}: not JSON ({e})") from e
+        for i, row in _jsonl_rows(path):
             text = row.get("question", row.get("text")) if isinstance(row, dict) else None
             audio = row.get("audio") if isinstance(row, dict) else None
             if not text and not audio:
@@ -316,21 +320,14 @@ def read_documents(path: str | Path, limit: int | None = None) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such text file")
-    raw = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         docs = []
-        for i, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, row {i}: not JSON ({e})") from e
+        for i, row in _jsonl_rows(path):
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
                 raise ValueError(f"{path}, row {i}: needs a string 'text' field")  # noqa: TRY004 (bad data)
             docs.append(row["text"])
     else:
-        docs = [p.strip() for p in re.split(r"\n\s*\n", raw)]
+        docs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))]
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise ValueError(f"{path}: no text in it")
