@@ -37,7 +37,7 @@ from omni_train.data import sources
 from omni_train.data.samples import Audio
 from omni_train.data.skips import SkipCounter
 from omni_train.data.snac_format import format_answer_snac, parse_answer_snac
-from omni_train.data.sources import TABLE_EXTS, _BadRow, _read_rows, _resolve, _to_audio
+from omni_train.data.sources import TABLE_EXTS, BadRow, read_rows, resolve_files, to_audio
 
 PathLike = str | os.PathLike
 AUDIO_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Audio in parquet
@@ -105,7 +105,7 @@ def audio_rows(
         src = sources.librispeech(p)
         rows = (Row(str(s.row), s.question_audio, s.answer_text) for s in src)
         return AudioInput(rows, librispeech_utterances(p), True, src.skips)
-    files = _resolve(p, TABLE_EXTS)
+    files = resolve_files(p, TABLE_EXTS)
     names = _column_names(files[0])
     if audio_column not in names:
         raise sources.MissingColumnError(f"{files[0]}: no audio column {audio_column!r} (columns: {', '.join(names)})")
@@ -119,8 +119,8 @@ def audio_rows(
 
 
 def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> Iterator[Row]:
-    for location, base_dir, values in _read_rows(files, columns, batch_size=64):
-        if isinstance(values, _BadRow):
+    for location, base_dir, values in read_rows(files, columns, batch_size=64):
+        if isinstance(values, BadRow):
             yield Row(location, error=str(values))
             continue
         row_id = str(values[id_column]) if id_column and values.get(id_column) is not None else location
@@ -129,16 +129,16 @@ def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> I
         value = values.get(audio_column)
         try:
             if value is None:
-                raise _BadRow(f"missing {audio_column}")
-            yield Row(row_id, _to_audio(value, base_dir, audio_column), text)
-        except _BadRow as bad:
+                raise BadRow(f"missing {audio_column}")
+            yield Row(row_id, to_audio(value, base_dir, audio_column), text)
+        except BadRow as bad:
             yield Row(row_id, None, text, error=f"{bad.reason} {bad.detail}".strip())
 
 
 def _column_names(f: Path) -> list[str]:
     if f.suffix == ".parquet":
         return pq.read_schema(f).names
-    first = sources._first_object(f)
+    first = sources.first_object(f)
     return list(first) if first else []
 
 
@@ -363,7 +363,7 @@ def snac_decode(
 
 
 def _snac_rows(path: Path, column: str, id_column: str | None) -> Iterator[tuple[str, str]]:
-    files = _resolve(path, TABLE_EXTS)
+    files = resolve_files(path, TABLE_EXTS)
     names = _column_names(files[0])
     if column not in names:
         raise sources.MissingColumnError(f"{files[0]}: no column {column!r} (columns: {', '.join(names)})")
@@ -371,8 +371,8 @@ def _snac_rows(path: Path, column: str, id_column: str | None) -> Iterator[tuple
     if id_column is None and "id" in names:
         id_column = "id"
     id_cols = [id_column] if id_column else [c for c in va_id if c in names] if set(va_id) <= set(names) else []
-    for n, (_, _, values) in enumerate(_read_rows(files, [column] + id_cols, batch_size=64)):
-        if isinstance(values, _BadRow) or not isinstance(values.get(column), str):
+    for n, (_, _, values) in enumerate(read_rows(files, [column] + id_cols, batch_size=64)):
+        if isinstance(values, BadRow) or not isinstance(values.get(column), str):
             continue
         name = "-".join(str(values.get(c)) for c in id_cols) if id_cols else f"{n:06d}"
         yield name, values[column]
@@ -465,7 +465,7 @@ def convert_open_orca(input: PathLike, out_dir: PathLike, shard_size: int = 100_
     A missing system prompt becomes ``""``; rows without a question or response are skipped. Read
     back with `sources.open_orca(OUT_DIR)`.
     """
-    files = _resolve(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input), TABLE_EXTS)
     names = _column_names(files[0])
     for col in ("question", "response"):
         if col not in names:
@@ -473,8 +473,8 @@ def convert_open_orca(input: PathLike, out_dir: PathLike, shard_size: int = 100_
     columns = [c for c in ("id", "system_prompt", "question", "response") if c in names]
 
     def records():
-        for location, _, values in _read_rows(files, columns, batch_size=1024):
-            if isinstance(values, _BadRow):
+        for location, _, values in read_rows(files, columns, batch_size=1024):
+            if isinstance(values, BadRow):
                 yield location, values.reason
                 continue
             q, r = values.get("question"), values.get("response")
@@ -503,7 +503,7 @@ def convert_moss(
     (``[Human]: ...<eoh> [MOSS]: ...<eoa>``; its first turn is used). Read back with
     `sources.moss_audioqa(OUT_DIR)` (VoiceAssistant-400K's column names).
     """
-    files = _resolve(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input), TABLE_EXTS)
     names = _column_names(files[0])
     use_plain_text = answer_column not in names and "plain_text" in names
     need = [audio_column, "plain_text" if use_plain_text else answer_column]
@@ -514,8 +514,8 @@ def convert_moss(
     columns = [c for c in wanted if c in names]
 
     def records():
-        for location, base_dir, values in _read_rows(files, columns, batch_size=64):
-            if isinstance(values, _BadRow):
+        for location, base_dir, values in read_rows(files, columns, batch_size=64):
+            if isinstance(values, BadRow):
                 yield location, values.reason
                 continue
             row_id = str(values.get("id") or location)
@@ -527,8 +527,8 @@ def convert_moss(
                 yield row_id, "empty answer"
                 continue
             try:
-                audio = _to_audio(values.get(audio_column) or "", base_dir, audio_column)
-            except _BadRow as bad:
+                audio = to_audio(values.get(audio_column) or "", base_dir, audio_column)
+            except BadRow as bad:
                 yield row_id, f"{bad.reason} {bad.detail}".strip()
                 continue
             yield {"id": row_id, "question_audio": audio, "question": question or "", "answer": answer}
@@ -580,10 +580,10 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
         )
         audio_cols, text_cols, snac_col = ["audio"], ["text"], None
     else:
-        files = _resolve(p, TABLE_EXTS)
+        files = resolve_files(p, TABLE_EXTS)
         audio_cols, text_cols, snac_col = _classify(files[0])
         cols = audio_cols + text_cols + ([snac_col] if snac_col else [])
-        rows = ((v, d) for _, d, v in _read_rows(files, cols, batch_size=256) if not isinstance(v, _BadRow))
+        rows = ((v, d) for _, d, v in read_rows(files, cols, batch_size=256) if not isinstance(v, BadRow))
     for values, base_dir in tqdm(rows, desc="stats", unit="row", disable=not progress):
         out.rows += 1
         seconds = None
@@ -630,7 +630,7 @@ def _classify(f: Path) -> tuple[list[str], list[str], str | None]:
             elif pa.types.is_string(t) or pa.types.is_large_string(t):
                 (audio if fld.name in AUDIO_NAMES else text if fld.name not in NOT_TEXT else []).append(fld.name)
         return audio, text, "answer_snac" if "answer_snac" in schema.names else None
-    first = sources._first_object(f) or {}
+    first = sources.first_object(f) or {}
     audio = [
         k for k, v in first.items() if k in AUDIO_NAMES or (isinstance(v, str) and v.lower().endswith(_AUDIO_EXTS))
     ]

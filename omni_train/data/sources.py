@@ -53,7 +53,7 @@ class MissingColumnError(ValueError):
     """A configured column/key is not in a data file: a config mistake, not a bad row."""
 
 
-class _BadRow(Exception):
+class BadRow(Exception):
     """Raised while building one sample; `Source.make` turns it into a counted skip."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
@@ -125,11 +125,11 @@ class Source:
         return unit % self.shard[1] == self.shard[0]
 
     def make(self, row: str | int, task: Task, build: Callable[[], Sample]) -> Sample | None:
-        """Count one attempt and run `build`; a `_BadRow` becomes a counted skip and gives None."""
+        """Count one attempt and run `build`; a `BadRow` becomes a counted skip and gives None."""
         self.skips.seen(self.name)
         try:
             sample = build()
-        except _BadRow as bad:
+        except BadRow as bad:
             self.skips.skip(self.name, row, bad.reason, bad.detail, task.value)
             sample = None
         if self.max_skip_fraction is not None and self.skips.n_seen(self.name) % self.check_every == 0:
@@ -176,7 +176,7 @@ def librispeech(
     task_list = _tasks(tasks, allowed) if tasks is not None else allowed[: 2 if tts_snac is not None else 1]
     code_files = None
     if tts_snac is not None:
-        code_files = _resolve(tts_snac, TABLE_EXTS)
+        code_files = resolve_files(tts_snac, TABLE_EXTS)
         _check_columns(_first_readable(code_files), [tts_id_column, tts_snac_column])
     elif Task.T1A2 in task_list:
         raise ValueError("librispeech: task T1A2 needs tts_snac (the SNAC codes of each utterance)")
@@ -226,9 +226,9 @@ def _tts_sample(r: _Row, codes: dict, utt: str, source: str) -> Sample:
     text = r.text("text")
     entry = codes.get(utt)
     if entry is None:
-        raise _BadRow("no tts codes")
+        raise BadRow("no tts codes")
     if isinstance(entry, str):  # the parse error, kept from loading time
-        raise _BadRow("bad tts codes", entry)
+        raise BadRow("bad tts codes", entry)
     frames = torch.from_numpy(entry.astype(np.int64))
     return Sample(Task.T1A2, answer_text=text, question_text=text, answer_frames=frames, source=source, row=utt)
 
@@ -240,8 +240,8 @@ def _load_code_map(files: list[Path], id_column: str, snac_column: str, ids: set
     ~11.7 frames/s) would take ~0.6 GB, a third of its strings, and each shard keeps only its own share.
     """
     start, out = time.perf_counter(), {}
-    for _, _, values in _read_rows(files, [id_column, snac_column], batch_size=1024):
-        if isinstance(values, _BadRow) or str(values.get(id_column)) not in ids:
+    for _, _, values in read_rows(files, [id_column, snac_column], batch_size=1024):
+        if isinstance(values, BadRow) or str(values.get(id_column)) not in ids:
             continue
         try:
             out[str(values[id_column])] = _to_frames(values.get(snac_column)).numpy().astype(np.int16)
@@ -292,7 +292,7 @@ def hf_asr(
         spec = ("disk", p, split)
         base_dir = p
     else:
-        files = _resolve(path, TABLE_EXTS)
+        files = resolve_files(path, TABLE_EXTS)
         kinds = {"parquet" if f.suffix == ".parquet" else "json" for f in files}
         if len(kinds) > 1:
             raise ValueError(f"{path}: mixes parquet and JSON files; give one kind")
@@ -402,8 +402,8 @@ def _table_samples(
     """
     needed = cols.needed(tasks)
     columns = needed + [c for c in extra if c not in needed]
-    for location, base_dir, values in _read_rows(files, columns, batch_size, src):
-        if isinstance(values, _BadRow):
+    for location, base_dir, values in read_rows(files, columns, batch_size, src):
+        if isinstance(values, BadRow):
             r, row = _Row({}, error=values), location
         else:
             if keep is not None and not keep(values):
@@ -430,7 +430,7 @@ def asr_manifest(
     Relative audio paths are relative to the manifest's folder, so a corpus folder can move.
     """
     _tasks(tasks, (Task.A1T1,))
-    files = _resolve(path, (".jsonl", ".json"))
+    files = resolve_files(path, (".jsonl", ".json"))
     _check_columns(_first_readable(files), [audio_key, text_key])
     cols = _Columns(answer_text=text_key, question_audio=audio_key)
     read = partial(_table_samples, files=files, tasks=(Task.A1T1,), cols=cols, batch_size=1)
@@ -458,7 +458,7 @@ def open_orca(
     so the system prompt has to live inside it.
     """
     _tasks(tasks, (Task.T1T2,))
-    files = _resolve(path, TABLE_EXTS)
+    files = resolve_files(path, TABLE_EXTS)
     _check_columns(_first_readable(files), [system_column, question_column, response_column])
     read = partial(
         _open_orca_samples, files=files, columns=(system_column, question_column, response_column),
@@ -468,8 +468,8 @@ def open_orca(
 
 
 def _open_orca_samples(src, files, columns, separator, batch_size) -> Iterator[Sample]:
-    for location, _, values in _read_rows(files, list(columns), batch_size, src):
-        r = _Row({}, error=values) if isinstance(values, _BadRow) else _Row(values)
+    for location, _, values in read_rows(files, list(columns), batch_size, src):
+        r = _Row({}, error=values) if isinstance(values, BadRow) else _Row(values)
         sample = src.make(location, Task.T1T2, partial(_orca_sample, r, columns, separator, src.name, location))
         if sample is not None:
             yield sample
@@ -501,7 +501,7 @@ def moss_audioqa(
     text (set `question_column` to None if there is none) and the answer text. The defaults follow
     VoiceAssistant-400K's column names, so one data-prep writer serves both.
     """
-    files = _resolve(path, TABLE_EXTS)
+    files = resolve_files(path, TABLE_EXTS)
     cols = _Columns(answer_text=answer_column, question_audio=audio_column, question_text=question_column)
     task_list = _tasks(tasks, (Task.A1T2, Task.T1T2))
     extra = [question_column] if question_column else []  # carried along even where the task needs no text question
@@ -539,7 +539,7 @@ def voice_assistant(
             ``["identity"]``, the model's self-introductions, when training a differently named model).
         batch_size: rows per record batch; with audio, ~32 rows is a few MB.
     """
-    files = _resolve(path, (".parquet",))
+    files = resolve_files(path, (".parquet",))
     task_list = _tasks(tasks, tuple(Task))
     needed = VOICE_ASSISTANT_COLUMNS.needed(task_list)
     extra = ["split_name"] if splits is not None or exclude_splits else []
@@ -581,7 +581,7 @@ def slam_s2s_jsonl(
     ``source_wav`` may be relative to the manifest's folder; `Sample.row` is ``key`` when present.
     Other tasks (A1T2, T1A2, T1T2) can be drawn from the same rows.
     """
-    files = _resolve(path, (".jsonl", ".json"))
+    files = resolve_files(path, (".jsonl", ".json"))
     task_list = _tasks(tasks, tuple(Task))
     _check_columns(_first_readable(files), SLAM_COLUMNS.needed(task_list))
     read = partial(
@@ -600,26 +600,26 @@ def _key_or_location(location: str, values: Mapping) -> str | int:
 
 
 class _Row:
-    """One row's values, checked on demand; every problem becomes a `_BadRow` with a stable reason."""
+    """One row's values, checked on demand; every problem becomes a `BadRow` with a stable reason."""
 
-    def __init__(self, values: Mapping, base_dir: Path | None = None, error: _BadRow | None = None) -> None:
+    def __init__(self, values: Mapping, base_dir: Path | None = None, error: BadRow | None = None) -> None:
         self.values, self.base_dir, self.error = values, base_dir, error
-        self._frames: dict[str, torch.Tensor | _BadRow] = {}
+        self._frames: dict[str, torch.Tensor | BadRow] = {}
 
     def _get(self, col: str):
         if self.error is not None:
             raise self.error
         value = self.values.get(col)
         if value is None:
-            raise _BadRow(f"missing {col}")
+            raise BadRow(f"missing {col}")
         return value
 
     def text(self, col: str) -> str:
         value = self._get(col)
         if not isinstance(value, str):
-            raise _BadRow(f"bad {col}", f"expected text, got {type(value).__name__}")
+            raise BadRow(f"bad {col}", f"expected text, got {type(value).__name__}")
         if not value.strip():
-            raise _BadRow(f"empty {col}")
+            raise BadRow(f"empty {col}")
         return value.strip()
 
     def optional_text(self, col: str) -> str | None:
@@ -627,7 +627,7 @@ class _Row:
         return value.strip() or None if isinstance(value, str) else None
 
     def audio(self, col: str) -> Audio:
-        return _to_audio(self._get(col), self.base_dir, col)
+        return to_audio(self._get(col), self.base_dir, col)
 
     def frames(self, col: str) -> torch.Tensor:
         """Parsed once per row, however many tasks need them (errors too)."""
@@ -635,11 +635,11 @@ class _Row:
             try:
                 self._frames[col] = _to_frames(self._get(col))
             except SnacFormatError as err:
-                self._frames[col] = _BadRow(f"bad {col}", str(err))
-            except _BadRow as bad:
+                self._frames[col] = BadRow(f"bad {col}", str(err))
+            except BadRow as bad:
                 self._frames[col] = bad
         result = self._frames[col]
-        if isinstance(result, _BadRow):
+        if isinstance(result, BadRow):
             raise result
         return result
 
@@ -655,29 +655,29 @@ def _to_frames(value) -> torch.Tensor:
     raise SnacFormatError(f"expected an answer_snac string or a list of codes, got {type(value).__name__}")
 
 
-def _to_audio(value, base_dir: Path | None, col: str) -> Audio:
+def to_audio(value, base_dir: Path | None, col: str) -> Audio:
     """A path, raw bytes or an HF Audio struct ``{bytes, path}`` -> `Audio` (bytes win over the path)."""
     if isinstance(value, Mapping):
         data, path = value.get("bytes"), value.get("path")
         if data:
             return Audio(data=bytes(data))
         if not path:
-            raise _BadRow(f"missing {col}", "neither bytes nor path")
+            raise BadRow(f"missing {col}", "neither bytes nor path")
         value = path
     if isinstance(value, (bytes, bytearray, memoryview)):
         if not value:
-            raise _BadRow(f"empty {col}")
+            raise BadRow(f"empty {col}")
         return Audio(data=bytes(value))
     if isinstance(value, (str, os.PathLike)):
         path = Path(value)
         if not str(value):
-            raise _BadRow(f"missing {col}")
+            raise BadRow(f"missing {col}")
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         if not path.is_file():
-            raise _BadRow("missing audio file", str(path))
+            raise BadRow("missing audio file", str(path))
         return Audio(path=str(path))
-    raise _BadRow(f"bad {col}", f"expected a path, bytes or {{bytes, path}}, got {type(value).__name__}")
+    raise BadRow(f"bad {col}", f"expected a path, bytes or {{bytes, path}}, got {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -695,7 +695,7 @@ def _existing(path: PathLike) -> Path:
     return p
 
 
-def _resolve(path: PathLike, exts: tuple[str, ...]) -> list[Path]:
+def resolve_files(path: PathLike, exts: tuple[str, ...]) -> list[Path]:
     """A file, a folder (searched recursively, hidden folders skipped) or a glob -> its data files, sorted."""
     if _is_glob(path):
         files = sorted(Path(f) for f in glob.glob(os.path.expanduser(str(path)), recursive=True) if os.path.isfile(f))
@@ -723,7 +723,7 @@ def _is_parquet(f: Path) -> bool:
     return f.suffix == ".parquet"
 
 
-def _first_object(f: Path) -> dict | None:
+def first_object(f: Path) -> dict | None:
     """The first JSON object line of a JSONL file (None if it has none)."""
     with open(f, encoding="utf-8") as fh:
         for line in fh:
@@ -741,7 +741,7 @@ def _check_columns(f: Path, columns: Iterable[str]) -> None:
     if _is_parquet(f):
         names = pq.read_schema(f).names
     else:
-        first = _first_object(f)
+        first = first_object(f)
         if first is None:
             return  # an empty manifest is no config mistake; it just yields nothing
         names = list(first)
@@ -771,17 +771,17 @@ def _num_row_groups(f: Path) -> int:
         return -1
 
 
-def _read_rows(
+def read_rows(
     files: list[Path], columns: list[str], batch_size: int, src: Source | None = None
-) -> Iterator[tuple[str, Path, dict | _BadRow]]:
+) -> Iterator[tuple[str, Path, dict | BadRow]]:
     """Yield ``(location, folder, values)`` for each row of this shard; only `columns` are read from parquet.
 
     Shard units are parquet row groups and JSONL lines, counted across all files in order. Parquet
     with fewer row groups than there are shards (a small set on many workers) is sharded by row
     instead, every shard reading all groups, so no shard is left empty. A JSONL line that is not a
-    JSON object comes back as a `_BadRow` (counted by the caller); a file missing a column is a
+    JSON object comes back as a `BadRow` (counted by the caller); a file missing a column is a
     `MissingColumnError`. A parquet file that cannot be opened (truncated: its footer is gone) comes
-    back as one `_BadRow` located at the file's name, and a row group that fails midway as one at
+    back as one `BadRow` located at the file's name, and a row group that fails midway as one at
     the row where it failed; the rest of the file, or of the group, is lost, not the run.
     """
     parquet = [f for f in files if _is_parquet(f)]
@@ -795,7 +795,7 @@ def _read_rows(
             except (pa.ArrowException, OSError) as err:
                 # every shard sees it; the one owning the next unit reports it, so it is counted once
                 if src is None or src.owns(unit + 1):
-                    yield f.name, f.parent, _BadRow("unreadable parquet file", str(err))
+                    yield f.name, f.parent, BadRow("unreadable parquet file", str(err))
                 continue
             with pf:
                 _check_names(f, pf.schema_arrow.names, columns)
@@ -817,7 +817,7 @@ def _read_rows(
                                 row += 1
                     except (pa.ArrowException, OSError) as err:  # a corrupt page: the rest of this group is lost
                         if not by_row or src.owns(unit + 1):
-                            yield f"{f.name}:{row}", f.parent, _BadRow("unreadable parquet data", str(err))
+                            yield f"{f.name}:{row}", f.parent, BadRow("unreadable parquet data", str(err))
                         unit += by_row * (int(starts[g + 1]) - row)  # keep the row units of all shards aligned
         else:
             _check_columns(f, columns)
@@ -831,9 +831,9 @@ def _read_rows(
                     try:
                         values = json.loads(line)
                         if not isinstance(values, dict):
-                            values = _BadRow("bad json", f"expected an object, got {type(values).__name__}")
+                            values = BadRow("bad json", f"expected an object, got {type(values).__name__}")
                     except json.JSONDecodeError as err:
-                        values = _BadRow("bad json", str(err))
+                        values = BadRow("bad json", str(err))
                     yield f"{f.name}:{lineno}", f.parent, values
 
 
