@@ -760,7 +760,9 @@ def _first_readable(files: list[Path]) -> Path:
     for f in files:
         if not _is_parquet(f) or _num_row_groups(f) >= 0:
             return f
-    raise ValueError(f"{files[0].parent}: none of its {len(files)} parquet files can be read (truncated or not parquet)")
+    raise ValueError(
+        f"{files[0].parent}: none of its {len(files)} parquet files can be read (truncated or not parquet)"
+    )
 
 
 def _num_row_groups(f: Path) -> int:
