@@ -226,7 +226,13 @@ def validate_tokenizer(tokenizer_dir: str | Path, padded_vocab_size: int) -> Tok
         ValueError: naming both sizes and the directory.
     """
     tokenizer_dir = _existing_dir(tokenizer_dir, "tokenizer directory")
-    tokenizer = Tokenizer(tokenizer_dir)
+    try:
+        tokenizer = Tokenizer(tokenizer_dir)
+    except KeyError as err:  # litgpt reads tokenizer_config.json's tokenizer_class unconditionally
+        raise ValueError(
+            f"{tokenizer_dir / 'tokenizer_config.json'}: no {err} field, which litgpt's Tokenizer needs "
+            '(add e.g. "tokenizer_class": "Qwen2Tokenizer", the class its model card names)'
+        ) from None
     size = tokenizer.vocab_size
     if tokenizer.backend == "huggingface":
         size = max(size, tokenizer.processor.get_vocab_size(with_added_tokens=True))

@@ -199,6 +199,17 @@ def test_tokenizer_larger_than_vocab_is_rejected(tmp_path, tokenizer_dir):
     assert str(n_tokens) in str(err.value) and "128" in str(err.value) and str(small) in str(err.value)
 
 
+
+def test_tokenizer_config_without_tokenizer_class_is_named(tmp_path, tokenizer_dir):
+    import json
+    import shutil
+
+    bare = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, bare)
+    (bare / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False}))  # valid for HF, not litgpt
+    with pytest.raises(ValueError, match="tokenizer_config.json: no 'tokenizer_class' field"):
+        ckpt.validate_tokenizer(bare, 1024)
+
 # ---- our format -------------------------------------------------------------------------------
 @pytest.mark.parametrize("post_adapter", [False, True])
 def test_save_load_roundtrip(tmp_path, tokenizer_dir, post_adapter):
