@@ -37,8 +37,9 @@ COMMON = [  # about 3 batches a bucketing buffer, so resumes land inside buffers
     "experiment=demo", "stage=alignment", "eval.asr=null", "eval.speak=null", "~data.val.asr_heldout",
     f"stages.alignment.max_steps={STEPS}", "stages.alignment.log_every=1", "stages.alignment.max_tokens=1024",
     "data.buffer_size=24", "+logger.csv.flush_logs_every_n_steps=1",
-    # half the demo model: 47 MB checkpoints (mostly the 7 x 4160 audio rows of wte and lm_head, and their Adam state)
-    "model.overrides.n_layer=2", "model.overrides.n_embd=64", "model.overrides.head_size=16",
+    # half the demo model, so a random base: 47 MB checkpoints (mostly the 7 x 4160 audio rows of wte and lm_head,
+    # and their Adam state)
+    "model.checkpoint_dir=null", "model.overrides.n_layer=2", "model.overrides.n_embd=64", "model.overrides.head_size=16",
     "model.overrides.intermediate_size=128",
 ]
 
