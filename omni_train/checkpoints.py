@@ -61,6 +61,7 @@ __all__ = [
     "save_omni",
     "to_mini_omni_state_dict",
     "validate_tokenizer",
+    "fsync_path",
 ]
 
 WEIGHTS_FILE = "lit_model.pth"
@@ -127,7 +128,8 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     return {k: _materialize(v) for k, v in state.items()}
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's bytes, or the renames in a folder, durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -152,8 +154,8 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
+            fsync_path(f)
+        fsync_path(tmp)
         if out_dir.exists():
             old = parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out_dir, old)
@@ -162,11 +164,11 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
             except BaseException:
                 os.rename(old, out_dir)
                 raise
-            _fsync(parent)
+            fsync_path(parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out_dir)
-            _fsync(parent)
+            fsync_path(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -35,6 +35,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
+from omni_train.checkpoints import fsync_path
 from omni_train.data.sampler import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if isinstance(err, OSError):
                 err.add_note(f"writing checkpoint {path} failed; the previous {path.name}, if any, is intact")
             raise
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
 
 
 class AtomicFSDPStrategy(FSDPStrategy):
@@ -119,7 +120,7 @@ def swap_in(new: Path, target: Path) -> None:
         _remove(old)
         os.replace(target, old)
     os.replace(new, target)
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)
     _remove(old)
 
 
@@ -128,15 +129,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames in `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- random number generators --------------------------------------------------------------------
