@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,6 @@ import torchaudio.transforms as AT
 import whisper
 from whisper.model import AudioEncoder, ModelDimensions
 
-from omni_train.data.samples import Audio
 from omni_train.vocab import flatten_snac, unflatten_snac
 
 WHISPER_SAMPLE_RATE = 16000
@@ -32,6 +32,23 @@ SNAC_SAMPLE_RATE = 24000
 SAMPLES_PER_FRAME = 320  # Whisper: 160-sample mel hop x conv stride 2 = one encoder frame (20 ms)
 N_MEL_FRAMES_30S = 3000  # whisper.audio.N_FRAMES: mel frames of a 30-s window
 MAX_SECONDS = 30.0  # Whisper has 1500 positions (30 s at 50 frames/s)
+
+
+
+@dataclass
+class Audio:
+    """Encoded audio as a source found it: a file path, or the bytes of a whole file (any container)."""
+
+    path: str | Path | None = None
+    data: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.data is None):
+            raise ValueError("Audio needs exactly one of path or data")
+
+    def __repr__(self) -> str:
+        return f"Audio(path={self.path!r})" if self.path is not None else f"Audio(<{len(self.data)} bytes>)"
+
 
 AudioSource = str | os.PathLike | bytes | Audio
 

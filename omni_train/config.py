@@ -20,6 +20,10 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 DEMO_DATA = Path(__file__).parent / "demo_data"
 
 
+class ConfigError(ValueError):
+    """A mistake in the run's configuration; `omni-train` prints it as one line."""
+
+
 @dataclass
 class ModelConfig:
     """The base LLM, and the Whisper encoder and SNAC codec around it."""

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from omni_train.audio import SnacCodec, WhisperEncoder, load_audio, log_mel, whisper_frames
+from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, WhisperEncoder, load_audio, log_mel, whisper_frames
 from omni_train.data.collator import build_prompt
-from omni_train.data.samples import Encoded, Task
+from omni_train.data.samples import Encoded
 from omni_train.model import OmniGPT
+from omni_train.tasks import Task
 from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, Vocab, remove_delay
 
 
@@ -141,7 +142,7 @@ def decode_steps(
     Stops after the step at which every row has ended (see the module docstring).
     """
     vocab = model.config.vocab
-    device = model.lm_head.weight.device
+    device = model.device
     B = len(prompts)
     tasks = _per_row(tasks, B)
     lengths = torch.tensor([p.size(1) for p in prompts], device=device)  # (B,)
@@ -165,7 +166,7 @@ def decode_steps(
         audio_mask[b, 1 : 1 + T] = True
     if audio_lengths is not None:
         audio_lengths = audio_lengths.to(device)
-        audio_features = audio_features.to(device, model.lm_head.weight.dtype)
+        audio_features = audio_features.to(device, model.dtype)
 
     with_audio = any(t.audio_out for t in tasks)
     audio_out = torch.tensor([t.audio_out for t in tasks], device=device)  # (B,)
@@ -178,7 +179,7 @@ def decode_steps(
     knobs = dict(temperature=temperature, top_k=top_k, top_p=top_p)
 
     if kv_cache:
-        model.set_kv_cache(B, max_seq_length=P + steps, device=device, dtype=model.lm_head.weight.dtype)
+        model.set_kv_cache(B, max_seq_length=P + steps, device=device, dtype=model.dtype)
     try:
         pos = lengths - 1  # (B,) position whose states predict the current step
         h_text, h_audio = model.hidden_states(
@@ -311,7 +312,7 @@ def _inputs(model, encoder, tokenizer, audio: AudioInput | None, text: str | Non
         return [build_prompt(Encoded(task, [], question_ids=ids), vocab)], tasks, None, None, None
     if encoder is None:
         raise ValueError("speech input needs a Whisper encoder")
-    wave = audio if isinstance(audio, torch.Tensor) else load_audio(audio, 16_000)
+    wave = audio if isinstance(audio, torch.Tensor) else load_audio(audio, WHISPER_SAMPLE_RATE)
     features, frames = encode_speech(encoder, [wave])
     prompts = [build_prompt(Encoded(t, [], audio_frames=int(frames[0])), vocab) for t in tasks]
     if batch_parallel:

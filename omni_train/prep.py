@@ -32,12 +32,12 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from omni_train.audio import AudioError, SnacCodec, load_audio, save_wav
+from omni_train.atomic import atomic_write, write_json
+from omni_train.audio import Audio, AudioError, SnacCodec, load_audio, save_wav
 from omni_train.data import sources
-from omni_train.data.samples import Audio
 from omni_train.data.skips import SkipCounter
 from omni_train.data.snac_format import format_answer_snac, parse_answer_snac
-from omni_train.data.sources import TABLE_EXTS, BadRow, read_rows, resolve_files, to_audio
+from omni_train.data.sources import TABLE_EXTS, BadRow, is_librispeech, read_rows, resolve_files, to_audio, utterances
 
 PathLike = str | os.PathLike
 AUDIO_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Audio in parquet
@@ -57,10 +57,6 @@ def existing(path: PathLike, what: str = "input") -> Path:
     return p
 
 
-def is_librispeech(path: Path) -> bool:
-    return path.is_dir() and next(path.rglob("*.trans.txt"), None) is not None
-
-
 @dataclass
 class Row:
     """One input row: a stable id, its audio (None if the row has none or it is unusable) and its text."""
@@ -72,13 +68,9 @@ class Row:
     error: str | None = None  # why the row is unusable; it is then skipped and counted
 
 
-def librispeech_utterances(root: Path) -> int:
-    """How many utterances the transcripts list (cheap: no audio is opened)."""
-    n = 0
-    for trans in root.rglob("*.trans.txt"):
-        with open(trans, encoding="utf-8") as f:
-            n += sum(1 for line in f if line.strip())
-    return n
+def _count(root: Path) -> int:
+    """How many utterances a LibriSpeech-layout folder's transcripts list (no audio is opened)."""
+    return sum(1 for _ in utterances(root))
 
 
 @dataclass
@@ -104,7 +96,7 @@ def audio_rows(
     if is_librispeech(p):
         src = sources.librispeech(p)
         rows = (Row(str(s.row), s.question_audio, s.answer_text) for s in src)
-        return AudioInput(rows, librispeech_utterances(p), True, src.skips)
+        return AudioInput(rows, _count(p), True, src.skips)
     files = resolve_files(p, TABLE_EXTS)
     names = _column_names(files[0])
     if audio_column not in names:
@@ -169,7 +161,7 @@ class ShardWriter:
             if changed:
                 diffs = ", ".join(f"{k} {old[k]!r} -> {state[k]!r}" for k in changed)
                 raise ValueError(f"{self.dir} holds shards made with other settings ({diffs}); use a new folder")
-        _atomic_write(state_file, lambda tmp: Path(tmp).write_text(json.dumps(state, indent=2)))
+        write_json(state_file, state)
         self.written = self.skipped_shards = 0
 
     def path(self, k: int) -> Path:
@@ -179,19 +171,9 @@ class ShardWriter:
         return self.path(k).is_file()
 
     def write(self, k: int, table: pa.Table) -> Path:
-        _atomic_write(self.path(k), lambda tmp: pq.write_table(table, tmp, row_group_size=256))
+        atomic_write(self.path(k), lambda tmp: pq.write_table(table, str(tmp), row_group_size=256))
         self.written += 1
         return self.path(k)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def shards(rows: Iterable, shard_size: int) -> Iterator[tuple[int, list]]:
@@ -454,7 +436,7 @@ def convert_librispeech(input: PathLike, out_dir: PathLike, shard_size: int = 10
         {"id": _VALUE, "audio": {"_type": "Audio"}, "text": _VALUE}
     ))
     job = {"command": "convert", "kind": "librispeech", "input": str(p.resolve())}
-    report = _write_converted(records, out_dir, shard_size, job, schema, librispeech_utterances(p))
+    report = _write_converted(records, out_dir, shard_size, job, schema, _count(p))
     report.add(src.skips)
     return report
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omni_train.data.collator import TASKS
+from omni_train.tasks import TASKS
 
 
 def summary_table(summary: dict) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import shutil
 import signal
@@ -28,27 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
-from omni_train.checkpoints import fsync_path
-from omni_train.data.sampler import rng_state, set_rng_state
+from omni_train.atomic import atomic_write, swap_in
+from omni_train.distributed import gather_objects, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
-
-
-def gather_objects(obj: Any) -> list:
-    """`obj` of every rank, in rank order. A collective: under DDP every rank must call it (Lightning
-    builds a checkpoint's contents on every rank, and only rank 0 writes the file)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        out = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
-    return [obj]
 
 
 # ---- complete checkpoint files -------------------------------------------------------------------
@@ -68,23 +55,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed while writing
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                err.add_note(f"writing checkpoint {path} failed; the previous {path.name}, if any, is intact")
-            raise
-        fsync_path(path.parent)
+
+        atomic_write(path, write)
 
 
 class AtomicFSDPStrategy(FSDPStrategy):
@@ -93,7 +69,7 @@ class AtomicFSDPStrategy(FSDPStrategy):
     the shards of the previous ``last.ckpt`` in place (where a crash would leave a mix).
 
     The swap moves the old folder aside, renames the new one in, then deletes the old one; a
-    crash between the two renames leaves ``.last.ckpt.old``, which `omni_train.train.latest_checkpoint`
+    crash between the two renames leaves ``.last.ckpt.old``, which `latest_checkpoint`
     then resumes from. Full (one-file) state dicts go through `AtomicCheckpointIO`.
     """
 
@@ -112,46 +88,28 @@ class AtomicFSDPStrategy(FSDPStrategy):
         self.barrier("atomic_fsdp_save_done")
 
 
-def swap_in(new: Path, target: Path) -> None:
-    """Replace `target` (a file or a folder, or nothing) by `new`; the old one stays as ``.NAME.old``
-    until the new one is in place."""
-    old = target.with_name(f".{target.name}.old")
-    if target.exists():  # complete, so an .old beside it is stale (else .old is the one to keep for now)
-        _remove(old)
-        os.replace(target, old)
-    os.replace(new, target)
-    fsync_path(target.parent)
-    _remove(old)
+def fsdp_strategy(activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD", **kwargs):
+    """Lightning's FSDP with one unit a transformer block (and sharded checkpoints, swapped in whole)."""
+    from litgpt.model import Block
+
+    return AtomicFSDPStrategy(
+        auto_wrap_policy={Block},
+        activation_checkpointing_policy={Block} if activation_checkpointing else None,
+        sharding_strategy=sharding_strategy,
+        state_dict_type="sharded",
+        **kwargs,
+    )
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+def latest_checkpoint(stage_dir: Path) -> str | None:
+    """The newest of ``checkpoints/last.ckpt`` and the checkpoints Lightning writes when SLURM preempts a job
+    (or ``.last.ckpt.old``, if a crash hit a sharded FSDP checkpoint's swap: see `AtomicFSDPStrategy`)."""
+    found = [*stage_dir.glob("checkpoints/last.ckpt"), *stage_dir.glob("hpc_ckpt_*.ckpt")]
+    found = found or list(stage_dir.glob("checkpoints/.last.ckpt.old"))
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
 # ---- random number generators --------------------------------------------------------------------
-def rng_states() -> dict:
-    """This process's torch (CPU and CUDA), numpy and Python RNG states, as checkpoint-safe values."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "numpy": [kind, key.tolist(), pos, has_gauss, gauss],
-        "python": rng_state(random),
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    kind, key, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
-    set_rng_state(random, states["python"])
-
-
 class RngState(L.Callback):
     """Saves every rank's RNG states with each checkpoint and restores them when training resumes,
     so dropout and any other random draw continue the sequence the interrupted run was on.

@@ -9,7 +9,7 @@ from whisper.model import ModelDimensions
 
 from omni_train.audio import SnacCodec, WhisperEncoder
 from omni_train.data.collator import build_prompt
-from omni_train.data.samples import Encoded, Task
+from omni_train.data.samples import Encoded
 from omni_train.generate import (
     answer,
     decode_steps,
@@ -22,6 +22,7 @@ from omni_train.generate import (
     transcribe,
 )
 from omni_train.model import OmniGPT
+from omni_train.tasks import Task
 from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, apply_delay
 
 DIMS = ModelDimensions(**WHISPER_DIMS)

@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from litgpt.tokenizer import Tokenizer
 
 from omni_train.cli.train import CONFIGS
-from omni_train.config import register
+from omni_train.config import DataConfig, register
 from omni_train.data import sources
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.resume import AtomicFSDPStrategy, RngState
@@ -239,8 +239,8 @@ def demo_data():
 
 def datamodule(demo_data, workers: int) -> OmniDataModule:
     train_sources, encoder = demo_data
-    return OmniDataModule(train_sources, {"asr": 2.0, "qa": 1.0}, encoder, max_tokens=600, buffer_size=12,
-                          num_workers=workers, seed=3)
+    cfg = DataConfig(max_tokens=600, buffer_size=12, num_workers=workers)
+    return OmniDataModule(train_sources, {"asr": 2.0, "qa": 1.0}, encoder, cfg, seed=3)
 
 
 def rows(batch) -> list[str]:

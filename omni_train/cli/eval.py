@@ -26,8 +26,8 @@ from litgpt.tokenizer import Tokenizer
 
 from omni_train import evaluate
 from omni_train.audio import SnacCodec, WhisperEncoder
-from omni_train.checkpoints import audio_sources, load_base, load_checkpoint
-from omni_train.data.samples import Task
+from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
+from omni_train.tasks import Task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -185,8 +185,8 @@ def run_retention(args) -> dict:
     documents = evaluate.read_documents(args.text, args.max_documents)
     model, tokenizer = _load_model(args)
     with _loading(args.base):
-        base_omni, _ = load_base(args.base, model_name=args.base_name, dtype=model.lm_head.weight.dtype)
-    base = evaluate.base_from_omni(base_omni.to(args.device))
+        base_omni, _ = load_base(args.base, model_name=args.base_name, dtype=model.dtype)
+    base = base_model(base_omni.to(args.device))
     del base_omni
     mine, theirs = model.config.base_config, base.config
     if diff := [f for f in ("n_layer", "n_embd", "n_head", "n_query_groups", "padded_vocab_size")

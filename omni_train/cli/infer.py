@@ -23,8 +23,8 @@ from litgpt.tokenizer import Tokenizer
 
 from omni_train.audio import SnacCodec, WhisperEncoder, save_wav
 from omni_train.checkpoints import audio_sources, load_checkpoint
-from omni_train.data.samples import Task
 from omni_train.generate import answer, stream_answer
+from omni_train.tasks import Task
 from omni_train.vocab import EOA
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -26,16 +26,17 @@ log = logging.getLogger("omni_train")
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
+    from omni_train.config import ConfigError
     from omni_train.data.skips import TooManySkips
     from omni_train.resume import Preempted
     from omni_train.stages import TooManyBadSteps
-    from omni_train.train import ConfigError, train
+    from omni_train.train import train
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; Hydra's root handler would repeat it
         logging.getLogger(name).propagate = False
 
     try:
-        summary = train(cfg)
+        summary = train(cfg, requested_model_keys())
     except (ConfigError, TooManySkips, TooManyBadSteps, FileNotFoundError, NotADirectoryError) as err:
         log.error("omni-train: %s", err)
         sys.exit(f"omni-train: error: {err}")
@@ -47,6 +48,30 @@ def _main(cfg: DictConfig) -> None:
         from omni_train.report import print_summary
 
         print_summary(summary)
+
+
+def requested_model_keys() -> set[str]:
+    """The ``model.*`` keys this command chose: all of a model preset other than ``train.yaml``'s
+    default (picked by ``model=`` or an experiment), and each ``model.KEY=`` override. A run that
+    starts from a model folder takes the others from the folder (`omni_train.builders.build_model`).
+    """
+    from dataclasses import fields
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from omni_train.config import ModelConfig
+
+    hc = HydraConfig.get()
+    defaults = OmegaConf.to_container(OmegaConf.load(Path(CONFIGS) / "train.yaml").defaults)
+    default = next(d["model"] for d in defaults if isinstance(d, dict) and "model" in d)
+    keys = [override.split("=", 1)[0].lstrip("+~") for override in hc.overrides.task]
+    chosen = set()
+    if hc.runtime.choices.get("model") != default or "model" in keys:
+        # a preset's checkpoint_dir names the base it was made from, which a trained model no longer needs
+        chosen = {f.name for f in fields(ModelConfig)} - {"checkpoint_dir"}
+    chosen |= {key.split(".")[1] for key in keys if key.startswith("model.")}
+    return chosen
 
 
 def main() -> None:
