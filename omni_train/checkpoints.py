@@ -519,6 +519,7 @@ class ModelBundle:
         tokenizer_dir: the folder of its tokenizer files.
         whisper, snac: the Whisper checkpoint (file or name) and SNAC codec (folder or hub name) it
             was trained with, and `pad_to_30s`, how Whisper's input was padded (`omni_audio.json`).
+        origin: where it came from (a folder, or the base LLM), for messages.
     """
 
     model: OmniGPT
@@ -527,6 +528,7 @@ class ModelBundle:
     whisper: str | None = None
     snac: str | None = None
     pad_to_30s: bool = False
+    origin: str = ""  # where the model came from, for messages
 
     def save(self, out_dir: str | Path, model: OmniGPT | None = None) -> Path:
         """Write our format with the tokenizer and audio models, atomically (`model`: e.g. gathered from shards)."""

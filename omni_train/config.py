@@ -8,6 +8,8 @@ the classes they build.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -117,6 +119,33 @@ def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("demo_data"):
         OmegaConf.register_new_resolver("demo_data", lambda sub="": str(DEMO_DATA / sub))
+
+
+def unknown_keys(cfg: DictConfig, path: str = "") -> list[str]:
+    """Keys of the schema's dataclass nodes that their class does not declare, each with a suggestion.
+
+    Hydra refuses a misspelt key, but ``+key=value`` forces it in (``+stages.alignment.max_step=5``,
+    the spelling its own error message suggests), and nothing would read it.
+    """
+    kind = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(kind):
+        return []
+    declared = {f.name: f for f in dataclasses.fields(kind)}
+    problems = []
+    for key in cfg.keys():
+        where = f"{path}{key}"
+        if key not in declared:
+            close = difflib.get_close_matches(str(key), declared, n=1)
+            problems.append(f"{where}: no such setting" + (f" (did you mean {path}{close[0]}?)" if close else ""))
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not OmegaConf.is_missing(cfg, key) and node._is_none() is False:
+            if dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                problems += unknown_keys(node, f"{where}.")
+            elif key == "stages":  # name -> StageConfig
+                for name in node.keys():
+                    problems += unknown_keys(node[name], f"{where}.{name}.")
+    return problems
 
 
 SECRET = re.compile(r"(api_?key|^token$|_token$|secret|password|passwd|credential)", re.IGNORECASE)

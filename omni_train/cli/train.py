@@ -7,11 +7,18 @@
     omni-train experiment=mini_omni --cfg job           # print the resolved config
 
 Add your own config folders with Hydra's ``--config-dir``; see ``configs/train.yaml``.
+
+A mistake in the command ends with one line (``omni-train: error: ...``, status 1). Ctrl-C, SIGTERM
+and SIGUSR1 save ``last.ckpt`` after the step in progress and stop with status 128 + the signal,
+printing the command that continues the run. ``<run>/train.log`` holds the run's log.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -26,28 +33,59 @@ log = logging.getLogger("omni_train")
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
+    from omni_train.atomic import DiskFull
     from omni_train.config import ConfigError
     from omni_train.data.skips import TooManySkips
-    from omni_train.resume import Preempted
+    from omni_train.resume import Preempted, RunLocked
     from omni_train.stages import TooManyBadSteps
     from omni_train.train import train
 
-    for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; Hydra's root handler would repeat it
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]  # Hydra's <run>/train.log
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        # Lightning prints its own lines; through Hydra's root console handler they would print twice
         logging.getLogger(name).propagate = False
+        for handler in files:
+            logging.getLogger(name).addHandler(handler)
+    run_dir = Path(cfg.run_dir)
+
+    def to_log_file(message: str, level: int) -> None:  # the terminal gets it once, by print
+        record = {"name": log.name, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
+        for handler in files:
+            handler.emit(logging.makeLogRecord(record))
+
+    def stop(message: str, code: int) -> None:
+        to_log_file(message, logging.ERROR)
+        _remove_if_unused(run_dir)
+        print(message, file=sys.stderr)
+        sys.exit(code)
 
     try:
         summary = train(cfg, requested_model_keys())
-    except (ConfigError, TooManySkips, TooManyBadSteps, FileNotFoundError, NotADirectoryError) as err:
-        log.error("omni-train: %s", err)
-        sys.exit(f"omni-train: error: {err}")
-    except Preempted as stop:  # a checkpoint was saved: status 128 + signal says "stopped, resumable"
-        log.warning("omni-train: %s", stop)
-        print(f"omni-train: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
+    except (ConfigError, TooManySkips, TooManyBadSteps, RunLocked, DiskFull, FileNotFoundError, NotADirectoryError) as err:
+        stop(f"omni-train: error: {err}", 1)
+    except Preempted as err:  # status 128 + signal says "stopped, resumable"
+        stop(f"omni-train: {err}; continue with: {resume_command(err.run_dir)}", err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before a stage's training started: nothing to save yet
+        stop("omni-train: Ctrl-C: stopped before training (nothing saved)", 128 + signal.SIGINT)
     if summary.get("final_model"):  # rank 0 only
-        from omni_train.report import print_summary
+        from omni_train.report import summary_table
 
-        print_summary(summary)
+        table = summary_table(summary)
+        to_log_file("run summary\n" + table, logging.INFO)
+        print(table, flush=True)
+
+
+def resume_command(run_dir: Path) -> str:
+    """This command again, continuing the run in `run_dir`."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "resume=", "run_dir="))]
+    return " ".join(["omni-train", *map(shlex.quote, args), f"hydra.run.dir={shlex.quote(str(run_dir))}", "resume=auto"])
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A command that failed before its run started leaves no folder behind (Hydra makes it first)."""
+    ours = {".hydra", ".lock", "train.log"}
+    if run_dir.is_dir() and not (run_dir / "config.yaml").exists() and {p.name for p in run_dir.iterdir()} <= ours:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def requested_model_keys() -> set[str]:
