@@ -1,4 +1,4 @@
-"""The schema of the Hydra configs in ``configs/``: a misspelt key is an error, not a silent default.
+"""The schema of the Hydra configs in ``omni_train/configs/``: a misspelt key is an error, not a silent default.
 
 Each dataclass is one config group (``model/``, ``data/``, ``stage/``); `TrainConfig` is the
 whole job. Groups whose keys belong to another library (``trainer/``: Lightning's `Trainer`

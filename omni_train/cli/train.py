@@ -1,4 +1,4 @@
-"""omni-train: staged Mini-Omni training from the Hydra configs in ``configs/``.
+"""omni-train: staged Mini-Omni training from the Hydra configs in ``omni_train/configs/``.
 
     omni-train experiment=demo                          # the CPU demo, all three stages
     omni-train model=qwen2.5-1.5b stage=alignment       # one stage of the real recipe
@@ -6,7 +6,7 @@
     omni-train experiment=demo hydra.run.dir=RUN resume=auto   # finish an interrupted run
     omni-train experiment=mini_omni --cfg job           # print the resolved config
 
-Add your own config folders with Hydra's ``--config-dir``; see ``configs/train.yaml``.
+Add your own config folders with Hydra's ``--config-dir``; see ``omni_train/configs/train.yaml``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from omni_train.config import register
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")  # package data: there in a regular install too
 log = logging.getLogger("omni_train")
 
 
