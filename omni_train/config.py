@@ -8,14 +8,14 @@ the classes they build.
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from omni_train.redact import redacted  # noqa: F401  (its home was here; train.py imports it from here)
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 
@@ -113,30 +113,6 @@ def register() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("demo_data"):
         OmegaConf.register_new_resolver("demo_data", lambda sub="": str(DEMO_DATA / sub))
-
-
-SECRET = re.compile(r"(api_?key|^token$|_token$|secret|password|passwd|credential)", re.IGNORECASE)
-
-
-def redacted(cfg: DictConfig) -> dict:
-    """The resolved config as a plain dict, safe to save with a run.
-
-    Values under secret-looking keys (``api_key``, ``hf_token``, ...) are replaced, and so is any
-    text that contains the value of a secret-looking environment variable (``WANDB_API_KEY``),
-    e.g. through ``${oc.env:...}``.
-    """
-    env_secrets = [v for k, v in os.environ.items() if SECRET.search(k) and len(v) >= 8]
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: "<redacted>" if SECRET.search(str(k)) and v is not None else walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, str) and any(s in node for s in env_secrets):
-            return "<redacted>"
-        return node
-
-    return walk(OmegaConf.to_container(cfg, resolve=True))
 
 
 def plain(node: Any) -> Any:

@@ -16,11 +16,13 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from omni_train.config import register
+from omni_train.redact import Secrets, protect
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")  # package data: there in a regular install too
+SECRETS = Secrets()  # grows with the command line's and the config's; masked in all the run writes and prints
 log = logging.getLogger("omni_train")
 
 
@@ -33,6 +35,9 @@ def _main(cfg: DictConfig) -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; Hydra's root handler would repeat it
         logging.getLogger(name).propagate = False
+    SECRETS.add_config(cfg)
+    protect(SECRETS)
+    save_hydra_files(cfg)
 
     try:
         summary = train(cfg)
@@ -49,8 +54,27 @@ def _main(cfg: DictConfig) -> None:
         print_summary(summary)
 
 
+def save_hydra_files(cfg: DictConfig) -> None:
+    """Hydra's record of the job in ``<run>/.hydra/`` (the config as composed, Hydra's own settings, the
+    command-line overrides), with secrets masked: ``train.yaml`` stops Hydra writing them as typed."""
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.utilities import rank_zero_only
+
+    hydra_cfg = HydraConfig.get()
+    if rank_zero_only.rank != 0:
+        return
+    out = Path(hydra_cfg.runtime.output_dir) / (hydra_cfg.output_subdir or ".hydra")
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"config.yaml": cfg, "hydra.yaml": {"hydra": hydra_cfg}, "overrides.yaml": hydra_cfg.overrides.task}
+    for name, node in files.items():
+        plain = OmegaConf.to_container(OmegaConf.create(node), resolve=False)
+        (out / name).write_text(OmegaConf.to_yaml(SECRETS.redact(plain)))
+
+
 def main() -> None:
     register()
+    SECRETS.add_overrides(sys.argv[1:])
+    protect(SECRETS)  # Hydra's own errors echo the overrides
     _main()
 
 
