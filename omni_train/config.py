@@ -1,4 +1,4 @@
-"""The schema of the Hydra configs in ``configs/``: a misspelt key is an error, not a silent default.
+"""The schema of the Hydra configs in ``omni_train/configs/``: a misspelt key is an error, not a silent default.
 
 Each dataclass is one config group (``model/``, ``data/``, ``stage/``); `TrainConfig` is the
 whole job. Groups whose keys belong to another library (``trainer/``: Lightning's `Trainer`
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -146,30 +144,6 @@ def unknown_keys(cfg: DictConfig, path: str = "") -> list[str]:
                 for name in node.keys():
                     problems += unknown_keys(node[name], f"{where}.{name}.")
     return problems
-
-
-SECRET = re.compile(r"(api_?key|^token$|_token$|secret|password|passwd|credential)", re.IGNORECASE)
-
-
-def redacted(cfg: DictConfig) -> dict:
-    """The resolved config as a plain dict, safe to save with a run.
-
-    Values under secret-looking keys (``api_key``, ``hf_token``, ...) are replaced, and so is any
-    text that contains the value of a secret-looking environment variable (``WANDB_API_KEY``),
-    e.g. through ``${oc.env:...}``.
-    """
-    env_secrets = [v for k, v in os.environ.items() if SECRET.search(k) and len(v) >= 8]
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: "<redacted>" if SECRET.search(str(k)) and v is not None else walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, str) and any(s in node for s in env_secrets):
-            return "<redacted>"
-        return node
-
-    return walk(OmegaConf.to_container(cfg, resolve=True))
 
 
 def plain(node: Any) -> Any:

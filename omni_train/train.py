@@ -42,10 +42,11 @@ from omni_train.builders import (
 )
 from omni_train.callbacks import LossHistory, Throughput
 from omni_train.checkpoints import ModelBundle
-from omni_train.config import ConfigError, DataConfig, redacted, unknown_keys
+from omni_train.config import ConfigError, DataConfig, unknown_keys
 from omni_train.data.skips import SkipReport
 from omni_train.distributed import rank
 from omni_train.model import OmniGPT
+from omni_train.redact import redacted
 from omni_train.resume import Preempted, Preemption, RngState, RunLock, resume_point
 from omni_train.stages import STAGES, OmniModule
 

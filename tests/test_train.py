@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 
 from omni_train.checkpoints import load_checkpoint
 from omni_train.cli.train import CONFIGS
-from omni_train.config import ConfigError, redacted, register
+from omni_train.config import ConfigError, register
 from omni_train.model import OmniConfig
+from omni_train.redact import redacted
 from omni_train.train import train
 
 TESTS = Path(__file__).parent

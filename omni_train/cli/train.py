@@ -1,4 +1,4 @@
-"""omni-train: staged Mini-Omni training from the Hydra configs in ``configs/``.
+"""omni-train: staged Mini-Omni training from the Hydra configs in ``omni_train/configs/``.
 
     omni-train experiment=demo                          # the CPU demo, all three stages
     omni-train model=qwen2.5-1.5b stage=alignment       # one stage of the real recipe
@@ -6,7 +6,7 @@
     omni-train experiment=demo hydra.run.dir=RUN resume=auto   # finish an interrupted run
     omni-train experiment=mini_omni --cfg job           # print the resolved config
 
-Add your own config folders with Hydra's ``--config-dir``; see ``configs/train.yaml``.
+Add your own config folders with Hydra's ``--config-dir``; see ``omni_train/configs/train.yaml``.
 
 A mistake in the command ends with one line (``omni-train: error: ...``, status 1). Ctrl-C, SIGTERM
 and SIGUSR1 save ``last.ckpt`` after the step in progress and stop with status 128 + the signal,
@@ -23,11 +23,13 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from omni_train.config import register
+from omni_train.redact import Secrets, protect
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")  # package data: there in a regular install too
+SECRETS = Secrets()  # grows with the command line's and the config's; masked in all the run writes and prints
 log = logging.getLogger("omni_train")
 
 
@@ -46,6 +48,9 @@ def _main(cfg: DictConfig) -> None:
         logging.getLogger(name).propagate = False
         for handler in files:
             logging.getLogger(name).addHandler(handler)
+    SECRETS.add_config(cfg)
+    protect(SECRETS)
+    save_hydra_files(cfg)
     run_dir = Path(cfg.run_dir)
 
     def to_log_file(message: str, level: int) -> None:  # the terminal gets it once, by print
@@ -112,8 +117,27 @@ def requested_model_keys() -> set[str]:
     return chosen
 
 
+def save_hydra_files(cfg: DictConfig) -> None:
+    """Hydra's record of the job in ``<run>/.hydra/`` (the config as composed, Hydra's own settings, the
+    command-line overrides), with secrets masked: ``train.yaml`` stops Hydra writing them as typed."""
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.utilities import rank_zero_only
+
+    hydra_cfg = HydraConfig.get()
+    if rank_zero_only.rank != 0:
+        return
+    out = Path(hydra_cfg.runtime.output_dir) / (hydra_cfg.output_subdir or ".hydra")
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"config.yaml": cfg, "hydra.yaml": {"hydra": hydra_cfg}, "overrides.yaml": hydra_cfg.overrides.task}
+    for name, node in files.items():
+        plain = OmegaConf.to_container(OmegaConf.create(node), resolve=False)
+        (out / name).write_text(OmegaConf.to_yaml(SECRETS.redact(plain)))
+
+
 def main() -> None:
     register()
+    SECRETS.add_overrides(sys.argv[1:])
+    protect(SECRETS)  # Hydra's own errors echo the overrides
     _main()
 
 
