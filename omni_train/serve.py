@@ -75,12 +75,12 @@ class Question:
     """One validated request: what to answer and how to sample."""
 
     task: Task
+    max_new_tokens: int
     audio: torch.Tensor | None = None  # (S,) 16 kHz
     text: str | None = None
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float = 1.0
-    max_new_tokens: int = 512
     seed: int | None = None
 
     @property
@@ -149,7 +149,8 @@ class Talker:
             sample_rate=self.codec.sample_rate if self.codec else None,
             max_audio_seconds=self.max_audio_seconds,
             max_new_tokens=self.max_new_tokens,
-            defaults=dict(temperature=0.0, top_k=None, top_p=1.0, max_new_tokens=self.max_new_tokens, seed=None),
+            defaults=dict(temperature=Question.temperature, top_k=Question.top_k, top_p=Question.top_p,
+                          max_new_tokens=self.max_new_tokens, seed=Question.seed),  # fmt: skip
         )
 
     def stream(self, q: Question, submitted: float) -> Iterator[dict]:
@@ -354,11 +355,11 @@ async def read_question(request: Request, talker: Talker) -> Question:
     q = Question(
         task,
         text=text,
-        temperature=_number(form, "temperature", float, 0.0, lo=0.0),
-        top_k=_number(form, "top_k", int, None, lo=1),
-        top_p=_number(form, "top_p", float, 1.0, lo=0.0, hi=1.0),
+        temperature=_number(form, "temperature", float, Question.temperature, lo=0.0),
+        top_k=_number(form, "top_k", int, Question.top_k, lo=1),
+        top_p=_number(form, "top_p", float, Question.top_p, lo=0.0, hi=1.0),
         max_new_tokens=_number(form, "max_new_tokens", int, talker.max_new_tokens, lo=1, hi=talker.max_new_tokens),
-        seed=_number(form, "seed", int, None, lo=0),
+        seed=_number(form, "seed", int, Question.seed, lo=0),
     )
     if upload is not None:
         q.audio = await _read_audio(upload, talker.max_audio_seconds)

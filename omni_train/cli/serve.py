@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 import torch
+import uvicorn
 
-from omni_train.audio import MAX_SECONDS
 from omni_train.cli.infer import DTYPES
+from omni_train.serve import Talker, create_app
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,11 +35,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pad Whisper's input to 30 s as Mini-Omni does (default: as the checkpoint was trained)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default: the checkpoint's")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="the most answer steps a request may ask for")
-    parser.add_argument("--max-audio-seconds", type=float, default=MAX_SECONDS, help="longest spoken question taken")
+    parser.add_argument("--max-new-tokens", type=int, default=Talker.max_new_tokens,
+                        help="the most answer steps a request may ask for (and its default)")
+    parser.add_argument("--max-audio-seconds", type=float, default=Talker.max_audio_seconds,
+                        help="longest spoken question taken")
     parser.add_argument("--max-queue", type=int, default=16, help="requests that may wait while one is answered")
-    parser.add_argument("--chunk", type=int, default=4, help="SNAC frames a streamed audio chunk (about 85 ms each)")
-    parser.add_argument("--context", type=int, default=3, help="SNAC frames decoded either side of a chunk")
+    parser.add_argument("--chunk", type=int, default=Talker.chunk, help="SNAC frames a streamed audio chunk (85 ms each)")
+    parser.add_argument("--context", type=int, default=Talker.context, help="SNAC frames decoded either side of a chunk")
     args = parser.parse_args(argv)
     if args.max_queue < 1:
         parser.error(f"--max-queue must be >= 1, got {args.max_queue}")
@@ -47,9 +50,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    import uvicorn
-
-    from omni_train.serve import Talker, create_app
 
     try:
         talker = Talker.from_checkpoint(
