@@ -74,7 +74,9 @@ def streamed(client: httpx.Client, url: str, question: dict) -> dict:
                 sys.exit(f"serve_latency: the server failed: {event['message']}")
             elif event["event"] == "done":
                 done = event
-    return dict(first=first, total=time.perf_counter() - start, rtf=done["stats"]["rtf"], speech=done["stats"]["seconds"])
+    return dict(
+        first=first, total=time.perf_counter() - start, rtf=done["stats"]["rtf"], speech=done["stats"]["seconds"]
+    )
 
 
 def whole(client: httpx.Client, url: str, question: dict) -> float:
@@ -99,7 +101,8 @@ def main() -> None:
         checkpoint = tiny_checkpoint(Path(tmp)) if args.tiny else args.checkpoint
         talker = Talker.from_checkpoint(checkpoint, max_new_tokens=args.max_new_tokens)
     params = sum(p.numel() for p in talker.model.parameters())
-    print(f"checkpoint {'--tiny' if args.tiny else checkpoint}: {params / 1e6:.1f} M parameters, CPU, {torch.get_num_threads()} torch threads")
+    name = "--tiny" if args.tiny else checkpoint
+    print(f"checkpoint {name}: {params / 1e6:.1f} M parameters, CPU, {torch.get_num_threads()} torch threads")
     server, thread, url = serve(talker)
     questions = {
         "spoken question (A1A2)": dict(files={"audio": (SPOKEN.name, SPOKEN.read_bytes(), "audio/flac")}),
@@ -125,7 +128,8 @@ def main() -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-    print(f"ratio first audio (streamed) / whole answer (not streamed) {statistics.mean(firsts) / statistics.mean(wholes):.3f}")
+    ratio = statistics.mean(firsts) / statistics.mean(wholes)
+    print(f"ratio first audio (streamed) / whole answer (not streamed) {ratio:.3f}")
 
 
 if __name__ == "__main__":

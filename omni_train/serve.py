@@ -85,7 +85,9 @@ class Question:
 
     @property
     def knobs(self) -> dict:
-        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+        return dict(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, max_new_tokens=self.max_new_tokens
+        )
 
 
 # ---- the model side (runs on the worker thread) ---------------------------------------------------
@@ -149,8 +151,13 @@ class Talker:
             sample_rate=self.codec.sample_rate if self.codec else None,
             max_audio_seconds=self.max_audio_seconds,
             max_new_tokens=self.max_new_tokens,
-            defaults=dict(temperature=Question.temperature, top_k=Question.top_k, top_p=Question.top_p,
-                          max_new_tokens=self.max_new_tokens, seed=Question.seed),  # fmt: skip
+            defaults=dict(
+                temperature=Question.temperature,
+                top_k=Question.top_k,
+                top_p=Question.top_p,
+                max_new_tokens=self.max_new_tokens,
+                seed=Question.seed,
+            ),
         )
 
     def stream(self, q: Question, submitted: float) -> Iterator[dict]:
@@ -198,7 +205,12 @@ class Talker:
         if q.task.audio_out:
             wave = self.codec.decode(result.frames) if result.frames.size(0) else torch.zeros(0)
             audio, samples = dict(sample_rate=self.codec.sample_rate, pcm=pcm_base64(wave)), wave.numel()
-        yield {"event": "done", **_fields(q.task, result), "audio": audio, "stats": self._stats(start, samples, waited_s=start - submitted)}
+        yield {
+            "event": "done",
+            **_fields(q.task, result),
+            "audio": audio,
+            "stats": self._stats(start, samples, waited_s=start - submitted),
+        }
 
     def _stats(self, start: float, samples: int, **extra) -> dict:
         elapsed = time.perf_counter() - start
@@ -349,8 +361,10 @@ async def read_question(request: Request, talker: Talker) -> Question:
         raise BadRequest(f"task {task.value} answers a {'spoken' if task.audio_in else 'written'} question, "
                          f"but the request sent {'audio' if upload is not None else 'text'}")  # fmt: skip
     if task not in talker.tasks:
-        missing = "Whisper encoder (omni-serve --whisper)" if task.audio_in and not talker.encoder else "SNAC codec (omni-serve --snac)"  # fmt: skip
-        raise BadRequest(f"task {task.value} needs a {missing}, which this server has not loaded")
+        what, flag = (
+            ("Whisper encoder", "--whisper") if task.audio_in and not talker.encoder else ("SNAC codec", "--snac")
+        )
+        raise BadRequest(f"task {task.value} needs a {what} (omni-serve {flag}), which this server has not loaded")
 
     q = Question(
         task,
@@ -363,7 +377,9 @@ async def read_question(request: Request, talker: Talker) -> Question:
     )
     if upload is not None:
         q.audio = await _read_audio(upload, talker.max_audio_seconds)
-        prompt = build_prompt(Encoded(task, [], audio_frames=whisper_frames(q.audio.numel())), talker.model.config.vocab)
+        prompt = build_prompt(
+            Encoded(task, [], audio_frames=whisper_frames(q.audio.numel())), talker.model.config.vocab
+        )
     else:
         ids = talker.tokenizer.encode(text, bos=False, eos=False).tolist()
         prompt = build_prompt(Encoded(task, [], question_ids=ids), talker.model.config.vocab)

@@ -259,7 +259,8 @@ def test_stream_events_interleave_text_ids_and_audio_chunks(model, encoder, toke
     (audio,) = clips(0.5)
     whole = answer(model, encoder, tokenizer, audio=audio, max_new_tokens=40)
     text_calls.clear(), audio_calls.clear()
-    events, stream = [], stream_events(model, encoder, tokenizer, codec, audio=audio, max_new_tokens=40, chunk=2, context=8)
+    events = []
+    stream = stream_events(model, encoder, tokenizer, codec, audio=audio, max_new_tokens=40, chunk=2, context=8)
     while True:
         try:
             events.append(next(stream))

@@ -45,7 +45,9 @@ def checkpoint(tmp_path_factory) -> Path:
     train_tokenizer(root / "tokenizer")
     torch.manual_seed(0)
     ckpt = save_omni(OmniGPT(tiny_omni()), root / "model", root / "tokenizer")
-    torch.save({"dims": asdict(DIMS), "model_state_dict": whisper.model.Whisper(DIMS).state_dict()}, ckpt / "whisper.pt")
+    torch.save(
+        {"dims": asdict(DIMS), "model_state_dict": whisper.model.Whisper(DIMS).state_dict()}, ckpt / "whisper.pt"
+    )
     config = json.loads((DEMO_SNAC / "config.json").read_text())
     SnacCodec.from_config({**config, "noise": False}).save_pretrained(ckpt / "snac")
     return ckpt
@@ -139,8 +141,9 @@ def test_streamed_chunks_concatenate_to_the_whole_answer(server, question):
     knobs = {k: question[k] for k in ("temperature", "top_k", "top_p") if k in question}
     if "seed" in question:
         torch.manual_seed(question["seed"])
-    direct = answer(t.model, t.encoder, t.tokenizer, audio=load_audio(audio, 16000) if audio else None,
-                    text=question.get("text"), task=question.get("task"), max_new_tokens=MAX_NEW_TOKENS, **knobs)  # fmt: skip
+    wave = load_audio(audio, 16000) if audio else None
+    direct = answer(t.model, t.encoder, t.tokenizer, audio=wave, text=question.get("text"), task=question.get("task"),
+                    max_new_tokens=MAX_NEW_TOKENS, **knobs)  # fmt: skip
     assert (direct.text, direct.text_tokens, direct.audio_tokens) == summary(whole)[1:]
 
     chunks = [pcm(e["pcm"]) for e in events if e["event"] == "audio"]
@@ -153,7 +156,9 @@ def test_streamed_chunks_concatenate_to_the_whole_answer(server, question):
     torch.testing.assert_close(streamed, decoded, atol=1e-5, rtol=1e-4)
     stats = done["stats"]
     assert stats["seconds"] == pytest.approx(frames * 2048 / 24000)
-    assert 0 < stats["first_audio_s"] <= stats["elapsed_s"] and stats["rtf"] == pytest.approx(stats["elapsed_s"] / stats["seconds"])
+    assert 0 < stats["first_audio_s"] <= stats["elapsed_s"] and stats["rtf"] == pytest.approx(
+        stats["elapsed_s"] / stats["seconds"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -209,9 +214,14 @@ def test_more_bad_requests_and_the_server_keeps_serving(server):
         "cannot decode audio upload 'rec.webm' (audio/webm): not a format libsndfile reads (wav, flac, ogg, mp3)"
     )
     got = httpx.post(server.url + "/api/answer", json={"text": "hi"})
-    assert got.status_code == 415 and got.json()["error"].startswith("send a form (multipart/form-data), not application/json")
+    assert got.status_code == 415 and got.json()["error"].startswith(
+        "send a form (multipart/form-data), not application/json"
+    )
     got = httpx.post(server.url + "/api/answer", data={"audio": "question.wav"})
-    assert (got.status_code, got.json()["error"]) == (400, "field 'audio' must be a file upload (curl -F audio=@question.wav)")
+    assert (got.status_code, got.json()["error"]) == (
+        400,
+        "field 'audio' must be a file upload (curl -F audio=@question.wav)",
+    )
     got = httpx.post(server.url + "/api/answer", files=[("text", (None, "a")), ("text", (None, "b"))])
     assert (got.status_code, got.json()["error"]) == (400, "form field 'text' is given more than once")
     got = httpx.get(server.url + "/api/stream")
@@ -232,7 +242,7 @@ def test_concurrent_requests_each_get_their_own_answer(server):
     alone = [stream(server.url, **q) for q in questions]
     with ThreadPoolExecutor(len(questions)) as pool:
         together = list(pool.map(lambda q: stream(server.url, **q), questions))
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert summary(a[-1]) == summary(b[-1])
         assert [e.get("pcm") for e in a if e["event"] == "audio"] == [e.get("pcm") for e in b if e["event"] == "audio"]
     assert max(events[0]["waited_s"] for events in together) > 0  # some did wait for others
@@ -289,7 +299,9 @@ def test_worker_refuses_past_its_queue_and_skips_cancelled_jobs():
         assert refused.value.status == 503
         cancelled.cancelled.set()
         release.set()
-        results = [[e async for e in job] for job in (first, cancelled, waiting)]
+        results = []
+        for job in (first, cancelled, waiting):
+            results.append([e async for e in job])
         worker.stop()
         return results
 
@@ -302,9 +314,13 @@ def test_a_server_without_whisper_or_snac_says_what_it_lacks(server):
     try:
         assert httpx.get(url + "/api/info").json()["tasks"] == ["T1T2"]
         got = ask(url, audio=wav_bytes(0.5), task="A1T2")
-        assert got.json() == {"error": "task A1T2 needs a Whisper encoder (omni-serve --whisper), which this server has not loaded"}
+        assert got.json() == {
+            "error": "task A1T2 needs a Whisper encoder (omni-serve --whisper), which this server has not loaded"
+        }
         got = ask(url, text="hi")
-        assert got.json() == {"error": "task T1A2 needs a SNAC codec (omni-serve --snac), which this server has not loaded"}
+        assert got.json() == {
+            "error": "task T1A2 needs a SNAC codec (omni-serve --snac), which this server has not loaded"
+        }
         got = ask(url, text="hi", task="T1T2")
         assert got.status_code == 200 and got.json()["audio"] is None
     finally:
@@ -323,7 +339,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run installs them)",
+    reason="needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver (.ci/run does)",
 )
 def test_the_page_in_headless_chromium(server, tmp_path):
     from selenium import webdriver
@@ -346,6 +362,7 @@ def test_the_page_in_headless_chromium(server, tmp_path):
 
     def finished_turn(n: int):
         """The newest turn once `n` turns exist and it is done; a failed turn fails the test with its error."""
+
         def check(d):
             turns = d.find_elements(By.CSS_SELECTOR, ".turn")
             if len(turns) < n:

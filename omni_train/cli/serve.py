@@ -31,17 +31,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: the checkpoint's)")
     parser.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
-    parser.add_argument("--pad-to-30s", action=argparse.BooleanOptionalAction, default=None,
-                        help="pad Whisper's input to 30 s as Mini-Omni does (default: as the checkpoint was trained)")
+    parser.add_argument(
+        "--pad-to-30s",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pad Whisper's input to 30 s as Mini-Omni does (default: as the checkpoint was trained)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default: the checkpoint's")
-    parser.add_argument("--max-new-tokens", type=int, default=Talker.max_new_tokens,
-                        help="the most answer steps a request may ask for (and its default)")
-    parser.add_argument("--max-audio-seconds", type=float, default=Talker.max_audio_seconds,
-                        help="longest spoken question taken")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=Talker.max_new_tokens,
+        help="the most answer steps a request may ask for (and its default)",
+    )
+    parser.add_argument(
+        "--max-audio-seconds", type=float, default=Talker.max_audio_seconds, help="longest spoken question taken"
+    )
     parser.add_argument("--max-queue", type=int, default=16, help="requests that may wait while one is answered")
-    parser.add_argument("--chunk", type=int, default=Talker.chunk, help="SNAC frames a streamed audio chunk (85 ms each)")
-    parser.add_argument("--context", type=int, default=Talker.context, help="SNAC frames decoded either side of a chunk")
+    parser.add_argument(
+        "--chunk", type=int, default=Talker.chunk, help="SNAC frames a streamed audio chunk (85 ms each)"
+    )
+    parser.add_argument(
+        "--context", type=int, default=Talker.context, help="SNAC frames decoded either side of a chunk"
+    )
     args = parser.parse_args(argv)
     if args.max_queue < 1:
         parser.error(f"--max-queue must be >= 1, got {args.max_queue}")
@@ -64,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         logging.warning("no Whisper (--whisper): written questions only")
     if talker.codec is None:
         logging.warning("no SNAC (--snac): written answers only")
-    logging.info("tasks %s; open http://%s:%d/ in a browser", ", ".join(t.value for t in talker.tasks), args.host, args.port)
+    logging.info(
+        "tasks %s; open http://%s:%d/ in a browser", ", ".join(t.value for t in talker.tasks), args.host, args.port
+    )
     uvicorn.run(create_app(talker, max_queue=args.max_queue), host=args.host, port=args.port)
 
 
