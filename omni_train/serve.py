@@ -177,19 +177,22 @@ class Talker:
         )  # fmt: skip
         text = IncrementalText(self.tokenizer)
         samples, first_audio = 0, None
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if isinstance(event, int):
-                if new := text.add(event):
-                    yield {"event": "text", "text": new}
-            else:
-                first_audio = first_audio if first_audio is not None else time.perf_counter() - start
-                samples += event.numel()
-                yield {"event": "audio", "pcm": pcm_base64(event)}
+        try:
+            while True:
+                try:
+                    event = next(events)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                if isinstance(event, int):
+                    if new := text.add(event):
+                        yield {"event": "text", "text": new}
+                else:
+                    first_audio = first_audio if first_audio is not None else time.perf_counter() - start
+                    samples += event.numel()
+                    yield {"event": "audio", "pcm": pcm_base64(event)}
+        finally:  # closed early (the client hung up): decode_steps' own `finally` frees the KV cache now
+            events.close()
         if rest := text.finish():
             yield {"event": "text", "text": rest}
         stats = self._stats(start, samples, first_audio_s=first_audio, waited_s=start - submitted)
@@ -283,7 +286,7 @@ class Job:
             self._send({"event": "error", "message": f"generation failed: {type(e).__name__}: {e}"})
         finally:
             if stream is not None:
-                stream.close()  # stops decode_steps, whose `finally` frees the KV cache
+                stream.close()  # a generation cut short stops here, on this thread
             self._send(_END)
 
     def _send(self, item) -> None:

@@ -263,6 +263,7 @@ def test_a_client_that_hangs_up_stops_its_generation(server, monkeypatch):
         except StopIteration as stop:
             return stop.value
         finally:
+            events.close()
             closed.set()
 
     monkeypatch.setattr(serve, "stream_events", spied)
@@ -271,6 +272,7 @@ def test_a_client_that_hangs_up_stops_its_generation(server, monkeypatch):
         assert first["event"] == "start"
     assert closed.wait(timeout=60)
     assert len(produced) < MAX_NEW_TOKENS  # it stopped early: a whole answer yields 40 ids and its chunks
+    assert server.talker.model.mask_cache is None  # and freed its KV cache
     assert ask(server.url, text="next", max_new_tokens=2).status_code == 200
 
 
