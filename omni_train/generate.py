@@ -429,10 +429,11 @@ def stream_events(
     if speaks and codec is None:
         raise ValueError(f"task {tasks[0].value} speaks: it needs a SNAC codec")
     decoder = StreamDecoder(codec, chunk, context) if speaks else None
-    eot, text_steps, audio_steps = model.config.vocab.eot, [], []
+    eot, text_steps, audio_steps, ended = model.config.vocab.eot, [], [], False
     for t, a in decode_steps(model, prompts, tasks, features, frames, steer=steer, **kwargs):
         token = int(t[0])
-        if eot not in text_steps and token != eot:
+        ended |= token == eot
+        if not ended:
             yield token
         text_steps.append(token)
         audio_steps.append(a[0].cpu())
