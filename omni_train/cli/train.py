@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,7 @@ log = logging.getLogger("omni_train")
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
+    from omni_train.audio import AudioModelError, DownloadFailed
     from omni_train.config import ConfigError
     from omni_train.data.skips import TooManySkips
     from omni_train.resume import Preempted
@@ -37,9 +39,10 @@ def _main(cfg: DictConfig) -> None:
 
     try:
         summary = train(cfg, requested_model_keys())
-    except (ConfigError, TooManySkips, TooManyBadSteps, FileNotFoundError, NotADirectoryError) as err:
-        log.error("omni-train: %s", err)
-        sys.exit(f"omni-train: error: {err}")
+    except (ConfigError, AudioModelError, TooManySkips, TooManyBadSteps, FileNotFoundError, NotADirectoryError) as err:
+        message = err.advice(f"model.{err.key}=") if isinstance(err, DownloadFailed) else str(err)
+        log.error("omni-train: %s", message)
+        sys.exit(f"omni-train: error: {message}")
     except Preempted as stop:  # a checkpoint was saved: status 128 + signal says "stopped, resumable"
         log.warning("omni-train: %s", stop)
         print(f"omni-train: {stop}", file=sys.stderr)
@@ -76,7 +79,17 @@ def requested_model_keys() -> set[str]:
 
 def main() -> None:
     register()
+    if {"--help", "-h"} & set(sys.argv[1:]):  # Hydra's help lists the config groups; first, what a command looks like
+        print(help_intro())
     _main()
+
+
+def help_intro() -> str:
+    """The module's examples and the task codes that ``stages.STAGE.tasks`` and a source's ``tasks`` take."""
+    from omni_train.tasks import describe_tasks
+
+    tasks = textwrap.fill(describe_tasks(), width=100, initial_indent="    ", subsequent_indent="    ")
+    return f"{__doc__.strip()}\n\nTasks (stages.STAGE.tasks, data.sources.NAME.tasks):\n{tasks}\n"
 
 
 if __name__ == "__main__":
