@@ -2,14 +2,15 @@
 
     omni-eval asr --checkpoint CKPT --librispeech /data/LibriSpeech --out asr.json
     omni-eval consistency --checkpoint CKPT --whisper large-v3 --librispeech /data/LibriSpeech --splits test-clean
-    omni-eval consistency --checkpoint CKPT --whisper whisper.pt --questions questions.txt --task T1A2
+    omni-eval consistency --checkpoint CKPT --whisper small.pt --questions questions.txt --task T1A2
     omni-eval retention --base checkpoints/Qwen/Qwen2-0.5B --checkpoint CKPT --text heldout.jsonl
     omni-eval plot outputs/RUN --out loss.png
 
 The checkpoint's Whisper encoder and SNAC come from the checkpoint (``omni_audio.json``, written by
 omni-train) unless --encoder / --snac name others. ``consistency``'s --whisper is a different
 model: the full openai-whisper (a name, which whisper downloads, or a local checkpoint file) that
-transcribes the spoken answers. Missing files and bad input end with one line and exit status 2.
+transcribes the spoken answers: a whole Whisper, not an encoder trained for omni-train such as the
+demo's whisper.pt. Missing files and bad input end with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import whisper
 from litgpt.tokenizer import Tokenizer
 
 from omni_train import evaluate
-from omni_train.audio import SnacCodec, WhisperEncoder
+from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
-from omni_train.tasks import Task
+from omni_train.tasks import Task, describe_tasks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -45,7 +45,10 @@ def _model_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="omni-eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="omni-eval", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(__doc__.splitlines()[2:]),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("asr", help="LibriSpeech WER in the paper's table form")
@@ -65,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     questions.add_argument("--librispeech", type=Path, help="LibriSpeech utterances as questions")
     p.add_argument("--splits", nargs="+", help="with --librispeech (default: the splits found)")
     p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
-                   help="default: A1A2 for spoken questions, T1A2 for written ones")  # fmt: skip
+                   help=f"default: A1A2 for spoken questions, T1A2 for written ones. {describe_tasks()}")  # fmt: skip
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     p.add_argument("--max-items", type=int, help="answer only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
@@ -76,7 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _model_args(p, encoder=False)
     p.add_argument("--base", type=Path, required=True, help="the base LLM: a litgpt or Hugging Face checkpoint folder")
     p.add_argument("--base-name", help="litgpt config name of the base (when its folder does not tell)")
-    p.add_argument("--text", type=Path, required=True, help="held-out text: plain text or jsonl with a 'text' field")
+    p.add_argument("--text", type=Path, required=True,
+                   help="held-out text: plain text, one document a line (blank lines skipped), or .jsonl with a "
+                        "'text' field a row")  # fmt: skip
     p.add_argument("--max-documents", type=int)
     p.add_argument("--max-length", type=int, default=1024, help="tokens a window (capped by the models' length)")
     p.add_argument("--out", type=Path, help="write the numbers as JSON too")
@@ -162,11 +167,13 @@ def run_consistency(args) -> dict:
             raise EvalError(_missing(args.librispeech, missing))
         questions = evaluate.librispeech_questions(list(splits.values()), args.max_items)
     task = Task(args.task or (Task.A1A2 if all(q.audio for q in questions) else Task.T1A2))
+    try:  # first: the judge is the model most often missing
+        judge = load_whisper(args.whisper, device=args.device, transcribes=True)
+    except DownloadFailed as e:
+        raise EvalError(e.advice("--whisper ")) from None
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
     codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
-    with _loading(args.whisper):
-        judge = whisper.load_model(args.whisper, device=args.device)
     result = evaluate.consistency(
         model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers"
     )
