@@ -229,7 +229,7 @@ def test_more_bad_requests_and_the_server_keeps_serving(server):
     assert ask(server.url, text="still there", max_new_tokens=3).status_code == 200
 
 
-def test_concurrent_requests_each_get_their_own_answer(server):
+def test_concurrent_requests_each_get_their_own_answer(server, monkeypatch):
     """Generations overlapping in time would share litgpt's one KV cache; the worker runs them one at a time."""
     questions = [
         dict(text="what is two plus three"),
@@ -240,15 +240,28 @@ def test_concurrent_requests_each_get_their_own_answer(server):
         dict(text="two plus three", max_new_tokens=25),
     ]
     alone = [stream(server.url, **q) for q in questions]
+    # the first generation waits until every request is queued: all of them are in flight at once,
+    # however the threads happen to be scheduled
+    queued, all_in = [], threading.Event()
+    submit, run = serve.Worker.submit, serve.Job.run
 
-    def timed(q):
-        sent = time.monotonic()
-        return sent, stream(server.url, **q), time.monotonic()
+    def counting_submit(self, events):
+        job = submit(self, events)
+        queued.append(job)
+        if len(queued) == len(questions):
+            all_in.set()
+        return job
 
+    def waiting_run(self):
+        assert all_in.wait(120), f"only {len(queued)} of {len(questions)} requests arrived"
+        return run(self)
+
+    monkeypatch.setattr(serve.Worker, "submit", counting_submit)
+    monkeypatch.setattr(serve.Job, "run", waiting_run)
     with ThreadPoolExecutor(len(questions)) as pool:
-        runs = list(pool.map(timed, questions))
-    assert max(sent for sent, _, _ in runs) < min(done for _, _, done in runs)  # all were in flight at once
-    for a, (_, b, _) in zip(alone, runs, strict=True):
+        runs = list(pool.map(lambda q: stream(server.url, **q), questions))
+    assert len(queued) == len(questions)
+    for a, b in zip(alone, runs, strict=True):
         assert summary(a[-1]) == summary(b[-1])
         assert [e.get("pcm") for e in a if e["event"] == "audio"] == [e.get("pcm") for e in b if e["event"] == "audio"]
 
