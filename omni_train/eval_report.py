@@ -167,8 +167,9 @@ def plot(report: dict, out: str | Path) -> list[str]:
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels):
         if panel == "asr":
-            rows = {**{f"{m}": r for m, r in report["asr"].items()}, "Mini-Omni (published)": evaluate.PUBLISHED["Mini-Omni"]}
-            _bars(ax, rows, list(evaluate.SPLITS), "LibriSpeech WER % (lower is better)")
+            rows = {**report["asr"], "Mini-Omni (published)": evaluate.PUBLISHED["Mini-Omni"]}
+            splits = [*evaluate.SPLITS, *dict.fromkeys(s for r in report["asr"].values() for s in r)]
+            _bars(ax, rows, list(dict.fromkeys(splits)), "LibriSpeech WER % (lower is better)")
         elif panel == "spoken_qa":
             rows = {}
             for m, sets in report["spoken_qa"].items():
@@ -195,7 +196,8 @@ def plot(report: dict, out: str | Path) -> list[str]:
 
 
 def _bars(ax, rows: dict[str, dict], groups: list[str], title: str) -> None:
-    """Grouped bars: a group a column of `groups`, a bar a row; missing values are left out."""
+    """Grouped bars: a group a column of `groups` (those some row has), a bar a row; missing values are left out."""
+    groups = [g for g in groups if any(values.get(g) is not None for values in rows.values())]
     width = 0.8 / max(len(rows), 1)
     for k, (name, values) in enumerate(rows.items()):
         xs = [g + k * width for g, col in enumerate(groups) if values.get(col) is not None]

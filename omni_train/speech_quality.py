@@ -114,6 +114,8 @@ def measure(
         raise ValueError(f"task {task.value} has no spoken answer to measure")
     if not questions:
         raise ValueError("no questions")
+    if missing := [q.id for q in questions if (q.audio if task.audio_in else q.text) is None]:
+        raise ValueError(f"task {task.value} needs {'spoken' if task.audio_in else 'written'} questions; {missing[:3]} have none")
     knobs = dict(chunk=chunk, context=context, max_new_tokens=max_new_tokens)
     for _ in range(warmup):
         measure_one(model, encoder, tokenizer, codec, questions[0], task, **knobs)

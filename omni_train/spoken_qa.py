@@ -100,6 +100,7 @@ def read_set(source: str | Path, split: str | None = None) -> tuple[str, str, It
         if path.is_dir():
             split, files = pick_split(find_splits(path), split, source)
             name = path.resolve().name
+            name = next((k for k, (hub, _) in SETS.items() if hub.split("/")[1] == name), name)  # a hub copy: its set name
         elif path.suffix in (".jsonl", ".parquet"):
             files, name = [path], path.stem
         else:

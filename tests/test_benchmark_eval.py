@@ -78,7 +78,7 @@ def sqa(run):
 
 def test_spoken_qa_scores_every_answer_by_the_rule(sqa):
     assert sqa["command"] == "spoken-qa" and sqa["tasks"] == ["A1T2", "A1A2"]
-    assert {k: v["n"] for k, v in sqa["sets"].items()} == {"llama-questions": 3, "trivia_qa-audio": 2, "test": 2}
+    assert {k: v["n"] for k, v in sqa["sets"].items()} == {"llama-questions": 3, "triviaqa": 2, "test": 2}  # hub copies: set names
     for result in sqa["sets"].values():
         for item in result["items"]:
             assert item["A1T2"]["correct"] == spoken_qa.is_correct(item["A1T2"]["text"], item["answers"])
@@ -243,6 +243,10 @@ def test_mos_predictor_contract(tmp_path):
     torch.jit.script(Two()).save(str(tmp_path / "two.pt"))
     with pytest.raises(ValueError, match="expected one finite score"):
         speech_quality.MosPredictor(tmp_path / "two.pt")(wave, 16000)
+    from omni_train.evaluate import Question
+
+    with pytest.raises(ValueError, match=r"A1A2 needs spoken questions; \['q1'\]"):
+        speech_quality.measure(None, None, None, None, [Question("q1", text="written only")], task="A1A2")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a TorchScript module"):
         speech_quality.MosPredictor(tmp_path / "junk.pt")

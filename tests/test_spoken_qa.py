@@ -57,7 +57,7 @@ def test_llama_questions_layout(tmp_path):
 def test_trivia_qa_layout(tmp_path):
     name, _, items, total = spoken_qa.read_set(trivia_qa(tmp_path), split="validation")
     items = list(items)
-    assert total == 2 and [i.id for i in items] == ["tqa_1", "tqa_2"]
+    assert name == "triviaqa" and total == 2  # the folder is named as the hub dataset: the set's name and [i.id for i in items] == ["tqa_1", "tqa_2"]
     assert items[0].answers == ["Mars", "Planet Mars"]  # the aliases, then the value (deduplicated)
     assert items[1].answers == ["Pacific Ocean", "Pacific"]
 
