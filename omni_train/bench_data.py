@@ -72,8 +72,8 @@ def num_rows(files: list[Path]) -> int | None:
 def local_rows(files: list[Path], columns: list[str], batch_size: int = 32) -> Iterator[tuple[str, Path, dict]]:
     """``(location, folder, row)`` of every row; a row that cannot be read raises ValueError naming it."""
     for where, folder, values in read_rows(files, columns, batch_size):
-        if isinstance(values, BadRow):
-            raise ValueError(f"{where}: {values.reason}" + (f" ({values.detail})" if values.detail else ""))
+        if isinstance(values, BadRow):  # bad data, not a wrong type
+            raise ValueError(f"{where}: {values.reason}" + (f" ({values.detail})" if values.detail else ""))  # noqa: TRY004
         yield where, folder, values
 
 
@@ -83,7 +83,7 @@ def hub_rows(name: str, config: str | None, split: str, audio_columns: list[str]
 
     try:
         ds = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # noqa: BLE001 (datasets raises many kinds; each is one line for the user)
+    except Exception as e:  # datasets raises many kinds; each is one line for the user
         raise ValueError(f"cannot load {name}{f' ({config})' if config else ''} split {split!r}: "
                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e  # fmt: skip
     for col in audio_columns:

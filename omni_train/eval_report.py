@@ -88,11 +88,10 @@ def build(folder: str | Path) -> dict:
         if kind == "asr":
             report["asr"].setdefault(model, {}).update({s: r["wer"] for s, r in data["splits"].items()})
         elif kind == "consistency":
-            report["consistency"].setdefault(model, {})[data["task"]] = {
-                "wer": data["wer"], "n": data["n"], "scored": data["scored"], "whisper": data.get("whisper")}  # fmt: skip
+            kept = {k: data.get(k) for k in ("wer", "n", "scored", "whisper")}
+            report["consistency"].setdefault(model, {})[data["task"]] = kept
         elif kind == "retention":
-            report["retention"][model] = {"base": data["base"], "perplexity": data["perplexity"],
-                                          "ratio_to_base": data["ratio_to_base"], "tokens": data["tokens"]}  # fmt: skip
+            report["retention"][model] = {k: data[k] for k in ("base", "perplexity", "ratio_to_base", "tokens")}
         elif kind == "spoken-qa":
             sets = report["spoken_qa"].setdefault(model, {})
             sets.update({name: {"n": r["n"], "accuracy": r["accuracy"]} for name, r in data["sets"].items()})
@@ -105,7 +104,9 @@ def build(folder: str | Path) -> dict:
         "asr": {name: {"wer": r, "source": ASR_SOURCE} for name, r in evaluate.PUBLISHED.items()},
         "consistency": [{"model": m, "wer": v, "source": s} for m, v, s in CONSISTENCY_PUBLISHED],
         "spoken_qa": [{"model": m, "accuracy": r, "source": s} for m, r, s in spoken_qa.PUBLISHED],
-        "voicebench": {"columns": voicebench.COLUMNS, "rows": voicebench.LEADERBOARD, "source": voicebench.LEADERBOARD_SOURCE},
+        "voicebench": {
+            "columns": voicebench.COLUMNS, "rows": voicebench.LEADERBOARD, "source": voicebench.LEADERBOARD_SOURCE,
+        },
         "speech": [{"model": m, "metric": k, "value": v, "source": s} for m, k, v, s in speech_quality.PUBLISHED],
     }  # fmt: skip
     report["markdown"] = markdown(report)
@@ -113,40 +114,53 @@ def build(folder: str | Path) -> dict:
 
 
 def markdown(report: dict) -> str:
-    out = [f"# Evaluation of {report['folder']}", "",
-           "Rows marked (published) are other models' figures as their papers or the benchmarks' leaderboards "
-           "give them, each with its source; their test conditions (judge, Whisper size, hardware) are theirs.", ""]  # fmt: skip
+    intro = (
+        "Rows marked (published) are other models' figures as their papers or the benchmarks' leaderboards give "
+        "them, each with its source; their test conditions (judge, Whisper size, hardware) are theirs."
+    )
+    out = [f"# Evaluation of {report['folder']}", "", intro, ""]
     if report["asr"]:
-        out += ["## LibriSpeech ASR (WER %, A1T1)", "", evaluate.wer_table(report["asr"]), "", f"Published rows: {ASR_SOURCE}.", ""]
+        out += ["## LibriSpeech ASR (WER %, A1T1)", "", evaluate.wer_table(report["asr"]), "",
+                f"Published rows: {ASR_SOURCE}.", ""]  # fmt: skip
     if report["consistency"]:
         out += ["## Speech-text consistency (WER % of the transcribed spoken answer against the text answer)", "",
                 "| model | task | answers | scored | WER % | source |", "|---|---|---|---|---|---|"]  # fmt: skip
         for model, tasks in report["consistency"].items():
             for task, r in tasks.items():
                 wer = "-" if r["wer"] is None else f"{r['wer']:.2f}"
-                out.append(f"| {model} | {task} | {r['n']} | {r['scored']} | {wer} | this run (Whisper {r['whisper']}) |")
+                out.append(
+                    f"| {model} | {task} | {r['n']} | {r['scored']} | {wer} | this run (Whisper {r['whisper']}) |"
+                )
         out += [f"| {m} (published) | - | - | - | {v} | {s} |" for m, v, s in CONSISTENCY_PUBLISHED] + [""]
     if report["retention"]:
         out += ["## Text retention (perplexity on held-out text)", "",
-                "| model | base | tokens | base ppl | as the base reads it | as a T1T2 answer |", "|---|---|---|---|---|---|"]  # fmt: skip
+                "| model | base | tokens | base ppl | as the base reads it | as a T1T2 answer |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
         for model, r in report["retention"].items():
             p, q = r["perplexity"], r["ratio_to_base"]
             out.append(f"| {model} | {r['base']} | {r['tokens']} | {p['base']:.3f} | {p['llm_path']:.3f} "
                        f"(x{q['llm_path']:.3f}) | {p['t1t2_answer']:.3f} (x{q['t1t2_answer']:.3f}) |")  # fmt: skip
         out.append("")
     if report["spoken_qa"]:
-        results = {m: {s: r for s, r in sets.items()} for m, sets in report["spoken_qa"].items()}
-        out += ["## Spoken question answering (% answered right)", "",
-                "A1T2: spoken question, text answer. A1A2: spoken question, spoken answer, transcribed by Whisper; "
-                "'A1A2 text' is that answer's own text channel.", "", spoken_qa.table(results), ""]  # fmt: skip
+        tasks = ("A1T2: spoken question, text answer. A1A2: spoken question, spoken answer, transcribed by Whisper; "
+                 "'A1A2 text' is that answer's own text channel.")  # fmt: skip
+        out += [
+            "## Spoken question answering (% answered right)",
+            "",
+            tasks,
+            "",
+            spoken_qa.table(report["spoken_qa"]),
+            "",
+        ]
     if report["voicebench"]:
-        out += ["## VoiceBench (A1T2 answers; GPT scores 1-5, the rest %)", "", voicebench.table(report["voicebench"]), "",
-                f"Published rows: {voicebench.LEADERBOARD_SOURCE}. The leaderboard's AlpacaEval is alpacaeval_full; "
-                "open-ended subsets show '-' until judged.", ""]  # fmt: skip
+        note = (f"Published rows: {voicebench.LEADERBOARD_SOURCE}. The leaderboard's AlpacaEval is alpacaeval_full; "
+                "open-ended subsets show '-' until judged.")  # fmt: skip
+        out += ["## VoiceBench (A1T2 answers; GPT scores 1-5, the rest %)", "", voicebench.table(report["voicebench"]),
+                "", note, ""]  # fmt: skip
     if report["speech"]:
         out += ["## Spoken answers: latency and quality", "",
                 "TTFA: time to the first audio chunk; RTF: wall time over seconds of speech (streamed).", "",
-                speech_quality.table({m: r for m, r in report["speech"].items()}), ""]  # fmt: skip
+                speech_quality.table(report["speech"]), ""]  # fmt: skip
     out += ["## Files", ""] + [f"- `{f['file']}`: {f['command']} of {f['checkpoint']}" for f in report["files"]]
     return "\n".join(out) + "\n"
 
@@ -183,8 +197,7 @@ def plot(report: dict, out: str | Path) -> list[str]:
             _bars(ax, rows, names, "spoken QA accuracy %")
         else:
             cols = ["mmsu", "openbookqa", "ifeval", "advbench"]
-            rows = {m: {s: r.get(s, {}).get("scores", {}).get(voicebench.HEADLINE[voicebench.EVALUATORS[s]]) for s in cols}
-                    for m, r in report["voicebench"].items()}  # fmt: skip
+            rows = {m: {s: voicebench.headline(s, r.get(s, {})) for s in cols} for m, r in report["voicebench"].items()}
             for m in ("Mini-Omni", "Kimi-Audio"):
                 rows[f"{m} (published)"] = dict(zip(voicebench.COLUMNS, voicebench.LEADERBOARD[m]))
             _bars(ax, rows, cols, "VoiceBench, rule-scored subsets %")

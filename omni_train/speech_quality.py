@@ -53,7 +53,9 @@ class MosPredictor:
         try:
             out = self.module(wave[None].to(self.device))
         except RuntimeError as e:
-            raise ValueError(f"{self.path}: the module failed on a (1, {wave.numel()}) wave: {str(e).splitlines()[0]}") from None
+            raise ValueError(
+                f"{self.path}: the module failed on a (1, {wave.numel()}) wave: {str(e).splitlines()[0]}"
+            ) from None
         out = torch.as_tensor(out).float().reshape(-1)
         if out.numel() != 1 or not math.isfinite(out.item()):
             raise ValueError(f"{self.path}: expected one finite score for one clip, got {out.tolist()[:4]}")
@@ -115,8 +117,10 @@ def measure(
     if not questions:
         raise ValueError("no questions")
     if missing := [q.id for q in questions if (q.audio if task.audio_in else q.text) is None]:
-        raise ValueError(f"task {task.value} needs {'spoken' if task.audio_in else 'written'} questions; {missing[:3]} have none")
-    knobs = dict(chunk=chunk, context=context, max_new_tokens=max_new_tokens)
+        raise ValueError(
+            f"task {task.value} needs {'spoken' if task.audio_in else 'written'} questions; {missing[:3]} have none"
+        )
+    knobs = {"chunk": chunk, "context": context, "max_new_tokens": max_new_tokens}
     for _ in range(warmup):
         measure_one(model, encoder, tokenizer, codec, questions[0], task, **knobs)
     items = []
@@ -162,7 +166,12 @@ PUBLISHED = [
     ("LLaMA-Omni", "UTMOS", 4.02, "URO-Bench, arXiv 2502.17810, basic-track EN leaderboard (Avg.UTMOS)"),
     ("Mini-Omni", "UTMOS", 4.430, "VocalNet, arXiv 2504.04060, 'Response Alignment and Acoustic Quality' table (Avg)"),
     ("LLaMA-Omni", "first-audio latency ms", 226, "LLaMA-Omni, arXiv 2409.06666, abstract"),
-    ("VITA-Audio", "first-audio latency ms", 53, "VITA-Audio, arXiv 2505.03739, README highlights (7B; 236 ms without MCTP)"),
+    (
+        "VITA-Audio",
+        "first-audio latency ms",
+        53,
+        "VITA-Audio, arXiv 2505.03739, README highlights (7B; 236 ms without MCTP)",
+    ),
 ]
 
 
@@ -172,10 +181,17 @@ def table(results: dict[str, dict], published: bool = True) -> str:
     Args:
         results: ``{model name: measure() result}``.
     """
-    lines = ["| model | answers | TTFA ms (mean / median / p90) | RTF | MOS | seconds of speech |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | answers | TTFA ms (mean / median / p90) | RTF | MOS | seconds of speech |",
+        "|---|---|---|---|---|---|",
+    ]
     for model, r in results.items():
         s = r["summary"]
-        ttfa = " / ".join(f"{s[k]:.0f}" for k in ("ttfa_ms_mean", "ttfa_ms_median", "ttfa_ms_p90")) if "ttfa_ms_mean" in s else "-"
+        ttfa = (
+            " / ".join(f"{s[k]:.0f}" for k in ("ttfa_ms_mean", "ttfa_ms_median", "ttfa_ms_p90"))
+            if "ttfa_ms_mean" in s
+            else "-"
+        )
         lines.append(f"| {model} | {s['answers']} ({s['no_speech']} silent) | {ttfa} | {s.get('rtf_mean', '-')} | "
                      f"{s.get('mos_mean', '-')} | {s.get('seconds_mean', '-')} |")  # fmt: skip
     if published:

@@ -100,7 +100,9 @@ def read_set(source: str | Path, split: str | None = None) -> tuple[str, str, It
         if path.is_dir():
             split, files = pick_split(find_splits(path), split, source)
             name = path.resolve().name
-            name = next((k for k, (hub, _) in SETS.items() if hub.split("/")[1] == name), name)  # a hub copy: its set name
+            name = next(
+                (k for k, (hub, _) in SETS.items() if hub.split("/")[1] == name), name
+            )  # a hub copy: its set name
         elif path.suffix in (".jsonl", ".parquet"):
             files, name = [path], path.stem
         else:
@@ -138,8 +140,9 @@ def _batches(items: Iterator, size: int) -> Iterator[list]:
 
 @torch.inference_mode()
 def evaluate_set(
-    model, encoder, tokenizer, items: Iterator[QAItem], *, codec=None, judge=None, tasks=TASKS, limit: int | None = None,
-    batch_size: int = 8, max_new_tokens: int = 512, total: int | None = None, desc: str | None = None,
+    model, encoder, tokenizer, items: Iterator[QAItem], *, codec=None, judge=None, tasks=TASKS,
+    limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 512, total: int | None = None,
+    desc: str | None = None,
 ) -> dict:  # fmt: skip
     """Answer every question in each of `tasks` and score the answers.
 
@@ -183,7 +186,11 @@ def evaluate_set(
 def accuracy(items: list[dict]) -> dict[str, float]:
     """% correct for each task the items were answered in (A1A2_text: the A1A2 answer's own text)."""
     acc = {}
-    for key, task, field_ in (("A1T2", "A1T2", "correct"), ("A1A2", "A1A2", "correct"), ("A1A2_text", "A1A2", "text_correct")):
+    for key, task, field_ in (
+        ("A1T2", "A1T2", "correct"),
+        ("A1A2", "A1A2", "correct"),
+        ("A1A2_text", "A1A2", "text_correct"),
+    ):
         if all(task in i for i in items):
             acc[key] = round(100.0 * sum(i[task][field_] for i in items) / len(items), 2)
     return acc
@@ -192,18 +199,26 @@ def accuracy(items: list[dict]) -> dict[str, float]:
 # ---- published numbers ------------------------------------------------------------------------------
 # Figures scored by a GPT judge on OpenAudioBench's copies of these sets (a different rule than the
 # contained-answer rule above: comparable in kind, not to the decimal). % correct; "-" not reported.
+_VOCALNET = "VocalNet, arXiv 2504.04060, 'Overall Performance' table (GPT judge)"
+_KIMI = "Kimi-Audio, arXiv 2504.18425, Kimi-Audio-Evalkit LEADERBOARD 'Audio-to-Text Chat' (OpenAudioBench, GPT judge)"
 PUBLISHED = [
     # model, {set: (A1T2, A1A2)}, source
-    ("Mini-Omni", {"llama-questions": (2.7, 2.7)}, "VocalNet, arXiv 2504.04060, 'Overall Performance' table (GPT judge)"),
-    ("SLAM-Omni", {"llama-questions": (29.4, 26.7)}, "VocalNet, arXiv 2504.04060, 'Overall Performance' table (GPT judge)"),
-    ("LLaMA-Omni", {"llama-questions": (69.7, 55.1)}, "VocalNet, arXiv 2504.04060, 'Overall Performance' table (GPT judge)"),
-    ("Freeze-Omni", {"llama-questions": (77.7, 60.2)}, "VocalNet, arXiv 2504.04060, 'Overall Performance' table (GPT judge)"),
-    ("GLM-4-Voice", {"llama-questions": (77.4, 64.3)}, "VocalNet, arXiv 2504.04060, 'Overall Performance' table (GPT judge)"),
-    ("GLM-4-Voice", {"llama-questions": (76.00, None), "triviaqa": (51.80, None), "web-questions": (55.40, None)},
-     "Kimi-Audio, arXiv 2504.18425, Kimi-Audio-Evalkit LEADERBOARD 'Audio-to-Text Chat' (OpenAudioBench, GPT judge)"),
-    ("Kimi-Audio", {"llama-questions": (79.33, None), "triviaqa": (62.10, None), "web-questions": (70.20, None)},
-     "Kimi-Audio, arXiv 2504.18425, Kimi-Audio-Evalkit LEADERBOARD 'Audio-to-Text Chat' (OpenAudioBench, GPT judge)"),
-]  # fmt: skip
+    ("Mini-Omni", {"llama-questions": (2.7, 2.7)}, _VOCALNET),
+    ("SLAM-Omni", {"llama-questions": (29.4, 26.7)}, _VOCALNET),
+    ("LLaMA-Omni", {"llama-questions": (69.7, 55.1)}, _VOCALNET),
+    ("Freeze-Omni", {"llama-questions": (77.7, 60.2)}, _VOCALNET),
+    ("GLM-4-Voice", {"llama-questions": (77.4, 64.3)}, _VOCALNET),
+    (
+        "GLM-4-Voice",
+        {"llama-questions": (76.00, None), "triviaqa": (51.80, None), "web-questions": (55.40, None)},
+        _KIMI,
+    ),
+    (
+        "Kimi-Audio",
+        {"llama-questions": (79.33, None), "triviaqa": (62.10, None), "web-questions": (70.20, None)},
+        _KIMI,
+    ),
+]
 
 
 def table(results: dict[str, dict], published: bool = True) -> str:
@@ -212,9 +227,11 @@ def table(results: dict[str, dict], published: bool = True) -> str:
     Args:
         results: ``{model name: {set name: evaluate_set result}}``.
     """
-    lines = ["| model | set | questions | A1T2 % (text answer) | A1A2 % (spoken answer, Whisper) | A1A2 text % | source |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    cell = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [
+        "| model | set | questions | A1T2 % (text answer) | A1A2 % (spoken answer, Whisper) | A1A2 text % | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    cell = lambda v: "-" if v is None else f"{v:.2f}"
     for model, sets in results.items():
         for name, r in sets.items():
             acc = r["accuracy"]

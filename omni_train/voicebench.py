@@ -86,8 +86,10 @@ def read_rows(data: str | Path, subset: str, split: str, files: list[Path] | Non
 
 
 @torch.inference_mode()
-def answer_rows(model, encoder, tokenizer, rows: Iterator[dict], limit: int | None = None, batch_size: int = 8,
-                max_new_tokens: int = 512, total: int | None = None, desc: str | None = None) -> list[dict]:  # fmt: skip
+def answer_rows(
+    model, encoder, tokenizer, rows: Iterator[dict], limit: int | None = None, batch_size: int = 8,
+    max_new_tokens: int = 512, total: int | None = None, desc: str | None = None,
+) -> list[dict]:  # fmt: skip
     """Each row (without its audio) with ``response``: the model's A1T2 answer to the spoken prompt."""
     out, batch = [], []
     bar = tqdm(total=min(x for x in (total, limit, 1 << 62) if x is not None), desc=desc, unit="row",
@@ -95,7 +97,9 @@ def answer_rows(model, encoder, tokenizer, rows: Iterator[dict], limit: int | No
 
     def flush():
         questions = [Question(r["where"], text=r["prompt"], audio=r["audio"]) for r in batch]
-        for r, a in zip(batch, spoken_answers(model, encoder, tokenizer, questions, Task.A1T2, len(batch), max_new_tokens)):
+        for r, a in zip(
+            batch, spoken_answers(model, encoder, tokenizer, questions, Task.A1T2, len(batch), max_new_tokens)
+        ):
             out.append({**{k: v for k, v in r.items() if k not in ("audio", "where")}, "response": a.text})
         bar.update(len(batch))
         batch.clear()
@@ -126,8 +130,7 @@ def jsonl_name(model: str, subset: str, split: str) -> str:
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 # ---- rule scorers --------------------------------------------------------------------------------
@@ -233,6 +236,9 @@ Candidate answer: {response}
 Judged by the reference answer, does the candidate answer the question correctly? Reply with Yes or No alone."""
 
 
+JUDGE_SYSTEM = "You are a helpful assistant who tries to help answer the user's question."
+
+
 def _endpoint(url: str) -> str:
     url = url.rstrip("/")
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
@@ -241,13 +247,10 @@ def _endpoint(url: str) -> str:
 def ask(url: str, key: str, model: str, prompt: str, n: int = 3, retries: int = 3, timeout: float = 120) -> list[str]:
     """`n` completions of `prompt` from an OpenAI-compatible chat endpoint (VoiceBench's sampling:
     temperature 0.5, top_p 0.95). Errors never show the key."""
-    body = json.dumps({
-        "model": model, "n": n, "temperature": 0.5, "top_p": 0.95, "max_tokens": 1024,
-        "messages": [{"role": "system", "content": "You are a helpful assistant who tries to help answer the user's question."},
-                     {"role": "user", "content": prompt}],
-    }).encode()  # fmt: skip
-    request = urllib.request.Request(_endpoint(url), data=body, method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})  # fmt: skip
+    messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}]
+    body = {"model": model, "n": n, "temperature": 0.5, "top_p": 0.95, "max_tokens": 1024, "messages": messages}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    request = urllib.request.Request(_endpoint(url), data=json.dumps(body).encode(), headers=headers, method="POST")
     for attempt in range(retries):
         try:
             with urllib.request.urlopen(request, timeout=timeout) as r:
@@ -306,7 +309,18 @@ def judge_key(env: str) -> str:
 # The VoiceBench leaderboard (github.com/MatthewCYM/VoiceBench README at commit 5338154), which
 # extends the paper's (arXiv 2410.17196) results table. GPT scores 1-5, the rest %.
 LEADERBOARD_SOURCE = "VoiceBench leaderboard (arXiv 2410.17196; github.com/MatthewCYM/VoiceBench README @5338154)"
-COLUMNS = ["alpacaeval_full", "commoneval", "wildvoice", "sd-qa", "mmsu", "openbookqa", "bbh", "ifeval", "advbench", "overall"]
+COLUMNS = [
+    "alpacaeval_full",
+    "commoneval",
+    "wildvoice",
+    "sd-qa",
+    "mmsu",
+    "openbookqa",
+    "bbh",
+    "ifeval",
+    "advbench",
+    "overall",
+]
 LEADERBOARD = {
     "Whisper-v3-large+GPT-4o": [4.80, 4.47, 4.62, 75.77, 81.69, 92.97, 87.20, 76.51, 98.27, 87.80],
     "Kimi-Audio": [4.46, 3.97, 4.20, 63.12, 62.17, 83.52, 69.70, 61.10, 100.00, 76.91],
@@ -323,6 +337,11 @@ LEADERBOARD = {
 HEADLINE = {"mcq": "acc", "ifeval": "final", "harm": "refusal_rate", "open": "gpt", "qa": "gpt"}
 
 
+def headline(subset: str, result: dict) -> float | None:
+    """A subset result's leaderboard number (None: not scored, e.g. an open subset not judged)."""
+    return result.get("scores", {}).get(HEADLINE.get(EVALUATORS.get(subset, ""), ""))
+
+
 def table(results: dict[str, dict[str, dict]], published: bool = True) -> str:
     """Markdown: a row a model, a column a subset (its headline number), the leaderboard rows after.
 
@@ -337,7 +356,7 @@ def table(results: dict[str, dict[str, dict]], published: bool = True) -> str:
     for model, r in results.items():
         cells = []
         for s in cols:
-            value = r.get(s, {}).get("scores", {}).get(HEADLINE.get(EVALUATORS.get(s, ""), ""))
+            value = headline(s, r.get(s, {}))
             cells.append("-" if value is None else f"{value:.2f}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if published:

@@ -50,7 +50,7 @@ def llama_questions(root: Path) -> Path:
 def trivia_qa(root: Path) -> Path:
     """fixie-ai/trivia_qa-audio: validation split; answer is TriviaQA's struct, audio is question_audio."""
     folder = root / "trivia_qa-audio"
-    answer = lambda value, aliases: {"aliases": aliases, "normalized_aliases": [a.lower() for a in aliases],  # noqa: E731
+    answer = lambda value, aliases: {"aliases": aliases, "normalized_aliases": [a.lower() for a in aliases],
                                      "value": value, "normalized_value": value.lower()}  # fmt: skip
     write_hf_parquet(folder / "data" / "validation-00000-of-00001.parquet", {
         "question": ["which planet is the red planet", "what is the largest ocean"],
@@ -77,12 +77,18 @@ def voicebench(root: Path) -> Path:
     """hlt-lab/voicebench: ROOT/<subset>/<split>-00000-of-00001.parquet, two mmsu areas and one sd-qa accent."""
     root = root / "voicebench"
     c = clips(3)
-    write_hf_parquet(root / "mmsu" / "law-00000-of-00001.parquet",
-                     {"prompt": ["which is a court? A. x B. y C. z D. w"] * 2, "reference": ["A", "C"], "audio": c[:2]})
-    write_hf_parquet(root / "mmsu" / "history-00000-of-00001.parquet",
-                     {"prompt": ["when? A. 1 B. 2 C. 3 D. 4"], "reference": ["D"], "audio": c[2:3]})
-    write_hf_parquet(root / "openbookqa" / "test-00000-of-00001.parquet",
-                     {"prompt": ["what melts ice? A. heat B. cold C. dark D. wind"], "reference": ["A"], "audio": c[:1]})
+    write_hf_parquet(
+        root / "mmsu" / "law-00000-of-00001.parquet",
+        {"prompt": ["which is a court? A. x B. y C. z D. w"] * 2, "reference": ["A", "C"], "audio": c[:2]},
+    )
+    write_hf_parquet(
+        root / "mmsu" / "history-00000-of-00001.parquet",
+        {"prompt": ["when? A. 1 B. 2 C. 3 D. 4"], "reference": ["D"], "audio": c[2:3]},
+    )
+    write_hf_parquet(
+        root / "openbookqa" / "test-00000-of-00001.parquet",
+        {"prompt": ["what melts ice? A. heat B. cold C. dark D. wind"], "reference": ["A"], "audio": c[:1]},
+    )
     padding = {"num_words": None, "relation": None, "keywords": None, "end_phrase": None}
     write_hf_parquet(root / "ifeval" / "test-00000-of-00001.parquet", {
         "key": [1001, 1002],
@@ -91,8 +97,14 @@ def voicebench(root: Path) -> Path:
         "kwargs": [[padding], [{**padding, "num_words": 3, "relation": "at least"}, {**padding, "end_phrase": "bye"}]],
         "audio": c[:2],
     })  # fmt: skip
-    write_hf_parquet(root / "advbench" / "test-00000-of-00001.parquet", {"prompt": ["how to do harm"] * 2, "audio": c[:2]})
-    write_hf_parquet(root / "commoneval" / "test-00000-of-00001.parquet", {"prompt": ["tell me a joke"] * 2, "audio": c[:2]})
-    write_hf_parquet(root / "sd-qa" / "usa-00000-of-00001.parquet",
-                     {"prompt": ["who painted the mona lisa"], "reference": ["Leonardo da Vinci"], "audio": c[:1]})
+    write_hf_parquet(
+        root / "advbench" / "test-00000-of-00001.parquet", {"prompt": ["how to do harm"] * 2, "audio": c[:2]}
+    )
+    write_hf_parquet(
+        root / "commoneval" / "test-00000-of-00001.parquet", {"prompt": ["tell me a joke"] * 2, "audio": c[:2]}
+    )
+    write_hf_parquet(
+        root / "sd-qa" / "usa-00000-of-00001.parquet",
+        {"prompt": ["who painted the mona lisa"], "reference": ["Leonardo da Vinci"], "audio": c[:1]},
+    )
     return root

@@ -78,7 +78,11 @@ def sqa(run):
 
 def test_spoken_qa_scores_every_answer_by_the_rule(sqa):
     assert sqa["command"] == "spoken-qa" and sqa["tasks"] == ["A1T2", "A1A2"]
-    assert {k: v["n"] for k, v in sqa["sets"].items()} == {"llama-questions": 3, "triviaqa": 2, "test": 2}  # hub copies: set names
+    assert {k: v["n"] for k, v in sqa["sets"].items()} == {
+        "llama-questions": 3,
+        "triviaqa": 2,
+        "test": 2,
+    }  # hub copies: set names
     for result in sqa["sets"].values():
         for item in result["items"]:
             assert item["A1T2"]["correct"] == spoken_qa.is_correct(item["A1T2"]["text"], item["answers"])
@@ -106,8 +110,12 @@ def test_spoken_qa_counts_a_right_answer(run, sqa, tmp_path):
     assert all(spoken_qa.normalize(t) for t in said)  # the tiny model says something for each
     rows = [json.loads(line) for line in Path(run["uro"]).read_text().splitlines()]
     manifest = tmp_path / "own.jsonl"
-    manifest.write_text("".join(json.dumps({**r, "source_wav": str(Path(run["uro"]).parent / r["source_wav"]),
-                                            "target_text": ["nothing like it", t]}) + "\n" for r, t in zip(rows, said)))  # fmt: skip
+    folder = Path(run["uro"]).parent
+    own = [
+        {**r, "source_wav": str(folder / r["source_wav"]), "target_text": ["nothing like it", t]}
+        for r, t in zip(rows, said)
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in own))
     out = tmp_path / "own.json"
     main(["spoken-qa", "--checkpoint", str(run["ckpt"]), "--tasks", "A1A2", "--whisper", run["whisper"],
           "--data", str(manifest), "--out", str(out), *COMMON])  # fmt: skip
@@ -138,7 +146,8 @@ def vb(run):
     try:
         main(["voicebench", "--checkpoint", str(run["ckpt"]), "--data", str(run["voicebench"]), "--out-dir", str(out),
               "--subsets", "mmsu", "openbookqa", "ifeval", "advbench", "commoneval", "sd-qa",
-              "--judge-url", f"http://127.0.0.1:{server.server_port}/v1", "--judge-key-env", "VB_TEST_JUDGE_KEY", *COMMON])  # fmt: skip
+              "--judge-url", f"http://127.0.0.1:{server.server_port}/v1", "--judge-key-env", "VB_TEST_JUDGE_KEY",
+              *COMMON])  # fmt: skip
     finally:
         del os.environ["VB_TEST_JUDGE_KEY"]
         server.shutdown()
@@ -163,10 +172,15 @@ def test_voicebench_answer_files_and_rule_scores(vb):
     mmsu = read_jsonl(vb / "model-mmsu-history-audio.jsonl") + law
     assert summary["subsets"]["mmsu"]["n"] == 3
     assert summary["subsets"]["mmsu"]["scores"] == voicebench.score_mcq(mmsu)
-    assert summary["subsets"]["advbench"]["scores"] == voicebench.score_harm(read_jsonl(vb / "model-advbench-test-audio.jsonl"))
+    assert summary["subsets"]["advbench"]["scores"] == voicebench.score_harm(
+        read_jsonl(vb / "model-advbench-test-audio.jsonl")
+    )
     rows = read_jsonl(vb / "model-ifeval-test-audio.jsonl")
     assert rows[1]["key"] == 1002 and summary["subsets"]["ifeval"]["scores"] == ifeval.score(rows)
-    assert "| Mini-Omni (published) | 1.95 | 2.02 | 1.61 | 13.92 | 24.69 | 26.59 | 46.3 | 13.58 | 37.12 | 30.42 |" in summary["table"]
+    assert (
+        "| Mini-Omni (published) | 1.95 | 2.02 | 1.61 | 13.92 | 24.69 | 26.59 | 46.3 | 13.58 | 37.12 | 30.42 |"
+        in summary["table"]
+    )
 
 
 def test_voicebench_judge_and_key_hygiene(vb, capsys):
@@ -192,7 +206,8 @@ def test_voicebench_unjudged_and_mistakes(run, capsys, tmp_path):
         capsys, "voicebench", "--checkpoint", run["ckpt"], "--data", run["voicebench"], "--subsets", "commoneval",
         "--judge-url", "http://127.0.0.1:9/v1", "--judge-key-env", "NO_SUCH_KEY")  # fmt: skip
     assert "no wildvoice/<split>" in fails(
-        capsys, "voicebench", "--checkpoint", run["ckpt"], "--data", run["voicebench"], "--subsets", "wildvoice")
+        capsys, "voicebench", "--checkpoint", run["ckpt"], "--data", run["voicebench"], "--subsets", "wildvoice"
+    )
 
 
 # ---- speech ---------------------------------------------------------------------------------------
@@ -208,8 +223,8 @@ def speech(run):
     mos = run["run"].parent / "tiny_mos.pt"
     torch.jit.script(TinyMos()).save(str(mos))
     out = run["eval"] / "speech.json"
-    main(["speech", "--checkpoint", str(run["ckpt"]), "--data", str(run["llama"]), "--mos", str(mos), "--max-items", "2",
-          "--save-audio", str(run["eval"] / "speech_wavs"), "--out", str(out), "--device", "cpu",
+    main(["speech", "--checkpoint", str(run["ckpt"]), "--data", str(run["llama"]), "--mos", str(mos),
+          "--max-items", "2", "--save-audio", str(run["eval"] / "speech_wavs"), "--out", str(out), "--device", "cpu",
           "--max-new-tokens", "16"])  # fmt: skip
     return json.loads(out.read_text()), mos
 
@@ -234,7 +249,9 @@ def test_mos_predictor_contract(tmp_path):
     path = tmp_path / "mos.pt"
     torch.jit.script(TinyMos()).save(str(path))
     wave = torch.full((16000,), 0.1)
-    assert speech_quality.MosPredictor(path)(wave, 16000) == pytest.approx(1 + 4 * torch.sigmoid(torch.tensor(1.0)).item())
+    assert speech_quality.MosPredictor(path)(wave, 16000) == pytest.approx(
+        1 + 4 * torch.sigmoid(torch.tensor(1.0)).item()
+    )
 
     class Two(torch.nn.Module):
         def forward(self, wave: torch.Tensor) -> torch.Tensor:
@@ -272,7 +289,10 @@ def test_report_gathers_every_result(run, report, sqa):
     assert {f["checkpoint"] for f in report["files"]} == {"finetune/model"}
     asr = json.loads((run["eval"] / "asr.json").read_text())
     assert report["asr"]["finetune/model"] == {s: r["wer"] for s, r in asr["splits"].items()}
-    assert report["spoken_qa"]["finetune/model"]["llama-questions"]["accuracy"] == sqa["sets"]["llama-questions"]["accuracy"]
+    assert (
+        report["spoken_qa"]["finetune/model"]["llama-questions"]["accuracy"]
+        == sqa["sets"]["llama-questions"]["accuracy"]
+    )
     assert report["voicebench"]["finetune/model"]["mmsu"]["scores"]["acc"] is not None
     md = (run["run"] / "eval_report.md").read_text()
     for heading in ("LibriSpeech ASR", "Speech-text consistency", "Spoken question answering", "VoiceBench",

@@ -64,8 +64,8 @@ CASES = [
     ("change_case:english_capital", {}, "The weather is sunny and warm today in the city.", False),
     ("change_case:english_lowercase", {}, "the weather is sunny and warm today in the city.", True),
     ("change_case:english_lowercase", {}, "il fait beau et chaud aujourd'hui dans la ville de paris.", False),
-    ("language:response_language", {"language": "fr"}, "Il fait beau et chaud aujourd'hui dans la ville de Paris.", True),
-    ("language:response_language", {"language": "fr"}, "The weather is sunny and warm today in the city of London.", False),
+    ("language:response_language", {"language": "fr"}, "Il fait beau et chaud aujourd'hui à Paris.", True),
+    ("language:response_language", {"language": "fr"}, "The weather is sunny and warm today in London.", False),
 ]  # fmt: skip
 
 

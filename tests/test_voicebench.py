@@ -57,7 +57,12 @@ def test_refusal(response, refused):
 
 
 def test_harm_score():
-    rows = [{"response": "I won't do that."}, {"response": "Okay, here goes."}, {"response": " "}, {"response": "No way, sorry."}]
+    rows = [
+        {"response": "I won't do that."},
+        {"response": "Okay, here goes."},
+        {"response": " "},
+        {"response": "No way, sorry."},
+    ]
     assert voicebench.score_harm(rows) == {"refusal_rate": 75.0}
     assert [r["refused"] for r in rows] == [True, False, True, True]
 
@@ -95,7 +100,7 @@ class FakeJudge(BaseHTTPRequestHandler):
 
     key, requests, fail_first = "sk-test-not-a-real-key", [], True
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):  # http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeJudge.requests.append({"path": self.path, "auth": self.headers["Authorization"], "body": body})
         if FakeJudge.fail_first:

@@ -55,7 +55,8 @@ def _model_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="omni-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the examples' lines
+    parser = argparse.ArgumentParser(prog="omni-eval", description=__doc__, formatter_class=raw)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("asr", help="LibriSpeech WER in the paper's table form")
@@ -92,13 +93,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="write the numbers as JSON too")
 
     p = sub.add_parser("spoken-qa", help="spoken QA accuracy (Llama Questions, Web Questions, TriviaQA): A1T2 and A1A2",
-                       description=spoken_qa.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=spoken_qa.__doc__, formatter_class=raw)
     _model_args(p)
     p.add_argument("--data", nargs="+", required=True,
                    help=f"sets: {', '.join(spoken_qa.SETS)} (their hub copies), a hub name, a folder in HF's parquet "
-                        "layout, a .parquet or a .jsonl (audio/source_wav, question/source_text, answers/answer/target_text)")
+                        "layout, a .parquet or a .jsonl (audio/source_wav, question/source_text, answers/target_text)")
     p.add_argument("--split", help="the split to read (default: the only one in a folder; the set's own for hub names)")
-    p.add_argument("--tasks", nargs="+", choices=[t.value for t in spoken_qa.TASKS], default=[t.value for t in spoken_qa.TASKS],
+    tasks = [t.value for t in spoken_qa.TASKS]
+    p.add_argument("--tasks", nargs="+", choices=tasks, default=tasks,
                    help="A1T2: answer in text; A1A2: answer in speech, transcribed by --whisper (default: both)")
     p.add_argument("--whisper", help="openai-whisper model that transcribes the A1A2 answers: name or file")
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
@@ -108,28 +110,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("spoken_qa_results.json"), help="per-question results (JSON)")
 
     p = sub.add_parser("voicebench", help="VoiceBench: rule-scored subsets, and answers for its GPT judge",
-                       description=voicebench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=voicebench.__doc__, formatter_class=raw)
     _model_args(p)
-    p.add_argument("--data", required=True, help=f"a local snapshot of {voicebench.HUB} (ROOT/<subset>/<split>-*.parquet), "
-                                                  f"or the hub name {voicebench.HUB}")
+    p.add_argument("--data", required=True,
+                   help=f"a local snapshot of {voicebench.HUB} (ROOT/<subset>/<split>-*.parquet), or that hub name")
     p.add_argument("--subsets", nargs="+", choices=list(voicebench.EVALUATORS), default=list(voicebench.RULE_SCORED),
                    help=f"default: the rule-scored {' '.join(voicebench.RULE_SCORED)}")
-    p.add_argument("--splits", nargs="+", help="only these splits (default: all of each subset: mmsu's 12 areas, sd-qa's 11 accents)")
+    p.add_argument("--splits", nargs="+", help="only these splits of one subset (default: all: mmsu's 12 areas, ...)")
     p.add_argument("--max-items", type=int, help="answer only the first N rows of each split")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--name", help="model name in the answer files (default: the checkpoint folder's name)")
     p.add_argument("--out-dir", type=Path, default=Path("voicebench"),
-                   help="answers as VoiceBench's main.py writes them (NAME-SUBSET-SPLIT-audio.jsonl) and voicebench.json")
+                   help="answers as VoiceBench's main.py writes them (NAME-SUBSET-SPLIT-audio.jsonl); voicebench.json")
     p.add_argument("--judge-url", help="an OpenAI-compatible endpoint to judge the open-ended subsets (.../v1)")
     p.add_argument("--judge-model", default="gpt-4o-mini", help="the judge model (VoiceBench uses gpt-4o-mini)")
     p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's API key")
 
-    p = sub.add_parser("speech", help="latency (time to first audio, real-time factor) and MOS of streamed spoken answers",
-                       description=speech_quality.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("speech", help="time to first audio, real-time factor and MOS of streamed spoken answers",
+                       description=speech_quality.__doc__, formatter_class=raw)
     _model_args(p)
     questions = p.add_mutually_exclusive_group(required=True)
-    questions.add_argument("--data", help="spoken questions: a spoken-qa set (name, hub name, folder, .parquet, .jsonl)")
+    questions.add_argument("--data", help="spoken questions: a spoken-qa set (name, hub, folder, .parquet, .jsonl)")
     questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
     p.add_argument("--split", help="with --data: the split to read")
     p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
@@ -184,6 +186,11 @@ def _load_encoder(args) -> WhisperEncoder:
         return WhisperEncoder.from_pretrained(name, device=args.device, pad_to_30s=pad)
 
 
+def _load_whisper(args):
+    with _loading(args.whisper):
+        return whisper.load_model(args.whisper, device=args.device)
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -232,8 +239,7 @@ def run_consistency(args) -> dict:
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
     codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
-    with _loading(args.whisper):
-        judge = whisper.load_model(args.whisper, device=args.device)
+    judge = _load_whisper(args)
     result = evaluate.consistency(
         model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers"
     )
@@ -276,11 +282,6 @@ def run_retention(args) -> dict:
     return result
 
 
-def _load_whisper(args):
-    with _loading(args.whisper):
-        return whisper.load_model(args.whisper, device=args.device)
-
-
 def run_spoken_qa(args) -> dict:
     tasks = [Task(t) for t in dict.fromkeys(args.tasks)]
     if Task.A1A2 in tasks and not args.whisper:
@@ -292,8 +293,9 @@ def run_spoken_qa(args) -> dict:
     if Task.A1A2 in tasks:
         codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
         judge = _load_whisper(args)
+    rule = "normalised answer contained in the normalised response"
     out = {"command": "spoken-qa", "checkpoint": str(args.checkpoint), "whisper": args.whisper,
-           "tasks": [t.value for t in tasks], "rule": "normalised answer contained in the normalised response", "sets": {}}  # fmt: skip
+           "tasks": [t.value for t in tasks], "rule": rule, "sets": {}}
     for name, source, items, total in sets:
         result = spoken_qa.evaluate_set(
             model, encoder, tokenizer, items, codec=codec, judge=judge, tasks=tasks, limit=args.max_items,
@@ -322,7 +324,8 @@ def run_voicebench(args) -> dict:
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args)
     name = args.name or args.checkpoint.resolve().name
-    out = {"command": "voicebench", "checkpoint": str(args.checkpoint), "data": str(args.data), "task": "A1T2", "subsets": {}}
+    out = {"command": "voicebench", "checkpoint": str(args.checkpoint), "data": str(args.data), "task": "A1T2",
+           "subsets": {}}
     for subset, splits in plan.items():
         kind, answered = voicebench.EVALUATORS[subset], {}
         for split, files in splits.items():
@@ -339,7 +342,7 @@ def run_voicebench(args) -> dict:
         if kind not in ("open", "qa"):
             result["scores"] = voicebench.score(subset, rows)  # also marks each row (choice, refused, follow_*)
         elif key is not None:
-            result["scores"] = voicebench.judge(rows, kind, args.judge_url, key, args.judge_model, desc=f"judge {subset}")
+            result["scores"] = voicebench.judge(rows, kind, args.judge_url, key, args.judge_model, f"judge {subset}")
             result["judge"] = {"url": args.judge_url, "model": args.judge_model}
         else:
             result["scores"] = {}
@@ -390,7 +393,7 @@ def run_report(args) -> dict:
     panels = eval_report.plot(report, out_dir / "eval_report.png")
     print(report["markdown"])
     made = ["eval_report.md", "eval_report.json"] + (["eval_report.png"] if panels else [])
-    print(f"wrote {', '.join(str(out_dir / m) for m in made)} from {len(report['files'])} result files", file=sys.stderr)
+    print(f"wrote {', '.join(str(out_dir / m) for m in made)} from {len(report['files'])} results", file=sys.stderr)
     return report
 
 
