@@ -92,8 +92,8 @@ def answer_rows(
 ) -> list[dict]:  # fmt: skip
     """Each row (without its audio) with ``response``: the model's A1T2 answer to the spoken prompt."""
     out, batch = [], []
-    bar = tqdm(total=min(x for x in (total, limit, 1 << 62) if x is not None), desc=desc, unit="row",
-               disable=desc is None)  # fmt: skip
+    known = [x for x in (total, limit) if x is not None]
+    bar = tqdm(total=min(known) if known else None, desc=desc, unit="row", disable=desc is None)
 
     def flush():
         questions = [Question(r["where"], text=r["prompt"], audio=r["audio"]) for r in batch]
