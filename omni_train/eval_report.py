@@ -209,8 +209,9 @@ def plot(report: dict, out: str | Path) -> list[str]:
 
 
 def _bars(ax, rows: dict[str, dict], groups: list[str], title: str) -> None:
-    """Grouped bars: a group a column of `groups` (those some row has), a bar a row; missing values are left out."""
+    """Grouped bars: a group a column of `groups`, a bar a row; groups and rows with no value are left out."""
     groups = [g for g in groups if any(values.get(g) is not None for values in rows.values())]
+    rows = {name: values for name, values in rows.items() if any(values.get(g) is not None for g in groups)}
     width = 0.8 / max(len(rows), 1)
     for k, (name, values) in enumerate(rows.items()):
         xs = [g + k * width for g, col in enumerate(groups) if values.get(col) is not None]

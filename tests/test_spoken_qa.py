@@ -22,6 +22,8 @@ from omni_train import spoken_qa
     ("Let us start.", ["art"], False),  # whole words only: "start" does not contain the answer "art"
     ("Shakespeare", ["William Shakespeare"], False),  # the whole answer, not a part of it
     ("the planet mars", ["Planet Mars", "Mars"], True),
+    ("four plus one is five", ["five"], True),  # "4 +1 is 5"
+    ("one plus five is three", ["five"], False),  # the normaliser writes "plus five" as "+5": an operand, not the answer
     ("", ["Paris"], False),
     ("Paris", ["", "  "], False),  # an empty answer matches nothing
 ])  # fmt: skip
