@@ -76,7 +76,8 @@ def build_model(
             raise ConfigError(f"init_from={start}: {err}") from None
         audio = {"whisper": m.whisper, "snac": m.snac, "pad_to_30s": m.pad_to_30s}
         audio.update(audio_sources(start) or {})  # what the model was trained with
-        bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start))
+        bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start),
+                             audio.get("trained_context"))  # fmt: skip
         check_requested(m, bundle, requested)
         bundle.encoder = WhisperEncoder.from_pretrained(bundle.whisper, pad_to_30s=bundle.pad_to_30s)
     return bundle

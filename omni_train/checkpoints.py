@@ -69,6 +69,10 @@ _SHARED_FIELDS = tuple(
     f for f in MINI_OMNI_FIELDS if f not in (*_MINI_OMNI_UNUSED, "add_qkv_bias", "tie_word_embeddings")
 )
 _MINI_OMNI_TEXT_VOCAB_DEFAULT = 152000  # 0.4's default when the yaml omits text_vocab_size
+# Mini-Omni sizes its KV cache and causal mask by block_size (litgpt's max_seq_length), and its
+# inference.py refuses a model under 2048 positions (max_returned_tokens=2048: prompt plus answer).
+# The released checkpoint's model_config.yaml says 2048 too; base LLMs say far more (Qwen2: 32768).
+MINI_OMNI_CONTEXT = 2048
 
 _QKV_KEY = re.compile(r"^(?P<prefix>.*\.attn)\.qkv\.(?P<kind>weight|bias)$")
 _LEGACY_QKV_KEY = re.compile(r"^(?P<prefix>.*\.attn)\.attn\.(?P<kind>weight|bias)$")
@@ -484,9 +488,17 @@ WHISPER_FILE = "whisper.pt"
 SNAC_DIR = "snac"
 
 
-def save_audio_models(model_dir: Path, whisper_src: str, snac_src: str, pad_to_30s: bool) -> None:
-    """Put the Whisper and SNAC a model was trained with beside it: local files are copied, hub names named."""
+def save_audio_models(
+    model_dir: Path, whisper_src: str, snac_src: str, pad_to_30s: bool, trained_context: int | None = None
+) -> None:
+    """Put the Whisper and SNAC a model was trained with beside it: local files are copied, hub names named.
+
+    `trained_context` (the longest sequence it was trained on) goes in the same file: an export
+    sizes its readers' KV cache by it (`mini_omni_block_size`).
+    """
     entry = {"whisper": whisper_src, "snac": snac_src, "pad_to_30s": pad_to_30s}
+    if trained_context:
+        entry["trained_context"] = trained_context
     if Path(whisper_src).is_file():
         shutil.copyfile(whisper_src, model_dir / WHISPER_FILE)
         entry["whisper"] = WHISPER_FILE
@@ -497,7 +509,8 @@ def save_audio_models(model_dir: Path, whisper_src: str, snac_src: str, pad_to_3
 
 
 def audio_sources(model_dir: str | Path) -> dict | None:
-    """The Whisper and SNAC of a model dir, as paths or hub names, and Whisper's padding rule.
+    """The Whisper and SNAC of a model dir, as paths or hub names, Whisper's padding rule and the
+    context it was trained at (``trained_context``, when recorded).
 
     Read from ``omni_audio.json`` (written by omni-train); without it, a ``whisper.pt`` file or
     ``snac/`` folder placed in the directory is used. None if the directory names neither.
@@ -531,6 +544,8 @@ class ModelBundle:
         whisper, snac: the Whisper checkpoint (file or name) and SNAC codec (folder or hub name) it
             was trained with, and `pad_to_30s`, how Whisper's input was padded (`omni_audio.json`).
         origin: where it came from (a folder, or the base LLM), for messages.
+        trained_context: the longest sequence any of its stages trained on (their
+            ``data.max_seq_length``); None for a model no stage of ours trained.
     """
 
     model: OmniGPT
@@ -540,12 +555,13 @@ class ModelBundle:
     snac: str | None = None
     pad_to_30s: bool = False
     origin: str = ""  # where the model came from, for messages
+    trained_context: int | None = None
 
     def save(self, out_dir: str | Path, model: OmniGPT | None = None) -> Path:
         """Write our format with the tokenizer and audio models, atomically (`model`: e.g. gathered from shards)."""
         with atomic_dir(out_dir) as tmp:
             _write_model(tmp, model or self.model, self.tokenizer_dir)
-            save_audio_models(tmp, self.whisper, self.snac, self.pad_to_30s)
+            save_audio_models(tmp, self.whisper, self.snac, self.pad_to_30s, self.trained_context)
         return Path(out_dir)
 
 
@@ -591,10 +607,23 @@ def check_mini_omni_compatible(config: OmniConfig) -> None:
         )
 
 
-def mini_omni_config(config: OmniConfig) -> dict[str, Any]:
-    """The ``model_config.yaml`` content Mini-Omni's `Config(**yaml)` accepts."""
+def mini_omni_block_size(config: OmniConfig, trained_context: int | None) -> int:
+    """The block_size an export writes: the context the model was trained at, at least Mini-Omni's 2048.
+
+    Writing the base LLM's block_size instead would make Mini-Omni allocate a cache for positions
+    the model never saw (at Qwen2-0.5B's 32768: 5.6 GB of KV cache and a 1 GB mask a sequence).
+    Never more than the model's own block_size.
+    """
+    return min(config.block_size, max(trained_context or 0, MINI_OMNI_CONTEXT))
+
+
+def mini_omni_config(config: OmniConfig, block_size: int | None = None) -> dict[str, Any]:
+    """The ``model_config.yaml`` content Mini-Omni's `Config(**yaml)` accepts (`block_size`: written
+    instead of the model's, see `mini_omni_block_size`)."""
     check_mini_omni_compatible(config)
     out = {name: getattr(config, name) for name in _SHARED_FIELDS}
+    if block_size is not None:
+        out["block_size"] = block_size
     out["add_qkv_bias"] = bool(config.bias or config.attn_bias)  # 0.5's qkv bias is `bias or attn_bias`
     out["tie_word_embeddings"] = False  # OmniGPT never ties: the audio rows of lm_head and wte differ
     return out
@@ -640,13 +669,23 @@ def from_mini_omni_state_dict(state: Mapping[str, torch.Tensor], config: Config)
     return _qkv_from_interleaved(state, config)
 
 
-def export_mini_omni(model: OmniGPT, out_dir: str | Path, tokenizer_dir: str | Path) -> Path:
+def export_mini_omni(
+    model: OmniGPT, out_dir: str | Path, tokenizer_dir: str | Path, block_size: int | None = None
+) -> Path:
     """Write a checkpoint that Mini-Omni's inference code loads with ``strict=True``.
 
+    Args:
+        block_size: the context Mini-Omni's code sizes its KV cache for; default
+            `mini_omni_block_size` of the model without a recorded training context (2048).
+
     Raises:
-        ValueError: if the config uses a litgpt-0.5 feature 0.4 cannot express (nothing is written).
+        ValueError: if the config uses a litgpt-0.5 feature 0.4 cannot express, or `block_size` is
+            not positive (nothing is written).
     """
-    config = mini_omni_config(model.config)
+    block_size = mini_omni_block_size(model.config, None) if block_size is None else block_size
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size}: a context of at least one position")
+    config = mini_omni_config(model.config, block_size)
     state = to_mini_omni_state_dict(model.state_dict(), model.config)
     return _write_checkpoint(out_dir, state, config, tokenizer_dir)
 

@@ -148,6 +148,7 @@ def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, f
     trained = _trained_model(trainer, module, stage_dir)
     summary = {}
     if trained is not None:
+        bundle.trained_context = max(bundle.trained_context or 0, cfg.data.max_seq_length)  # sizes exports' KV cache
         bundle.save(stage_dir / "model", trained)
         summary = {
             "stage": stage,

@@ -321,6 +321,28 @@ def test_cli_exports_and_resaves(tmp_path, tokenizer_dir):
     assert_same_state(model.state_dict(), ckpt.load_omni(tmp_path / "back")[0].state_dict())
 
 
+def test_mini_omni_export_is_sized_by_the_trained_context(tmp_path, tokenizer_dir):
+    """Mini-Omni sizes its KV cache and mask by block_size: the export carries the context the model
+    was trained at (at least Mini-Omni's 2048), not the base LLM's 32768."""
+    model = random_omni()
+    model.config.block_size = 32768  # what litgpt's Qwen2 presets say
+    bundle = ckpt.ModelBundle(model, None, tokenizer_dir, "tiny.pt", "snac", trained_context=4096)
+    ours = bundle.save(tmp_path / "ours")
+    assert ckpt.audio_sources(ours)["trained_context"] == 4096
+
+    def exported(*options, src=ours):
+        export_main(["--format", "mini-omni", *options, str(src), str(tmp_path / "mini")])
+        return yaml.safe_load((tmp_path / "mini" / "model_config.yaml").read_text())["block_size"]
+
+    assert exported() == 4096
+    assert exported("--block-size", "3000") == 3000
+    bare = ckpt.save_omni(model, tmp_path / "bare", tokenizer_dir)  # nothing recorded: Mini-Omni's 2048
+    assert exported(src=bare) == 2048
+    assert ckpt.load_omni(ours)[1].block_size == 32768  # our format keeps the model's own
+    with pytest.raises(SystemExit):
+        export_main(["--format", "omni", "--block-size", "3000", str(ours), str(tmp_path / "x")])
+
+
 def test_cli_missing_dir_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         export_main(["--format", "mini-omni", str(tmp_path / "nope"), str(tmp_path / "out")])

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from litgpt.config import Config
 from omegaconf import OmegaConf
 
-from omni_train.checkpoints import load_checkpoint
+from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.cli.train import CONFIGS
 from omni_train.config import ConfigError, register
 from omni_train.model import OmniConfig
@@ -87,6 +87,7 @@ def test_shortened_demo_runs_for_every_tiny_model(tmp_path, preset):
         assert (tmp_path / stage / "model" / "snac" / "config.json").is_file()
         assert (tmp_path / stage / "checkpoints" / "last.ckpt").is_file()
         assert (tmp_path / stage / "logs").is_dir()
+        assert audio_sources(tmp_path / stage / "model")["trained_context"] == 512  # the demo's max_seq_length
     spoken = summary["spoken_answer"]
     if spoken["frames"]:
         info = sf.info(tmp_path / "answer.wav")
