@@ -313,9 +313,11 @@ def build_trainer(
     loggers = [
         instantiate(spec, save_dir=str(stage_dir / "logs"), name=stage) for spec in plain(cfg.logger).values() if spec
     ]
+    # The k newest step-N.ckpt (top k by step); Lightning deletes the oldest only once the new file is
+    # complete (AtomicCheckpointIO), and last.ckpt is never one of the k.
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=stage_dir / "checkpoints", filename="step-{step}", every_n_train_steps=s.checkpoint_every,
-        save_last=True, save_top_k=1, monitor="step", mode="max", auto_insert_metric_name=False,
+        save_last=True, save_top_k=s.keep_checkpoints, monitor="step", mode="max", auto_insert_metric_name=False,
         enable_version_counter=False,  # last.ckpt, never last-v1.ckpt: resume=auto and the preemption save use that name
     )
     callbacks = [

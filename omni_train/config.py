@@ -82,6 +82,7 @@ class StageConfig:
     max_batch_size: Optional[int] = None  # overrides data.max_batch_size
     val_every: Optional[int] = None  # steps between validations; None: only at the end
     checkpoint_every: int = 1000  # steps between Lightning checkpoints (and at the end)
+    keep_checkpoints: int = 1  # step-N.ckpt files kept, newest first (older ones deleted); 0: last.ckpt only
     log_every: int = 10
     max_bad_steps: Optional[int] = 5  # stop after this many non-finite (skipped) steps in a row; null: never
 

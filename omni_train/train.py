@@ -202,6 +202,9 @@ def check(cfg: DictConfig) -> None:
             problems.append(f"stages.{stage}: not defined (choose it with stage={stage} or stage=all)")
         elif cfg.stages[stage].max_steps < 1:
             problems.append(f"stages.{stage}.max_steps={cfg.stages[stage].max_steps}: a stage trains at least one step")
+        elif cfg.stages[stage].keep_checkpoints < 0:
+            problems.append(f"stages.{stage}.keep_checkpoints={cfg.stages[stage].keep_checkpoints}: "
+                            "0 or more (0 keeps last.ckpt only)")  # fmt: skip
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():

@@ -4,6 +4,7 @@ Each script prints its ratio last. They run in this process (runpy) to spare a P
 each; loss_memory.py still starts one process a variant, by design.
 """
 
+import os
 import runpy
 import subprocess
 import sys
@@ -48,6 +49,7 @@ def test_padding_benchmark_prints_both_fractions():
         ("scaling.py", ["--tiny"], ["GPU-h", "finetune"]),
         ("gpu_mfu.py", ["--device", "cpu", "--tiny"], ["omni", "plain"]),
         ("serve_latency.py", ["--tiny"], ["first audio, streamed", "real-time factor"]),
+        ("checkpoint_size.py", ["--tiny"], ["alignment", "keep_checkpoints=1"]),
     ],
 )
 def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch, capsys):
@@ -67,3 +69,10 @@ def test_gpu_benchmark_says_it_needs_cuda(monkeypatch, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         run_here("gpu_mfu.py", monkeypatch=monkeypatch, capsys=capsys)
+
+
+@pytest.mark.skipif(not os.environ.get("MINI_OMNI_DIR"), reason="MINI_OMNI_DIR names a gpt-omni/mini-omni checkout (not vendored)")
+def test_mini_omni_kv_cache_benchmark_loads_both_exports_in_mini_omni_code():
+    out = run("mini_omni_kv_cache.py", "--mini-omni", os.environ["MINI_OMNI_DIR"], "--tiny")
+    assert "32768" in out and "2048" in out
+    assert 0 < last_ratio(out) < 0.1  # the cache shrinks with block_size

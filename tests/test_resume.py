@@ -24,7 +24,7 @@ from litgpt.tokenizer import Tokenizer
 
 from omni_train.atomic import DiskFull
 from omni_train.cli.train import CONFIGS
-from omni_train.config import DataConfig, register
+from omni_train.config import ConfigError, DataConfig, register
 from omni_train.data import sources
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.resume import AtomicFSDPStrategy, RngState
@@ -301,3 +301,23 @@ def test_rng_states_survive_a_checkpoint():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_only_the_newest_step_checkpoints_are_kept_across_a_resume(tmp_path):
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "alignment" / "checkpoints"
+    common = [*COMMON, f"run_dir={run}", "stages.alignment.checkpoint_every=1", "stages.alignment.keep_checkpoints=2"]
+    train(config(*common, "stages.alignment.max_steps=3"))
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step-2.ckpt", "step-3.ckpt"]
+    (run / "alignment" / "summary.json").unlink()  # as if it had stopped at step 3 of 5
+    train(config(*common, "stages.alignment.max_steps=5", "resume=auto"))
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step-4.ckpt", "step-5.ckpt"]
+    assert saved_step(ckpts / "last.ckpt") == saved_step(ckpts / "step-5.ckpt") == 5
+
+
+def test_keep_checkpoints_0_keeps_last_ckpt_only(tmp_path):
+    run = tmp_path / "run"
+    train(config(*COMMON, f"run_dir={run}", "stages.alignment.max_steps=2", "stages.alignment.checkpoint_every=1",
+                 "stages.alignment.keep_checkpoints=0"))  # fmt: skip
+    assert [p.name for p in (run / "alignment" / "checkpoints").iterdir()] == ["last.ckpt"]
+    with pytest.raises(ConfigError, match="stages.alignment.keep_checkpoints=-1"):
+        train(config(*COMMON, f"run_dir={run}", "stages.alignment.keep_checkpoints=-1"))
