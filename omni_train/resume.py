@@ -263,10 +263,14 @@ class Preemption(L.Callback):
                   "without saving)", file=sys.stderr, flush=True)  # fmt: skip
         self._received = signum
 
+    def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # what a signal means outside this fit, read before Lightning installs its handlers: restoring
+        # those instead would leave a finished trainer answering SIGTERM, and alive (with its model)
+        self._before = {sig: signal.getsignal(sig) for sig in self.signals}
+
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         # Lightning installs its SIGTERM/SIGUSR1 handlers just before; ours replace them for this fit
         for sig in self.signals:
-            self._before[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +237,37 @@ def test_ddp_two_cpu_processes(tmp_path):
     ckpts = list((tmp_path / "run" / "alignment" / "checkpoints").glob("*.ckpt"))
     assert any(c.name == "last.ckpt" for c in ckpts)
     assert (tmp_path / "run" / "alignment" / "model" / "lit_model.pth").is_file()
+
+
+def test_a_finished_stage_is_freed_before_the_next_one_loads(tmp_path, monkeypatch):
+    """In one stage=all process, the previous stage's model, module, trainer, optimizer and loaders
+    are gone (not merely unreferenced in a cycle) when the next stage builds its model."""
+    import weakref
+
+    import lightning as L
+
+    from omni_train import train as train_module
+
+    alive, checked = [], []
+
+    class Watch(L.Callback):
+        def on_train_end(self, trainer, module):
+            alive.extend(weakref.ref(o) for o in (module, module.model, trainer, trainer.optimizers[0],
+                                                  trainer.datamodule, trainer.train_dataloader))  # fmt: skip
+
+    real_trainer, real_model = train_module.build_trainer, train_module.build_model
+    monkeypatch.setattr(train_module, "build_trainer", lambda *a, **k: _with(real_trainer(*a, **k), Watch()))
+
+    def build_model(*args, **kwargs):
+        checked.append([ref() is None for ref in alive] + [signal.getsignal(signal.SIGTERM) == sigterm])
+        return real_model(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "build_model", build_model)
+    sigterm = signal.getsignal(signal.SIGTERM)  # between stages, not a finished trainer's handler
+    train(config(*SHORT, "run_stages=[alignment,adaption]", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null"))
+    assert checked == [[True], [True] * 7]  # stage 1: nothing before it; stage 2: all six of stage 1 freed
+
+
+def _with(trainer, callback):
+    trainer.callbacks.append(callback)
+    return trainer
