@@ -322,7 +322,7 @@ def build_trainer(
     )
     callbacks = [
         checkpoints,
-        L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
+        *([L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")] if loggers else []),  # it refuses none
         *callbacks,
         *[instantiate(spec) for spec in plain(cfg.callbacks).values()],
     ]

@@ -264,7 +264,8 @@ def test_a_finished_stage_is_freed_before_the_next_one_loads(tmp_path, monkeypat
 
     monkeypatch.setattr(train_module, "build_model", build_model)
     sigterm = signal.getsignal(signal.SIGTERM)  # between stages, not a finished trainer's handler
-    train(config(*SHORT, "run_stages=[alignment,adaption]", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null"))
+    train(config(*SHORT, "run_stages=[alignment,adaption]", f"run_dir={tmp_path}", "eval.asr=null", "eval.speak=null",
+                 "logger=none"))  # fmt: skip
     assert checked == [[True], [True] * 7]  # stage 1: nothing before it; stage 2: all six of stage 1 freed
 
 
