@@ -110,6 +110,7 @@ class TrainConfig:
     init_from: Optional[str] = None  # a model directory (ours or Mini-Omni's) to start the first stage from
     resume: Optional[str] = None  # "auto": finish the run in hydra.run.dir where it stopped
     seed: int = 1234
+    threads: Optional[int] = None  # torch intra-op threads; null: OMP_NUM_THREADS if set, else the free cores
     offline: bool = False  # no network: loggers stay offline (wandb syncs later)
     run_dir: str = "."  # set to hydra's output dir by the configs
 

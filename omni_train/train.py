@@ -50,6 +50,7 @@ from omni_train.model import OmniGPT
 from omni_train.redact import redacted
 from omni_train.resume import Preempted, Preemption, RngState, RunLock, resume_point
 from omni_train.stages import STAGES, OmniModule
+from omni_train.threads import set_threads
 
 log = logging.getLogger("omni_train")
 # the frozen Whisper encoder stays in eval mode on purpose
@@ -75,6 +76,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
             from the folder. None: every key counts as chosen.
     """
     check(cfg)
+    set_threads(cfg.threads, processes=_processes_per_node(cfg))
     run_dir = Path(cfg.run_dir)
     with RunLock(run_dir) if rank() == 0 else nullcontext():  # one omni-train a run folder
         summary_path = run_dir / "summary.json"
@@ -231,6 +233,8 @@ def check(cfg: DictConfig) -> None:
         elif cfg.stages[stage].keep_checkpoints < 0:
             problems.append(f"stages.{stage}.keep_checkpoints={cfg.stages[stage].keep_checkpoints}: "
                             "0 or more (0 keeps last.ckpt only)")  # fmt: skip
+    if cfg.threads is not None and cfg.threads < 1:
+        problems.append(f"threads={cfg.threads}: at least 1 (or null: chosen from the free cores)")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
@@ -245,6 +249,14 @@ def check(cfg: DictConfig) -> None:
     if cfg.data.root != DataConfig.root and "data.root" not in str(specs):
         log.warning("data.root=%s is not used: none of this config's data sources reads ${data.root} "
                     "(the demo's are bundled with the package); set each source's path instead", cfg.data.root)
+
+
+def _processes_per_node(cfg: DictConfig) -> int:
+    """This run's processes on one node (``trainer.devices``), which share its cores."""
+    devices = cfg.trainer.get("devices", 1)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    return len(devices) if OmegaConf.is_list(devices) else 1
 
 
 def save_config(cfg: DictConfig, model: dict, run_dir: Path) -> None:
