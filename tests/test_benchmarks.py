@@ -50,6 +50,7 @@ def test_padding_benchmark_prints_both_fractions():
         ("gpu_mfu.py", ["--device", "cpu", "--tiny"], ["omni", "plain"]),
         ("serve_latency.py", ["--tiny"], ["first audio, streamed", "real-time factor"]),
         ("checkpoint_size.py", ["--tiny"], ["alignment", "keep_checkpoints=1"]),
+        ("demo_profile.py", ["--tiny"], ["training steps", "Whisper encoder", "held-out WER"]),
     ],
 )
 def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch, capsys):
@@ -76,3 +77,12 @@ def test_mini_omni_kv_cache_benchmark_loads_both_exports_in_mini_omni_code():
     out = run("mini_omni_kv_cache.py", "--mini-omni", os.environ["MINI_OMNI_DIR"], "--tiny")
     assert "32768" in out and "2048" in out
     assert 0 < last_ratio(out) < 0.1  # the cache shrinks with block_size
+
+
+@pytest.mark.parametrize(
+    "script, expect", [("stage_memory.py", ["alignment", "finetune", "peak"]), ("threads_under_load.py", ["policy"])]
+)
+def test_benchmark_of_whole_runs_on_its_smallest_shape(script, expect):
+    out = run(script, "--tiny")  # each run in a process of its own, by design
+    assert all(word in out for word in expect), out
+    assert last_ratio(out) > 0
