@@ -50,7 +50,7 @@ def test_padding_benchmark_prints_both_fractions():
         ("gpu_mfu.py", ["--device", "cpu", "--tiny"], ["omni", "plain"]),
         ("serve_latency.py", ["--tiny"], ["first audio, streamed", "real-time factor"]),
         ("checkpoint_size.py", ["--tiny"], ["alignment", "keep_checkpoints=1"]),
-        ("demo_profile.py", ["--tiny"], ["training steps", "Whisper encoder", "held-out WER"]),
+        ("demo_profile.py", ["--tiny"], ["forward and loss", "Whisper encoder", "held-out WER"]),
     ],
 )
 def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch, capsys):
