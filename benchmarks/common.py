@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from omni_train.data.samples import Encoded, Task
+from omni_train.data.samples import Encoded
+from omni_train.tasks import Task
 
 # A VoiceAssistant-400K-like row: a spoken question of 2-15 s and a spoken answer of 3-20 s (as in
 # padding.py); the answer text runs at about 3 tokens a second of speech.
@@ -97,12 +98,13 @@ def training_flops_per_sample(stage: str, row_length: float, audio_frames: float
     from litgpt.config import Config
     from litgpt.utils import estimate_flops, flops_per_param
 
+    from omni_train.checkpoints import ModelBundle
     from omni_train.model import OmniConfig, OmniGPT
     from omni_train.stages import STAGES
 
     with torch.device("meta"):
         model = OmniGPT(OmniConfig.from_base(Config.from_name("Qwen2.5-0.5B"), post_adapter=post_adapter))
-        STAGES[stage](model)  # sets requires_grad by the stage's freeze rule
+        STAGES[stage](ModelBundle(model))  # sets requires_grad by the stage's freeze rule
         model.max_seq_length = round(row_length)
     llm = estimate_flops(model, training=True)
     whisper_small = 87_002_112  # parameters of whisper-small's encoder (12 layers, 768 wide)

@@ -26,8 +26,8 @@ from litgpt.utils import chunked_cross_entropy, estimate_flops
 from step_overhead import build
 
 from omni_train.data.collator import TASKS
-from omni_train.data.samples import Task
 from omni_train.loss import omni_loss
+from omni_train.tasks import Task
 from omni_train.vocab import N_AUDIO_LAYERS, TEXT_LAYER
 
 

@@ -29,9 +29,9 @@ from common import TINY
 from litgpt.config import Config
 
 from omni_train.data.collator import TASKS
-from omni_train.data.samples import Task
 from omni_train.loss import omni_loss
 from omni_train.model import OmniConfig, OmniGPT
+from omni_train.tasks import Task
 from omni_train.vocab import N_AUDIO_LAYERS, TEXT_LAYER
 
 

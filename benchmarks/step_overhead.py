@@ -27,9 +27,9 @@ from litgpt.utils import chunked_cross_entropy
 
 from omni_train.data.collator import IGNORE_INDEX, TASKS, OmniCollator, sequence_length
 from omni_train.data.sampler import bucket_batches
-from omni_train.data.samples import Task
 from omni_train.loss import omni_loss
 from omni_train.model import OmniConfig, OmniGPT
+from omni_train.tasks import Task
 from omni_train.vocab import N_AUDIO_LAYERS, TEXT_LAYER
 
 

@@ -4,12 +4,17 @@ A loss curve says little about whether a speech model has learnt to talk; its an
 N steps `SampleLogger` answers the same few questions with the model as it stands and logs the text,
 the speech (decoded with the stage's SNAC codec) and a mel-spectrogram picture of it, so a run can
 be listened to step by step; each validation also measures word error rate on held-out speech.
+
+`Throughput` and `LossHistory` keep what a stage's summary reports: samples and tokens a second,
+and the first and last loss of each task.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +24,11 @@ import numpy as np
 import torch
 from litgpt.tokenizer import Tokenizer
 
-from omni_train.audio import SnacCodec, load_audio, save_wav
+from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, load_audio, save_wav
 from omni_train.config import DEMO_DATA
-from omni_train.data.samples import Task
 from omni_train.evaluate import librispeech_utterances, wer
 from omni_train.generate import answer, transcribe
+from omni_train.tasks import Task
 
 log = logging.getLogger("omni_train")
 DEFAULT_QUESTION = "what can you do for me"
@@ -106,7 +111,7 @@ class SampleLogger(L.Callback):
     any other logger (CSV) or none, as files ``samples/step-XXXXXX.json``, ``.wav`` and ``.png``
     in its log folder. Each validation also logs ``val/wer``: greedy ASR on held-out speech.
 
-    The stage's tokenizer and SNAC codec come from `use_init` (``omni_train.train`` calls it).
+    The tokenizer and SNAC codec are the stage's (its module's `ModelBundle`).
     Generation runs on rank 0 while the other ranks wait, so keep the probes few and short; under
     FSDP the model is sharded and the callback does nothing.
 
@@ -145,13 +150,8 @@ class SampleLogger(L.Callback):
         self.probes += [Probe(text_task, text=q) for q in questions]
         self.wer_utterances = librispeech_utterances(wer, wer_max_utterances) if wer else []  # checks the folder now
         self.every_n_steps, self.max_new_tokens, self.wer_batch_size = every_n_steps, max_new_tokens, wer_batch_size
-        self.tokenizer_dir = self.snac = None
         self._codec = self._waves = self._wer_waves = None
         self._last_step = -1
-
-    def use_init(self, init: dict) -> None:
-        """Take the stage's tokenizer folder and SNAC source (the `init` dict of ``omni_train.train``)."""
-        self.tokenizer_dir, self.snac = init["tokenizer_dir"], init["snac"]
 
     # ---- hooks ----------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
@@ -168,8 +168,8 @@ class SampleLogger(L.Callback):
             return
         with torch.inference_mode(), evaluating(module.model):
             if self._wer_waves is None:
-                self._wer_waves = [load_audio(path, 16_000) for _, path, _ in self.wer_utterances]
-            hyps = transcribe(module.model, module.encoder, self._tokenizer(), self._wer_waves,
+                self._wer_waves = [load_audio(path, WHISPER_SAMPLE_RATE) for _, path, _ in self.wer_utterances]
+            hyps = transcribe(module.model, module.encoder, self._tokenizer(module), self._wer_waves,
                               batch_size=self.wer_batch_size, max_new_tokens=self.max_new_tokens)  # fmt: skip
         score = wer([text for _, _, text in self.wer_utterances], hyps)
         module.log("val/wer", score, rank_zero_only=True, batch_size=len(hyps))
@@ -183,19 +183,18 @@ class SampleLogger(L.Callback):
         if isinstance(trainer.strategy, FSDPStrategy):
             log.warning("SampleLogger: the model is sharded under FSDP; no samples or val/wer are logged")
             return False
-        if self.tokenizer_dir is None:
-            raise RuntimeError("SampleLogger needs the stage's tokenizer and SNAC: call use_init(init) before fit")
         return True
 
-    def _tokenizer(self) -> Tokenizer:
-        return Tokenizer(self.tokenizer_dir)
+    @staticmethod
+    def _tokenizer(module) -> Tokenizer:
+        return Tokenizer(module.bundle.tokenizer_dir)
 
     @torch.inference_mode()
     def answers(self, module, step: int) -> list[tuple[Sample, torch.Tensor | None]]:
         """Each probe's answer from the model as it stands, with its speech ``(S,)`` (None if it has none)."""
-        model, tokenizer = module.model, self._tokenizer()
+        model, tokenizer = module.model, self._tokenizer(module)
         if self._waves is None:
-            self._waves = [load_audio(p.audio, 16_000) if p.audio else None for p in self.probes]
+            self._waves = [load_audio(p.audio, WHISPER_SAMPLE_RATE) if p.audio else None for p in self.probes]
         out = []
         with evaluating(model):
             for probe, wave in zip(self.probes, self._waves):
@@ -205,7 +204,7 @@ class SampleLogger(L.Callback):
                 speech, frames = None, 0 if reply.frames is None else int(reply.frames.size(0))
                 if frames:
                     if self._codec is None:
-                        self._codec = SnacCodec.from_pretrained(self.snac, device=module.device)
+                        self._codec = SnacCodec.from_pretrained(module.bundle.snac, device=module.device)
                     speech = self._codec.decode(reply.frames)
                 seconds = 0.0 if speech is None else round(speech.numel() / self._codec.sample_rate, 3)
                 name = Path(probe.audio).name if probe.audio else probe.text
@@ -239,6 +238,78 @@ class SampleLogger(L.Callback):
             if fig is not None:
                 plt.close(fig)
         log.info("step %d samples: %s", step, " | ".join(f"{a.question} -> {a.text[:60]!r}" for a, _ in answers))
+
+
+# ---- what the run summary reports -----------------------------------------------------------------
+class Throughput(L.Callback):
+    """samples/s and tokens/s (real, unpadded positions) of each training step, over the whole stage too."""
+
+    def __init__(self) -> None:
+        self.samples = self.tokens = 0
+        self.seconds = 0.0
+        self._start = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        dt = time.perf_counter() - self._start
+        n, t = batch.input_ids.size(0), int(batch.lengths.sum())
+        self.samples, self.tokens, self.seconds = self.samples + n, self.tokens + t, self.seconds + dt
+        module.log("train/samples_per_s", n / dt, batch_size=n)
+        module.log("train/tokens_per_s", t / dt, batch_size=n, prog_bar=True)
+
+
+class LossHistory(L.Callback):
+    """Keeps the per-task losses every `every` steps, for the stage summary (first and last values)."""
+
+    def __init__(self, every: int) -> None:
+        self.every, self.rows = every, []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 1 or step % self.every == 0:
+            metrics = {k: float(v) for k, v in module.last_metrics.items() if k.startswith("loss")}
+            self.rows.append({"step": step, **metrics})
+
+    def state_dict(self) -> dict:  # a resumed stage's summary still starts at step 1
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = list(state_dict["rows"])
+
+    def first_last(self, window: int = 5) -> dict[str, dict[str, float]]:
+        """Per metric: the mean of its first and of its last `window` recorded values."""
+        keys = sorted({k for r in self.rows for k in r if k != "step"})
+        out = {}
+        for k in keys:
+            values = [r[k] for r in self.rows if k in r and math.isfinite(r[k])]
+            if values:
+                n = min(window, max(1, len(values) // 3))
+                out[k] = {"first": sum(values[:n]) / n, "last": sum(values[-n:]) / n}
+        return out
+
+
+def stage_progress_bar(stage: str) -> L.Callback:
+    """Lightning's progress bar (rich where installed, else tqdm) reading ``adaption 186/340``: a
+    stage trains for steps, not epochs, so Lightning's own "Epoch 0/-2" says nothing."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if _RICH_AVAILABLE:
+
+        class StageBar(RichProgressBar):
+            def _get_train_description(self, current_epoch: int) -> str:
+                return stage
+
+    else:
+
+        class StageBar(TQDMProgressBar):
+            def on_train_epoch_start(self, trainer, *args) -> None:
+                super().on_train_epoch_start(trainer, *args)
+                self.train_progress_bar.set_description(stage)
+
+    return StageBar()
 
 
 # ---- the loggers ----------------------------------------------------------------------------------

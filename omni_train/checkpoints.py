@@ -18,14 +18,11 @@ leaves a half-written checkpoint where a good one was.
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import re
 import shutil
-import tempfile
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import MISSING, asdict, fields
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,30 +36,8 @@ from litgpt.scripts import convert_lit_checkpoint as lit_convert
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import lazy_load
 
+from omni_train.atomic import atomic_dir
 from omni_train.model import OmniConfig, OmniGPT
-
-__all__ = [
-    "CONFIG_FILE",
-    "MINI_OMNI_FIELDS",
-    "TOKENIZER_FILES",
-    "WEIGHTS_FILE",
-    "check_mini_omni_compatible",
-    "config_from_mini_omni",
-    "detect_format",
-    "export_mini_omni",
-    "from_mini_omni_state_dict",
-    "import_mini_omni",
-    "init_new_rows",
-    "load_base",
-    "load_checkpoint",
-    "load_omni",
-    "omni_from_base",
-    "mini_omni_config",
-    "save_omni",
-    "to_mini_omni_state_dict",
-    "validate_tokenizer",
-    "fsync_path",
-]
 
 WEIGHTS_FILE = "lit_model.pth"
 CONFIG_FILE = "model_config.yaml"
@@ -118,60 +93,24 @@ def _materialize(t: Any) -> torch.Tensor:
     return t._load_tensor() if hasattr(t, "_load_tensor") else t
 
 
+class CheckpointError(ValueError):
+    """A weights file that cannot be read (truncated, corrupt, not PyTorch's); the message names it."""
+
+
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:  # mmap: a 0.5B checkpoint is not read twice into memory
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # only zip-format files can be mmapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        try:  # mmap: a 0.5B checkpoint is not read twice into memory
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # only zip-format files can be mmapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # a cut-off zip, a cut-off legacy pickle
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(f"cannot read {path}: truncated, or not a PyTorch weights file ({reason})") from err
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of weights")
     if isinstance(state.get("model"), Mapping):
         state = state["model"]  # litgpt / Fabric training checkpoints wrap the weights
     return {k: _materialize(v) for k, v in state.items()}
-
-
-def fsync_path(path: Path) -> None:
-    """Make a file's bytes, or the renames in a folder, durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `out_dir` only once everything in it is written.
-
-    POSIX cannot rename a directory over a non-empty one, so an existing target is first moved
-    aside, then the new one renamed in, then the old one deleted. A crash between the two renames
-    leaves the old checkpoint as ``.NAME.old-*`` beside the target, never a partial one.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a directory")
-    parent = out_dir.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            fsync_path(f)
-        fsync_path(tmp)
-        if out_dir.exists():
-            old = parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out_dir, old)
-            try:
-                os.rename(tmp, out_dir)
-            except BaseException:
-                os.rename(old, out_dir)
-                raise
-            fsync_path(parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-            fsync_path(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
@@ -183,14 +122,24 @@ def _copy_tokenizer(tokenizer_dir: Path, out_dir: Path) -> None:
             shutil.copyfile(tokenizer_dir / name, out_dir / name)
 
 
+def _write_files(
+    directory: Path, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], tokenizer_dir: str | Path
+) -> None:
+    _copy_tokenizer(Path(tokenizer_dir), directory)  # first: a bad tokenizer dir fails before the big write
+    with open(directory / CONFIG_FILE, "w", encoding="utf-8") as fp:
+        yaml.safe_dump(dict(config), fp, sort_keys=False)
+    torch.save({k: v.detach().to("cpu") for k, v in state.items()}, directory / WEIGHTS_FILE)
+
+
+def _write_model(directory: Path, model: OmniGPT, tokenizer_dir: str | Path) -> None:
+    _write_files(directory, model.state_dict(), asdict(model.config), tokenizer_dir)
+
+
 def _write_checkpoint(
     out_dir: str | Path, state: Mapping[str, torch.Tensor], config: Mapping[str, Any], tokenizer_dir: str | Path
 ) -> Path:
     with atomic_dir(out_dir) as tmp:
-        _copy_tokenizer(Path(tokenizer_dir), tmp)  # first: a bad tokenizer dir fails before the big write
-        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as fp:
-            yaml.safe_dump(dict(config), fp, sort_keys=False)
-        torch.save({k: v.detach().to("cpu") for k, v in state.items()}, tmp / WEIGHTS_FILE)
+        _write_files(tmp, state, config, tokenizer_dir)
     return Path(out_dir)
 
 
@@ -470,6 +419,29 @@ def load_base(
     return omni_from_base(state, config, seed=seed, dtype=dtype), config
 
 
+def base_model(model: OmniGPT) -> GPT:
+    """The plain litgpt `GPT` inside an `OmniGPT`: the backbone and the base rows of ``wte`` and ``lm_head``.
+
+    `omni_from_base` copies every base tensor exactly, so for a model fresh from `load_base` this is
+    the base LLM itself, run by litgpt's own code.
+    """
+    config = model.config.base_config
+    V = config.padded_vocab_size
+    state = {
+        k: v[:V] if model.part(k) == "tables" else v
+        for k, v in model.state_dict().items()
+        if model.part(k) in ("llm", "tables")
+    }
+    param = next(model.parameters())
+    with torch.device("meta"):
+        base = GPT(config)
+    base = base.to(dtype=param.dtype).to_empty(device=param.device)
+    base.reset_parameters()  # the rope cache, as `checkpoints._empty_model` does
+    base.cos, base.sin = base.cos.to(param.dtype), base.sin.to(param.dtype)
+    base.load_state_dict(state, strict=True)
+    return base.eval()
+
+
 # ---- our format -------------------------------------------------------------------------------
 def save_omni(model: OmniGPT, out_dir: str | Path, tokenizer_dir: str | Path) -> Path:
     """Write our format atomically: ``lit_model.pth``, ``model_config.yaml``, tokenizer files.
@@ -479,7 +451,9 @@ def save_omni(model: OmniGPT, out_dir: str | Path, tokenizer_dir: str | Path) ->
         out_dir: replaced only once the new checkpoint is complete.
         tokenizer_dir: where the tokenizer files come from (the base model's or a checkpoint's).
     """
-    return _write_checkpoint(out_dir, model.state_dict(), asdict(model.config), tokenizer_dir)
+    with atomic_dir(out_dir) as tmp:
+        _write_model(tmp, model, tokenizer_dir)
+    return Path(out_dir)
 
 
 def load_omni(
@@ -540,6 +514,39 @@ def audio_sources(model_dir: str | Path) -> dict | None:
         if key in entry and (model_dir / entry[key]).exists():
             entry[key] = str(model_dir / entry[key])
     return entry
+
+
+@dataclass
+class ModelBundle:
+    """A model with what it hears and talks with: what a model folder holds, loaded.
+
+    The hand-off between the parts of a run: the model builder makes one (from a base LLM or a
+    model folder), the stage module trains its model, the evaluations and the sample logger
+    answer with it, and `save` writes it as the next stage's starting point.
+
+    Attributes:
+        model: the OmniGPT.
+        encoder: its frozen Whisper encoder (None where nothing is heard, e.g. in text-only tests).
+        tokenizer_dir: the folder of its tokenizer files.
+        whisper, snac: the Whisper checkpoint (file or name) and SNAC codec (folder or hub name) it
+            was trained with, and `pad_to_30s`, how Whisper's input was padded (`omni_audio.json`).
+        origin: where it came from (a folder, or the base LLM), for messages.
+    """
+
+    model: OmniGPT
+    encoder: Any = None  # omni_train.audio.WhisperEncoder
+    tokenizer_dir: Path | None = None
+    whisper: str | None = None
+    snac: str | None = None
+    pad_to_30s: bool = False
+    origin: str = ""  # where the model came from, for messages
+
+    def save(self, out_dir: str | Path, model: OmniGPT | None = None) -> Path:
+        """Write our format with the tokenizer and audio models, atomically (`model`: e.g. gathered from shards)."""
+        with atomic_dir(out_dir) as tmp:
+            _write_model(tmp, model or self.model, self.tokenizer_dir)
+            save_audio_models(tmp, self.whisper, self.snac, self.pad_to_30s)
+        return Path(out_dir)
 
 
 # ---- Mini-Omni's format -----------------------------------------------------------------------

@@ -18,7 +18,6 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import jiwer
 import soundfile as sf
@@ -31,12 +30,15 @@ from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
 from whisper.normalizers import EnglishTextNormalizer
 
-from omni_train.audio import AudioError, SnacCodec, load_audio, save_wav
+from omni_train.audio import WHISPER_SAMPLE_RATE, AudioError, SnacCodec, load_audio, save_wav
+from omni_train.checkpoints import ModelBundle
+from omni_train.config import EvalConfig
 from omni_train.data.collator import build_prompt
-from omni_train.data.samples import Encoded, Task
-from omni_train.data.sources import AUDIO_EXTS
+from omni_train.data.samples import Encoded
+from omni_train.data.sources import utterances
 from omni_train.generate import Answer, answer, decode_text, encode_speech, generate, transcribe
 from omni_train.model import OmniGPT
+from omni_train.tasks import Task
 from omni_train.vocab import PAD_A
 
 _normalize = EnglishTextNormalizer()
@@ -44,17 +46,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def librispeech_utterances(root: str | Path, limit: int | None = None) -> list[tuple[str, Path, str]]:
-    """(utterance id, audio file, transcript) of every utterance under a LibriSpeech-layout folder."""
+    """(utterance id, audio file, transcript) of the first `limit` utterances with audio under a
+    LibriSpeech-layout folder (`omni_train.data.sources.utterances`, the scanner training reads with)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder (a LibriSpeech-layout split)")
-    out = []
-    for trans in sorted(root.rglob("*.trans.txt")):
-        for line in trans.read_text(encoding="utf-8").splitlines():
-            utt, _, text = line.strip().partition(" ")
-            audio = next((trans.parent / (utt + e) for e in AUDIO_EXTS if (trans.parent / (utt + e)).is_file()), None)
-            if utt and audio is not None:
-                out.append((utt, audio, text))
+    out = [(u.id, u.audio, u.text) for u in utterances(root) if u.audio is not None]
     if not out:
         raise FileNotFoundError(f"{root}: no *.trans.txt with audio beside it")
     return out[:limit]
@@ -127,7 +124,7 @@ def transcribe_files(
     texts = [""] * len(paths)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
         idx = order[start : start + batch_size]
-        audios = [load_audio(paths[i], 16_000) for i in idx]
+        audios = [load_audio(paths[i], WHISPER_SAMPLE_RATE) for i in idx]
         hyps = transcribe(model, encoder, tokenizer, audios, batch_size=len(idx), max_new_tokens=max_new_tokens)
         for i, hyp in zip(idx, hyps):
             texts[i] = hyp
@@ -168,22 +165,22 @@ def wer_table(results: dict[str, dict[str, float]], published: bool = True) -> s
 
 
 @torch.inference_mode()
-def asr_wer(init: dict, cfg: Any, batch_size: int = 16) -> dict:
-    """WER of a model (an `init` dict of `omni_train.train`) on the folder `cfg.asr`."""
-    model = init["model"].eval().to(DEVICE)
-    encoder = init["encoder"].to(DEVICE)
-    tokenizer = Tokenizer(init["tokenizer_dir"])
+def asr_wer(bundle: ModelBundle, cfg: EvalConfig, batch_size: int = 16) -> dict:
+    """WER of a model on the folder `cfg.asr` (the run's checks before and after training)."""
+    model = bundle.model.eval().to(DEVICE)
+    encoder = bundle.encoder.to(DEVICE)
+    tokenizer = Tokenizer(bundle.tokenizer_dir)
     result = asr_split(model, encoder, tokenizer, cfg.asr, cfg.asr_max_utterances, batch_size, cfg.max_new_tokens)
     return {"wer": result["wer"], "n": result["n"], "examples": result["utterances"]}
 
 
 @torch.inference_mode()
-def speak(init: dict, cfg: Any, out: Path) -> dict:
+def speak(bundle: ModelBundle, cfg: EvalConfig, out: Path) -> dict:
     """Answer `cfg.speak` (text in, text and speech out: T1A2) and write the speech to `out`."""
-    model = init["model"].eval().to(DEVICE)
-    tokenizer = Tokenizer(init["tokenizer_dir"])
+    model = bundle.model.eval().to(DEVICE)
+    tokenizer = Tokenizer(bundle.tokenizer_dir)
     reply = answer(model, None, tokenizer, text=cfg.speak, task="T1A2", max_new_tokens=cfg.max_new_tokens * 4)
-    codec = SnacCodec.from_pretrained(init["snac"], device=DEVICE)
+    codec = SnacCodec.from_pretrained(bundle.snac, device=DEVICE)
     seconds = 0.0
     if reply.frames.size(0):
         audio = codec.decode(reply.frames)
@@ -257,7 +254,7 @@ def spoken_answers(
         if task.audio_in:
             if missing := [q.id for q in batch if q.audio is None]:
                 raise ValueError(f"task {task.value} needs spoken questions; {missing[:3]} have no audio")
-            features, frames = encode_speech(encoder, [load_audio(q.audio, 16_000) for q in batch])
+            features, frames = encode_speech(encoder, [load_audio(q.audio, WHISPER_SAMPLE_RATE) for q in batch])
             prompts = [build_prompt(Encoded(task, [], audio_frames=int(T)), vocab) for T in frames]
         else:
             if missing := [q.id for q in batch if not q.text]:
@@ -272,7 +269,7 @@ def spoken_answers(
 
 def transcribe_speech(judge, wave: torch.Tensor, sample_rate: int) -> str:
     """What an openai-whisper model (`whisper.load_model`) hears in `wave`: greedy, English, no prompt."""
-    wave = AF.resample(wave.detach().float().cpu().reshape(-1), sample_rate, 16_000)
+    wave = AF.resample(wave.detach().float().cpu().reshape(-1), sample_rate, WHISPER_SAMPLE_RATE)
     if wave.numel() == 0:
         return ""
     cuda = next(judge.parameters()).device.type == "cuda"
@@ -316,7 +313,11 @@ def consistency(
 
 # ---- text retention ----------------------------------------------------------------------------
 def read_documents(path: str | Path, limit: int | None = None) -> list[str]:
-    """Held-out text: ``.jsonl`` rows with a ``text`` field, else plain text split into paragraphs at blank lines."""
+    """Held-out text: ``.jsonl`` rows with a ``text`` field, else plain text, one document a line.
+
+    A line is a document, as a jsonl row is: held-out text is usually kept that way, and a file of
+    lines read as one document would be scored across unrelated lines. Blank lines are skipped.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such text file")
@@ -327,34 +328,11 @@ def read_documents(path: str | Path, limit: int | None = None) -> list[str]:
                 raise ValueError(f"{path}, row {i}: needs a string 'text' field")  # noqa: TRY004 (bad data)
             docs.append(row["text"])
     else:
-        docs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))]
+        docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise ValueError(f"{path}: no text in it")
     return docs[:limit]
-
-
-def base_from_omni(model: OmniGPT) -> GPT:
-    """The plain litgpt `GPT` inside an `OmniGPT`: the backbone and the base rows of ``wte`` and ``lm_head``.
-
-    `omni_from_base` copies every base tensor exactly, so for a model fresh from `load_base` this is
-    the base LLM itself, run by litgpt's own code.
-    """
-    config = model.config.base_config
-    V = config.padded_vocab_size
-    state = {
-        k: v[:V] if k in ("transformer.wte.weight", "lm_head.weight", "lm_head.bias") else v
-        for k, v in model.state_dict().items()
-        if not k.startswith(("whisper_adapter.", "transformer.post_adapter"))
-    }
-    param = model.lm_head.weight
-    with torch.device("meta"):
-        base = GPT(config)
-    base = base.to(dtype=param.dtype).to_empty(device=param.device)
-    base.reset_parameters()  # the rope cache, as `checkpoints._empty_model` does
-    base.cos, base.sin = base.cos.to(param.dtype), base.sin.to(param.dtype)
-    base.load_state_dict(state, strict=True)
-    return base.eval()
 
 
 def _answer_logits(model: OmniGPT, x: torch.Tensor) -> torch.Tensor:
@@ -398,7 +376,7 @@ def retention(
     V = model.config.vocab.base_vocab_size
     if base.config.padded_vocab_size != V:
         raise ValueError(f"the base has {base.config.padded_vocab_size} text rows, the model {V}: not its base")
-    device = model.lm_head.weight.device
+    device = model.device
     docs = [ids for ids in (tokenizer.encode(d).long() for d in documents) if ids.numel() > 1]
     if not docs:
         raise ValueError("no document is two tokens long or more")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from omni_train.data.collator import IGNORE_INDEX, TASKS
 from omni_train.model import OmniGPT
-from omni_train.vocab import N_AUDIO_LAYERS, TEXT_LAYER
+from omni_train.tasks import TASKS
+from omni_train.vocab import IGNORE_INDEX, N_AUDIO_LAYERS, TEXT_LAYER
 
 MAX_CHUNK_LOGITS = 2**26  # logits one chunk may hold (256 MB in fp32): 441 positions of Qwen2's 152k text rows
 
@@ -154,30 +154,6 @@ def head_cross_entropy(
     return list(zip(out[:n], out[n : 2 * n], out[2 * n :]))
 
 
-def linear_cross_entropy(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    chunk_size: int = 2048,
-    softcap: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of ``F.linear(h, weight, bias)`` against `targets`, chunk by chunk.
-
-    Args:
-        h: ``(K, C)`` hidden states of the trained positions, ``K > 0``.
-        weight: ``(V, C)`` head rows; bias ``(V,)`` or None.
-        targets: ``(K,)`` in ``[0, V)``.
-
-    Returns:
-        the mean loss (differentiable), per-position losses ``(K,)`` and whether the argmax was
-        right ``(K,)`` (both detached).
-    """
-    if h.size(0) == 0:
-        raise ValueError("linear_cross_entropy needs at least one position")
-    return head_cross_entropy(weight, bias, [(h, targets, 0, weight.size(0))], chunk_size, softcap)[0]
-
-
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar, what the optimizer sees
@@ -222,7 +198,8 @@ def omni_loss(
     means: dict[int, torch.Tensor] = {}  # differentiable, one a layer
     losses: dict[int, torch.Tensor] = {}  # per position, detached (metrics)
     for head, members in heads.values():
-        results = head_cross_entropy(head.weight, head.bias, [seg for _, seg in members], chunk_size, softcap)
+        weight, bias = model.head_weight(head)
+        results = head_cross_entropy(weight, bias, [seg for _, seg in members], chunk_size, softcap)
         present = [index for index, seg in members if seg[0].size(0)]
         for index, (mean, loss, correct) in zip(present, results):
             name = "text" if index == TEXT_LAYER else f"audio_l{index}"

@@ -10,7 +10,7 @@ LightningModule, and the model takes its output frames.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -20,6 +20,8 @@ from litgpt.config import Config
 from litgpt.model import GPT, Block, batched_index_select, do_softcapping
 
 from omni_train.vocab import N_AUDIO_LAYERS, N_LAYERS, TEXT_LAYER, Vocab
+
+Part = Literal["adapter", "post_adapter", "tables", "llm"]
 
 
 @dataclass
@@ -76,9 +78,6 @@ class OmniConfig(Config):
         values["vocab_size"] = min(self.vocab_size, self.vocab.base_vocab_size)
         return Config(**values)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class WhisperMLP(nn.Module):
     """Mini-Omni's `llamamlp` adapter: Whisper width -> LLM width through a gated SiLU MLP."""
@@ -113,6 +112,38 @@ class OmniGPT(GPT):
                 ),
                 )
             )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters are (for inputs and caches)."""
+        return self.transformer.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype its parameters compute in."""
+        return self.transformer.wte.weight.dtype
+
+    # ---- parts: what the stages train, named by role rather than by parameter ---------------------
+    def part(self, name: str) -> Part:
+        """The part parameter `name` belongs to.
+
+        - ``adapter``: the Whisper adapter (audio in);
+        - ``post_adapter``: the TTS adapter's blocks, norm and audio head (audio out, when present);
+        - ``tables``: ``wte`` and ``lm_head``, which hold the base vocabulary's rows and the new
+          omni specials and audio rows in one tensor each (see `new_rows`);
+        - ``llm``: everything else, the base LLM's trunk.
+        """
+        if name.startswith("whisper_adapter."):
+            return "adapter"
+        if name.startswith("transformer.post_adapter"):
+            return "post_adapter"
+        if name.startswith(("transformer.wte.", "lm_head.")):
+            return "tables"
+        return "llm"
+
+    def new_rows(self) -> slice:
+        """The rows of the ``tables`` the base LLM never had: the omni specials and all audio rows."""
+        return slice(self.config.vocab.base_vocab_size, None)
 
     # ---- inputs -------------------------------------------------------------------------------
     def embed(
@@ -232,9 +263,14 @@ class OmniGPT(GPT):
         start = self.config.text_vocab_size + layer * size
         return self.lm_head, start, start + size
 
+    def head_weight(self, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight ``(V, C)`` and bias ``(V,)`` (or None) that `head` (from `head_rows`) scores with."""
+        return head.weight, head.bias
+
     def _head(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         head, start, stop = self.head_rows(layer)
-        return head.weight[start:stop], None if head.bias is None else head.bias[start:stop]
+        weight, bias = self.head_weight(head)
+        return weight[start:stop], None if bias is None else bias[start:stop]
 
     def text_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight ``(text_vocab_size, C)`` and bias of the text head: only the text rows of `lm_head`."""

@@ -32,12 +32,12 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from omni_train.audio import AudioError, SnacCodec, load_audio, save_wav
+from omni_train.atomic import atomic_write, write_json
+from omni_train.audio import Audio, AudioError, SnacCodec, load_audio, save_wav
 from omni_train.data import sources
-from omni_train.data.samples import Audio
 from omni_train.data.skips import SkipCounter
 from omni_train.data.snac_format import format_answer_snac, parse_answer_snac
-from omni_train.data.sources import TABLE_EXTS, BadRow, read_rows, resolve_files, to_audio
+from omni_train.data.sources import TABLE_EXTS, BadRow, is_librispeech, read_rows, resolve_files, to_audio, utterances
 
 PathLike = str | os.PathLike
 AUDIO_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Audio in parquet
@@ -57,10 +57,6 @@ def existing(path: PathLike, what: str = "input") -> Path:
     return p
 
 
-def is_librispeech(path: Path) -> bool:
-    return path.is_dir() and next(path.rglob("*.trans.txt"), None) is not None
-
-
 @dataclass
 class Row:
     """One input row: a stable id, its audio (None if the row has none or it is unusable) and its text."""
@@ -72,13 +68,9 @@ class Row:
     error: str | None = None  # why the row is unusable; it is then skipped and counted
 
 
-def librispeech_utterances(root: Path) -> int:
-    """How many utterances the transcripts list (cheap: no audio is opened)."""
-    n = 0
-    for trans in root.rglob("*.trans.txt"):
-        with open(trans, encoding="utf-8") as f:
-            n += sum(1 for line in f if line.strip())
-    return n
+def _count(root: Path) -> int:
+    """How many utterances a LibriSpeech-layout folder's transcripts list (no audio is opened)."""
+    return sum(1 for _ in utterances(root))
 
 
 @dataclass
@@ -104,7 +96,7 @@ def audio_rows(
     if is_librispeech(p):
         src = sources.librispeech(p)
         rows = (Row(str(s.row), s.question_audio, s.answer_text) for s in src)
-        return AudioInput(rows, librispeech_utterances(p), True, src.skips)
+        return AudioInput(rows, _count(p), True, src.skips)
     files = resolve_files(p, TABLE_EXTS)
     names = _column_names(files[0])
     if audio_column not in names:
@@ -169,7 +161,7 @@ class ShardWriter:
             if changed:
                 diffs = ", ".join(f"{k} {old[k]!r} -> {state[k]!r}" for k in changed)
                 raise ValueError(f"{self.dir} holds shards made with other settings ({diffs}); use a new folder")
-        _atomic_write(state_file, lambda tmp: Path(tmp).write_text(json.dumps(state, indent=2)))
+        write_json(state_file, state)
         self.written = self.skipped_shards = 0
 
     def path(self, k: int) -> Path:
@@ -179,19 +171,9 @@ class ShardWriter:
         return self.path(k).is_file()
 
     def write(self, k: int, table: pa.Table) -> Path:
-        _atomic_write(self.path(k), lambda tmp: pq.write_table(table, tmp, row_group_size=256))
+        atomic_write(self.path(k), lambda tmp: pq.write_table(table, str(tmp), row_group_size=256))
         self.written += 1
         return self.path(k)
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def shards(rows: Iterable, shard_size: int) -> Iterator[tuple[int, list]]:
@@ -454,7 +436,7 @@ def convert_librispeech(input: PathLike, out_dir: PathLike, shard_size: int = 10
         {"id": _VALUE, "audio": {"_type": "Audio"}, "text": _VALUE}
     ))
     job = {"command": "convert", "kind": "librispeech", "input": str(p.resolve())}
-    report = _write_converted(records, out_dir, shard_size, job, schema, librispeech_utterances(p))
+    report = _write_converted(records, out_dir, shard_size, job, schema, _count(p))
     report.add(src.skips)
     return report
 
@@ -558,6 +540,7 @@ class Stats:
     seconds: float = 0.0
     audio_rows: int = 0
     unreadable_audio: int = 0
+    first_unreadable: str | None = None  # the first unreadable clip: its path, or the row and column
     tokens: Counter = field(default_factory=Counter)
     snac_frames: int = 0
     snac_rows: int = 0
@@ -574,9 +557,9 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
     p = existing(path)
     count = _token_counter(tokenizer)
     out = Stats()
-    if is_librispeech(p):
-        rows: Iterator[tuple[dict, Path]] = (
-            ({"audio": str(s.question_audio.path), "text": s.answer_text}, p) for s in sources.librispeech(p)
+    if is_librispeech(p):  # the source's paths already start with `p`: no base folder to join
+        rows: Iterator[tuple[dict, Path | None]] = (
+            ({"audio": str(s.question_audio.path), "text": s.answer_text}, None) for s in sources.librispeech(p)
         )
         audio_cols, text_cols, snac_col = ["audio"], ["text"], None
     else:
@@ -588,9 +571,14 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
         out.rows += 1
         seconds = None
         for col in audio_cols:
-            d = _duration(values.get(col), base_dir)
+            audio = _audio_value(values.get(col), base_dir)
+            d = _duration(audio)
             if d is None:
-                out.unreadable_audio += values.get(col) is not None
+                if values.get(col) is not None:  # an empty value too: the row names a clip it does not have
+                    out.unreadable_audio += 1
+                    out.first_unreadable = out.first_unreadable or (
+                        str(audio) if isinstance(audio, Path) else f"row {out.rows}, {col}"
+                    )
                 continue
             out.seconds += d
             out.audio_rows += 1
@@ -641,19 +629,24 @@ def _classify(f: Path) -> tuple[list[str], list[str], str | None]:
 _AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 
 
-def _duration(value, base_dir: Path | None) -> float | None:
-    """Seconds of an audio value from its header, or None when it is missing or unreadable."""
+def _audio_value(value, base_dir: Path | None) -> Path | bytes | None:
+    """A row's audio as a path (relative ones joined to `base_dir`) or bytes; None when it has none."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if value is None or value == "":
         return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    path = Path(value)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
+def _duration(audio: Path | bytes | None) -> float | None:
+    """Seconds of audio from its header, or None when it is missing or unreadable."""
+    if audio is None:
+        return None
     try:
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return sf.info(io.BytesIO(bytes(value))).duration
-        path = Path(value)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return sf.info(str(path)).duration
+        return sf.info(io.BytesIO(audio) if isinstance(audio, bytes) else str(audio)).duration
     except (sf.SoundFileError, RuntimeError, OSError):
         return None
 
@@ -662,7 +655,8 @@ def format_stats(s: Stats, bins: int = 10, width: int = 40) -> str:
     lines = [f"rows: {s.rows}"]
     if s.audio_rows or s.unreadable_audio:
         lines.append(f"audio: {s.seconds / 3600:.4f} hours in {s.audio_rows} clips"
-                     + (f" ({s.unreadable_audio} unreadable)" if s.unreadable_audio else ""))
+                     + (f" ({s.unreadable_audio} unreadable, the first {s.first_unreadable})"
+                        if s.unreadable_audio else ""))
     for col, n in s.tokens.items():
         lines.append(f"text tokens ({col}): {n} (mean {n / max(s.rows, 1):.1f} a row)")
     if s.snac_rows:

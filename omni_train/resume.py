@@ -6,49 +6,43 @@ A Lightning checkpoint already holds the weights, the optimizer, the LR schedule
 ``resume=auto`` continues a stage with the same batches and the same random draws, so an interrupted
 run ends with the weights and loss log of an uninterrupted one.
 
-Signals (`Preemption`): SIGTERM (schedulers, ``kill``, Kubernetes) and SIGUSR1 (SLURM's warning
-before the time limit: ``#SBATCH --signal=SIGUSR1@90``) make the run save ``last.ckpt`` after the
-step in progress and stop; `omni-train` then exits with status 128 + the signal number (143 for
-SIGTERM, 138 for SIGUSR1), so a wrapper sees "stopped, not finished". Under SLURM, SIGUSR1 also
+Signals (`Preemption`): SIGTERM (schedulers, ``kill``, Kubernetes), SIGUSR1 (SLURM's warning
+before the time limit: ``#SBATCH --signal=SIGUSR1@90``) and SIGINT (Ctrl-C) make the run save
+``last.ckpt`` after the step in progress and stop; `omni-train` then exits with status 128 + the
+signal number (143 for SIGTERM, 138 for SIGUSR1, 130 for Ctrl-C), so a wrapper sees "stopped, not
+finished"; a second Ctrl-C stops at once, without saving. Under SLURM, SIGUSR1 also
 requeues the job (``scontrol requeue``), as Lightning's own handler does. Lightning's handler saves
 from inside the signal handler, i.e. wherever the main thread happens to be (in the middle of an
 optimizer step, or of a collective the other ranks are not in); ours only sets a flag.
+
+`RunLock` keeps a second process out of a run directory; `resume_point` finds the newest
+checkpoint that can be loaded.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-import random
 import re
 import shutil
 import signal
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
-from omni_train.checkpoints import fsync_path
-from omni_train.data.sampler import rng_state, set_rng_state
+from omni_train.atomic import atomic_write, remove, swap_in
+from omni_train.distributed import gather_objects, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
-
-
-def gather_objects(obj: Any) -> list:
-    """`obj` of every rank, in rank order. A collective: under DDP every rank must call it (Lightning
-    builds a checkpoint's contents on every rank, and only rank 0 writes the file)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        out = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
-    return [obj]
 
 
 # ---- complete checkpoint files -------------------------------------------------------------------
@@ -68,23 +62,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed while writing
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            if isinstance(err, OSError):
-                err.add_note(f"writing checkpoint {path} failed; the previous {path.name}, if any, is intact")
-            raise
-        fsync_path(path.parent)
+
+        atomic_write(path, write)
 
 
 class AtomicFSDPStrategy(FSDPStrategy):
@@ -93,7 +76,7 @@ class AtomicFSDPStrategy(FSDPStrategy):
     the shards of the previous ``last.ckpt`` in place (where a crash would leave a mix).
 
     The swap moves the old folder aside, renames the new one in, then deletes the old one; a
-    crash between the two renames leaves ``.last.ckpt.old``, which `omni_train.train.latest_checkpoint`
+    crash between the two renames leaves ``.last.ckpt.old``, which `latest_checkpoint`
     then resumes from. Full (one-file) state dicts go through `AtomicCheckpointIO`.
     """
 
@@ -112,46 +95,100 @@ class AtomicFSDPStrategy(FSDPStrategy):
         self.barrier("atomic_fsdp_save_done")
 
 
-def swap_in(new: Path, target: Path) -> None:
-    """Replace `target` (a file or a folder, or nothing) by `new`; the old one stays as ``.NAME.old``
-    until the new one is in place."""
-    old = target.with_name(f".{target.name}.old")
-    if target.exists():  # complete, so an .old beside it is stale (else .old is the one to keep for now)
-        _remove(old)
-        os.replace(target, old)
-    os.replace(new, target)
-    fsync_path(target.parent)
-    _remove(old)
+def fsdp_strategy(activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD", **kwargs):
+    """Lightning's FSDP with one unit a transformer block (and sharded checkpoints, swapped in whole)."""
+    from litgpt.model import Block
+
+    return AtomicFSDPStrategy(
+        auto_wrap_policy={Block},
+        activation_checkpointing_policy={Block} if activation_checkpointing else None,
+        sharding_strategy=sharding_strategy,
+        state_dict_type="sharded",
+        **kwargs,
+    )
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+# ---- where a stage continues ---------------------------------------------------------------------
+def resume_point(stage_dir: Path) -> str | None:
+    """The newest checkpoint of a stage that can be loaded, for ``resume=auto``; None: start at step 0.
+
+    Candidates, newest first: ``checkpoints/last.ckpt``, the checkpoints Lightning writes when SLURM
+    preempts a job (``hpc_ckpt_*.ckpt``), the periodic ``step-N.ckpt``, and ``.last.ckpt.old`` (left
+    if a crash hit a sharded FSDP checkpoint's swap, see `AtomicFSDPStrategy`). A file that cannot be
+    read (truncated, not a checkpoint) is passed over with a warning naming it; a temporary file
+    left by a kill during a checkpoint's first write is removed, and a restart from step 0 says so.
+    """
+    ckpts = stage_dir / "checkpoints"
+    found = [*ckpts.glob("last.ckpt"), *stage_dir.glob("hpc_ckpt_*.ckpt"), *ckpts.glob("step-*.ckpt"),
+             *ckpts.glob(".last.ckpt.old")]  # fmt: skip
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        if problem := _unreadable(path):
+            log.warning("resume: skipping %s: %s", path, problem)
+            continue
+        return str(path)
+    leftovers = list(ckpts.glob(".*.tmp-*")) if ckpts.is_dir() else []
+    for tmp in leftovers:
+        remove(tmp)
+    if found or leftovers:
+        what = ", ".join(p.name for p in found + leftovers)
+        log.warning("resume: no loadable checkpoint in %s (found %s): stage %s starts again at step 0",
+                    ckpts, what, stage_dir.name)  # fmt: skip
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded, or None. Cheap: a one-file checkpoint is a zip archive whose
+    index is at its end (a truncated file has none); a sharded one is a folder with torch.distributed's
+    ``.metadata``."""
+    if path.is_dir():
+        return None if (path / ".metadata").is_file() else "a folder without .metadata (an incomplete sharded checkpoint)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return "not a torch checkpoint"
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"unreadable ({err}); truncated?"
+    return None
+
+
+class RunLock:
+    """One omni-train process a run directory: a second one is refused with one line.
+
+    An exclusive `flock` on ``<run>/.lock``, held while the process lives: the kernel drops it when
+    the process ends, however it ends, so a SIGKILLed run never blocks its own resume.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise RunLocked(f"{run_dir} is in use by omni-train process {holder}: wait for it to end, or choose "
+                            "another hydra.run.dir") from None  # fmt: skip
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunLocked(RuntimeError):
+    """Another omni-train process holds the run directory."""
 
 
 # ---- random number generators --------------------------------------------------------------------
-def rng_states() -> dict:
-    """This process's torch (CPU and CUDA), numpy and Python RNG states, as checkpoint-safe values."""
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-        "numpy": [kind, key.tolist(), pos, has_gauss, gauss],
-        "python": rng_state(random),
-    }
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    kind, key, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
-    set_rng_state(random, states["python"])
-
-
 class RngState(L.Callback):
     """Saves every rank's RNG states with each checkpoint and restores them when training resumes,
     so dropout and any other random draw continue the sequence the interrupted run was on.
@@ -182,20 +219,22 @@ class RngState(L.Callback):
 
 # ---- preemption ----------------------------------------------------------------------------------
 class Preempted(RuntimeError):
-    """The run was asked to stop, saved a checkpoint and stopped; `exit_code` is 128 + the signal."""
+    """The run was asked to stop and stopped, after saving `saved` (None: a second Ctrl-C, no save).
 
-    def __init__(self, signum: int, stage: str, step: int, path: Path) -> None:
-        name = signal.Signals(signum).name
-        run = Path(path).parents[2]  # <run>/<stage>/checkpoints/last.ckpt
-        super().__init__(f"{name}: stage {stage} stopped after step {step} and saved {path}; "
-                         f"continue with the same command and hydra.run.dir={run} resume=auto")
-        self.exit_code = 128 + signum
+    `exit_code` is 128 + the signal; `run_dir` is where ``resume=auto`` continues.
+    """
+
+    def __init__(self, signum: int, stage: str, step: int, run_dir: Path, saved: Path | None) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        what = f"saved {saved}" if saved else "did not save (stopped at once; resume=auto takes its last checkpoint)"
+        super().__init__(f"{name}: stage {stage} stopped after step {step} and {what}")
+        self.exit_code, self.run_dir = 128 + signum, Path(run_dir)
 
 
 class Preemption(L.Callback):
-    """SIGTERM or SIGUSR1 -> save `path` after the current optimizer step, then stop the fit.
+    """SIGTERM, SIGUSR1 or Ctrl-C -> save `path` after the current optimizer step, then stop the fit.
 
-    The handler only records the signal. After each optimizer step the ranks agree (one tiny
+    A second Ctrl-C stops at once (`stopped_at_once`), without saving. The handler only records the signal. After each optimizer step the ranks agree (one tiny
     all-reduce: a signal on any rank stops all of them, so one signalled process is enough) and all
     take part in the save. The caller checks `signum` after ``fit`` and raises `Preempted`.
 
@@ -205,22 +244,36 @@ class Preemption(L.Callback):
             itself right after this callback, so this one only stops the fit.
     """
 
-    signals = (signal.SIGTERM, signal.SIGUSR1)
+    signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self, path: str | Path, checkpoint_every: int) -> None:
         self.path, self.checkpoint_every = Path(path), checkpoint_every
         self.signum = 0  # the signal that stopped the run (agreed over ranks), 0: none
+        self.stopped_at_once = False  # a second Ctrl-C: no save
         self._received = 0
         self._last_step = -1
+        self._before: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT:
+            if self._received == signal.SIGINT:
+                self.stopped_at_once = True
+                raise KeyboardInterrupt  # Lightning shuts the fit down and exits; the caller says what happened
+            print(f"\nCtrl-C: saving {self.path.name} after this step, then stopping (Ctrl-C again: stop now, "
+                  "without saving)", file=sys.stderr, flush=True)  # fmt: skip
         self._received = signum
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Lightning installs its handlers just before; ours replace them for this fit, and its
-        # teardown puts back whatever was there before the fit
+        # Lightning installs its SIGTERM/SIGUSR1 handlers just before; ours replace them for this fit
         for sig in self.signals:
+            self._before[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # after the fit (the WER pass, the next stage) a signal means what it meant before
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._last_step:  # gradient accumulation: no optimizer step yet

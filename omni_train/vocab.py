@@ -19,6 +19,9 @@ N_AUDIO_LAYERS = 7  # one SNAC coarse frame = 7 tokens, one per audio layer
 N_LAYERS = N_AUDIO_LAYERS + 1  # + the text layer, which is always the last
 TEXT_LAYER = N_AUDIO_LAYERS
 
+# The target id of positions that carry no loss (prompts, batch padding, text-only answers' audio).
+IGNORE_INDEX = -100
+
 # Audio specials, given as codes inside an audio layer (so `audio_id(i, EOA)` is layer i's eoa).
 EOA, PAD_A, INPUT_A, ANSWER_A, SPLIT = 4096, 4097, 4098, 4099, 4100
 
@@ -87,10 +90,6 @@ class Vocab:
         """Layer-local code or audio special -> id in the shared table ("layershift")."""
         return code + self.audio_offset(layer)
 
-    def audio_code(self, layer: int, token):
-        """Inverse of `audio_id`."""
-        return token - self.audio_offset(layer)
-
     def audio_layer_ids(self, code: int) -> list[int]:
         """The id of one code (usually a special) in each of the 7 audio layers."""
         return [self.audio_id(i, code) for i in range(N_AUDIO_LAYERS)]
@@ -99,10 +98,6 @@ class Vocab:
         """Layer-local codes ``(..., 7)`` -> ids; the last dim is the audio layer."""
         offsets = torch.arange(N_AUDIO_LAYERS, device=codes.device) * self.audio_vocab_size
         return codes + offsets + self.text_vocab_size
-
-    def unshift_frames(self, ids: torch.Tensor) -> torch.Tensor:
-        offsets = torch.arange(N_AUDIO_LAYERS, device=ids.device) * self.audio_vocab_size
-        return ids - offsets - self.text_vocab_size
 
 
 def flatten_snac(codes: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -5,13 +5,14 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from tiny import SNAC_TINY, WHISPER_DIMS
 import soundfile as sf
 import torch
 import whisper
+from tiny import SNAC_TINY, WHISPER_DIMS
 from whisper.model import ModelDimensions
 
 from omni_train.audio import (
+    Audio,
     AudioError,
     SnacCodec,
     TooLongAudio,
@@ -21,7 +22,6 @@ from omni_train.audio import (
     save_wav,
     whisper_frames,
 )
-from omni_train.data.samples import Audio
 from omni_train.vocab import unflatten_snac
 
 FORMATS = {

@@ -11,13 +11,13 @@ import torch
 from test_sources import VA_SCHEMA  # the real set's columns and types, defined once
 from tiny import train_tokenizer
 
+from omni_train.config import DataConfig
 from omni_train.data import sources
-from omni_train.data.collator import IGNORE_INDEX
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
-from omni_train.data.samples import Task
 from omni_train.data.skips import TooManySkips
 from omni_train.data.snac_format import format_answer_snac
-from omni_train.vocab import Vocab
+from omni_train.tasks import TASKS, Task
+from omni_train.vocab import IGNORE_INDEX, Vocab
 
 
 def flac_bytes(seconds: float, seed: int) -> bytes:
@@ -53,13 +53,13 @@ def encoder(tmp_path_factory):
 
 def test_voice_assistant_parquet_to_batches(va_parquet, encoder):
     va = sources.voice_assistant(va_parquet, tasks=("A1A2", "T1T2"))
-    dm = OmniDataModule({"voice_assistant": va}, {"voice_assistant": 1.0}, encoder, val={"va": va},
-                        max_tokens=400, num_workers=0, buffer_size=8, max_skip_fraction=None)
+    cfg = DataConfig(max_tokens=400, num_workers=0, buffer_size=8, max_skip_fraction=None)
+    dm = OmniDataModule({"voice_assistant": va}, {"voice_assistant": 1.0}, encoder, cfg, val={"va": va})
     batches = list(dm.val_dataloader())
     seen = [(s, r) for b in batches for s, r in zip(b.sources, b.rows)]
     # 8 rows x 2 tasks, minus the corrupt audio (A1A2 of row 2) and the bad answer_snac (A1A2 of row 5)
     assert len(seen) == 14
-    kinds = {(r, t) for b in batches for r, t in zip(b.rows, b.tasks)}
+    kinds = {(r, t) for b in batches for r, t in zip(b.rows, [TASKS[i] for i in b.task_ids])}
     assert ("train-00000-of-00001.parquet:2", Task.A1A2) not in kinds
     assert ("train-00000-of-00001.parquet:2", Task.T1T2) in kinds
     reasons = {reason for (_, reason) in va.skips.skipped}
@@ -70,7 +70,7 @@ def test_voice_assistant_parquet_to_batches(va_parquet, encoder):
         if b.mels is not None:
             assert b.mels.size(1) == 80 and b.mels.size(-1) >= 2 * b.audio_lengths.max()
             assert int(b.audio_mask.sum()) == int(b.audio_lengths.sum())
-        for i, task in enumerate(b.tasks):
+        for i, task in enumerate([TASKS[i] for i in b.task_ids]):
             assert (b.targets[i, :7] != IGNORE_INDEX).any() == task.audio_out
 
     # the training stream is endless and mixes the same sources
@@ -80,7 +80,7 @@ def test_voice_assistant_parquet_to_batches(va_parquet, encoder):
 
 def test_run_stops_past_the_skip_fraction(va_parquet, encoder):
     va = sources.voice_assistant(va_parquet, tasks=("A1A2",))
-    dm = OmniDataModule({"va": va}, {"va": 1.0}, encoder, val={"va": va}, max_tokens=400, num_workers=0)
+    dm = OmniDataModule({"va": va}, {"va": 1.0}, encoder, DataConfig(max_tokens=400, num_workers=0), val={"va": va})
     with pytest.raises(TooManySkips, match=r"voice_assistant: skipped 2 of 8 samples \(25.0%\), more than the allowed 1.0%"):
         list(dm.val_dataloader())
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from omni_train.audio import SnacCodec
 from omni_train.data import sources
-from omni_train.data.samples import Task
+from omni_train.tasks import Task
 
 DEMO = Path(__file__).resolve().parents[1] / "omni_train" / "demo_data"
 

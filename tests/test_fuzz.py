@@ -20,11 +20,12 @@ from test_sources import VA_SCHEMA
 
 from omni_train.config import DEMO_DATA
 from omni_train.data import sources
-from omni_train.data.collator import IGNORE_INDEX, OmniCollator
+from omni_train.data.collator import OmniCollator
 from omni_train.data.datamodule import SampleEncoder, SkipSample
-from omni_train.data.samples import Encoded, Task
+from omni_train.data.samples import Encoded
 from omni_train.data.snac_format import SnacFormatError, format_answer_snac, frames_from_flat
-from omni_train.vocab import ANSWER_A, EOA, INPUT_A, PAD_A, Vocab
+from omni_train.tasks import Task
+from omni_train.vocab import ANSWER_A, EOA, IGNORE_INDEX, INPUT_A, PAD_A, Vocab
 
 FUZZ = settings(max_examples=60, deadline=None)
 
@@ -160,7 +161,7 @@ def test_any_voice_assistant_rows_give_batches_or_counted_skips(tmp_path_factory
             )
             if task.audio_out:
                 try:
-                    good &= r["answer_snac"] is not None and sources._to_frames(r["answer_snac"]).size(0) > 0
+                    good &= r["answer_snac"] is not None and sources.to_frames(r["answer_snac"]).size(0) > 0
                 except SnacFormatError:
                     good = False
             kept = any(s.row == f"{path.name}:{i}" and s.task is task for s in made)
@@ -177,7 +178,7 @@ values = st.one_of(st.integers(-5, 5000), st.sampled_from(["#", "12", "x", ""]),
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(st.lists(values, max_size=30), st.lists(st.integers(0, 4095), max_size=30), st.lists(st.lists(values))))
 def test_code_lists_give_frames_or_snac_format_error(codes):
-    for parse in (sources._to_frames, frames_from_flat):
+    for parse in (sources.to_frames, frames_from_flat):
         try:
             frames = parse(codes)
         except SnacFormatError:

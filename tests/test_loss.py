@@ -3,10 +3,17 @@ import torch
 import torch.nn.functional as F
 from tiny import tiny_omni
 
-from omni_train.data.collator import IGNORE_INDEX, OmniCollator
-from omni_train.data.samples import Encoded, Task
-from omni_train.loss import head_cross_entropy, linear_cross_entropy, omni_loss
+from omni_train.data.collator import OmniCollator
+from omni_train.data.samples import Encoded
+from omni_train.loss import head_cross_entropy, omni_loss
 from omni_train.model import OmniGPT
+from omni_train.tasks import Task
+from omni_train.vocab import IGNORE_INDEX
+
+
+def linear_cross_entropy(h, weight, bias, targets, chunk_size=2048, softcap=None):
+    """The chunked loss of one whole head: (mean, per-position losses, argmax right)."""
+    return head_cross_entropy(weight, bias, [(h, targets, 0, weight.size(0))], chunk_size, softcap)[0]
 
 
 def test_chunked_matches_full_logits_and_gradients():

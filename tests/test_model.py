@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 from litgpt.model import GPT
@@ -128,4 +130,4 @@ def test_cached_decode_matches_uncached_forward(family, post_adapter):
 def test_config_rejects_inconsistent_vocab():
     cfg = tiny_omni()
     with pytest.raises(ValueError, match="inconsistent vocabulary"):
-        OmniConfig(**{**cfg.to_dict(), "padded_vocab_size": cfg.padded_vocab_size + 1})
+        OmniConfig(**{**asdict(cfg), "padded_vocab_size": cfg.padded_vocab_size + 1})

@@ -12,6 +12,8 @@ from tiny import tiny_omni
 from torch.utils.data import DataLoader
 
 from omni_train.audio import WhisperEncoder
+from omni_train.checkpoints import ModelBundle
+from omni_train.config import StageConfig
 from omni_train.model import OmniGPT
 from omni_train.stages import MultimodalFinetuning, TooManyBadSteps
 from omni_train.train import train
@@ -76,7 +78,8 @@ def test_a_non_finite_step_is_skipped_and_counted(fault):
     torch.manual_seed(0)
     model = OmniGPT(tiny_omni())
     cls = InfLoss if fault == "loss" else MultimodalFinetuning
-    module = cls(model, WhisperEncoder.from_dims(DIMS), max_lr=1e-2, warmup_steps=1, max_steps=10)
+    stage = StageConfig(tasks={}, max_steps=10, max_lr=1e-2, warmup_steps=1)
+    module = cls(ModelBundle(model, WhisperEncoder.from_dims(DIMS)), stage)
     module.fault_steps = (2,)
     states = States()
     callbacks = [states] + ([NaNGrads([2])] if fault == "gradient" else [])

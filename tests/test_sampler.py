@@ -5,17 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omni_train.data.sampler import bucket_batches, mix, random_batches, shard
+from omni_train.data.sampler import Mixture, bucket_batches, random_batches
 
 
-def test_shards_are_disjoint_and_cover_everything():
-    items = list(range(103))
-    world = 2 * 3  # ranks x loader workers
-    shares = [list(shard(items, i, world)) for i in range(world)]
-    assert sorted(itertools.chain(*shares)) == items
-    assert all(set(a).isdisjoint(b) for a, b in itertools.combinations(shares, 2))
-    with pytest.raises(ValueError):
-        list(shard(items, 6, 6))
+def mix(streams, weights, seed):
+    return iter(Mixture(streams, weights, seed))
 
 
 def test_mix_follows_weights_restarts_and_is_deterministic():
@@ -36,7 +30,7 @@ def test_mix_follows_weights_restarts_and_is_deterministic():
 
 def test_mix_errors():
     with pytest.raises(ValueError, match="do not match"):
-        next(mix({"a": lambda p: [1]}, {"b": 1.0}, seed=0))
+        Mixture({"a": lambda p: [1]}, {"b": 1.0}, seed=0)
     with pytest.raises(ValueError, match="'a' yields no samples"):
         next(mix({"a": lambda p: []}, {"a": 1.0}, seed=0))
 

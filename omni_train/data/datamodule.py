@@ -23,16 +23,16 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from omni_train.audio import AudioError, TooLongAudio, load_audio, log_mel, whisper_frames
+from omni_train.audio import WHISPER_SAMPLE_RATE, AudioError, TooLongAudio, load_audio, log_mel, whisper_frames
+from omni_train.config import DataConfig
 from omni_train.data.collator import Batch, OmniCollator, sequence_length
 from omni_train.data.sampler import Mixture, bucket_batches, resumable_buckets
 from omni_train.data.samples import Encoded, Sample
 from omni_train.data.skips import SkipCounter
 from omni_train.data.sources import Source
-from omni_train.resume import gather_objects
+from omni_train.distributed import gather_objects, group
 from omni_train.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class SampleEncoder:
         )
         if sample.task.audio_in:
             try:
-                audio = load_audio(sample.question_audio, 16_000)
+                audio = load_audio(sample.question_audio, WHISPER_SAMPLE_RATE)
                 enc.mel = log_mel(audio, self.n_mels, pad_to_30s=self.pad_to_30s, too_long=self.too_long)
             except AudioError as err:
                 reason = "audio too long" if isinstance(err, TooLongAudio) else "unreadable audio"
@@ -96,12 +96,6 @@ class SampleEncoder:
         if (n := sequence_length(enc)) > self.max_seq_length:
             raise SkipSample("longer than max_seq_length", f"{n} > {self.max_seq_length}")
         return enc
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class OmniStream(IterableDataset):
@@ -146,7 +140,7 @@ class OmniStream(IterableDataset):
                 skips.skip(sample.source, sample.row, skip.reason, skip.detail, sample.task.value)
 
     def __iter__(self) -> Iterator[Batch]:
-        rank, world = _rank_and_world()
+        rank, world = group()
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         index, count = rank * workers + (worker + self.rotation) % workers, world * workers
@@ -199,10 +193,11 @@ def _uncounted(sources: Iterable[Source], counters: list[SkipCounter]):
 def _worker_init(worker_id: int, trainer_pid: int) -> None:
     """Loader workers outlive the preemption signals, which SLURM and terminals send to every process
     of a job: a worker that died of one would crash the trainer before it can save (see
-    `omni_train.resume.Preemption`). SIGUSR1 is ignored; SIGTERM ends a worker only when it comes
-    from the trainer itself (how multiprocessing stops its children), which only a thread waiting
-    with `sigwaitinfo` can tell (where it does not exist, SIGTERM keeps its default)."""
+    `omni_train.resume.Preemption`). SIGUSR1 and Ctrl-C's SIGINT are ignored; SIGTERM ends a worker
+    only when it comes from the trainer itself (how multiprocessing stops its children), which only a
+    thread waiting with `sigwaitinfo` can tell (where it does not exist, SIGTERM keeps its default)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True).start()
@@ -240,6 +235,14 @@ class OmniDataModule(L.LightningDataModule):
     `num_workers`, or different data settings, cannot be continued exactly: the stream then starts
     afresh with a warning. (torchdata's StatefulDataLoader would need the same per-shard state from
     the dataset and would still keep only rank 0's state under DDP.)
+
+    Args:
+        train: name -> `Source` of the training mixture; weights: name -> its share.
+        encoder: turns each `Sample` into token ids and log-mel (in the loader workers).
+        cfg: the batching and loader settings (`DataConfig`; a stage's own ``max_tokens`` and
+            ``max_batch_size`` already in it); the schema's defaults when None.
+        val: name -> `Source` read once, in order, at each validation.
+        seed: of the mixture and the bucketing shuffle.
     """
 
     def __init__(
@@ -247,24 +250,20 @@ class OmniDataModule(L.LightningDataModule):
         train: dict[str, Source],
         weights: dict[str, float],
         encoder: SampleEncoder,
+        cfg: DataConfig | None = None,
         val: dict[str, Source] | None = None,
-        max_tokens: int = 16384,
-        max_batch_size: int | None = None,
-        buffer_size: int = 1000,
-        num_workers: int = 2,
-        pad_to_multiple_of: int = 8,
         seed: int = 0,
-        max_skip_fraction: float | None = 0.01,
     ) -> None:
         super().__init__()
+        cfg = cfg or DataConfig()
         self.train_sources, self.val_sources, self.weights = train, val or {}, weights
         for src in [*train.values(), *self.val_sources.values()]:
             if src.max_skip_fraction is None:  # a source's own setting wins; else the run's (1% by default)
-                src.max_skip_fraction = max_skip_fraction
+                src.max_skip_fraction = cfg.max_skip_fraction
         self.encoder = encoder
-        self.collator = OmniCollator(encoder.vocab, pad_to_multiple_of)
-        self.max_tokens, self.max_batch_size, self.buffer_size = max_tokens, max_batch_size, buffer_size
-        self.num_workers, self.seed = num_workers, seed
+        self.collator = OmniCollator(encoder.vocab, cfg.pad_to_multiple_of)
+        self.max_tokens, self.max_batch_size, self.buffer_size = cfg.max_tokens, cfg.max_batch_size, cfg.buffer_size
+        self.num_workers, self.seed = cfg.num_workers, seed
         self._positions: dict[int, dict] = {}  # shard index -> state after the last batch trained from it
         self._next_worker = 0  # this rank's shard (0..workers-1) the loader serves next
         self._loaded: dict | None = None
@@ -285,7 +284,7 @@ class OmniDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict:
-        world = _rank_and_world()[1]
+        world = group()[1]
         mine = {"shards": self._positions, "next_worker": self._next_worker}
         return {"shards": world * self._workers(), "settings": self._settings(), "ranks": gather_objects(mine)}
 
@@ -297,7 +296,7 @@ class OmniDataModule(L.LightningDataModule):
         state, self._loaded = self._loaded, None
         if not state:
             return {}, 0
-        rank, world = _rank_and_world()
+        rank, world = group()
         if state["shards"] != world * self._workers() or len(state["ranks"]) != world:
             log.warning("the checkpoint's data stream had %d shards (ranks x workers), this run has %d: "
                         "the data order starts afresh", state["shards"], world * self._workers())

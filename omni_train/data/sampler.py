@@ -14,33 +14,24 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+from omni_train.distributed import rng_state, set_rng_state
+
 T = TypeVar("T")
 
 
-def shard(items: Iterable[T], index: int, count: int) -> Iterator[T]:
-    """Every `count`-th item starting at `index`: disjoint shares for ranks x loader workers."""
-    if not 0 <= index < count:
-        raise ValueError(f"shard index {index} not in [0, {count})")
-    return itertools.islice(items, index, None, count)
-
-
-def mix(streams: dict[str, Callable[[int], Iterable[T]]], weights: dict[str, float], seed: int) -> Iterator[T]:
-    """Draw from several streams in proportion to `weights`, restarting each one when it ends.
-
-    Args:
-        streams: name -> function of the pass number (0, 1, ...) returning a fresh iterable.
-        weights: name -> relative weight; names with weight 0 are skipped.
-    """
-    return iter(Mixture(streams, weights, seed))
-
-
 class Mixture:
-    """`mix` with a position that can be saved and restored: the draw RNG, and each stream's pass
-    and the number of items taken from that pass.
+    """Draws from several streams in proportion to their weights, restarting each one when it ends,
+    with a position that can be saved and restored: the draw RNG, and each stream's pass and the
+    number of items taken from that pass.
 
     Restoring re-opens each stream at its pass and skips the items already taken. For our sources
     that means re-reading rows (parquet, JSONL, file lists), never decoding audio: decoding happens
     after the mixture, in `SampleEncoder`.
+
+    Args:
+        streams: name -> function of the pass number (0, 1, ...) returning a fresh iterable.
+        weights: name -> relative weight; names with weight 0 are skipped.
+        seed: of the draws.
     """
 
     def __init__(self, streams: dict[str, Callable[[int], Iterable[T]]], weights: dict[str, float], seed: int) -> None:
@@ -160,14 +151,3 @@ def random_batches(
         longest = max(longest, n)
     if current:
         yield current
-
-
-def rng_state(rng: random.Random) -> list:
-    """`random.Random`'s state as plain lists (checkpoints load with ``weights_only``)."""
-    version, internal, gauss = rng.getstate()
-    return [version, list(internal), gauss]
-
-
-def set_rng_state(rng: random.Random, state: list) -> None:
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))

@@ -3,44 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-
-class Task(str, Enum):
-    """Input modality (1) -> output modality (2); A = audio, T = text. See DESIGN.md."""
-
-    A1T1 = "A1T1"  # ASR: speech in, its transcript out
-    T1A2 = "T1A2"  # text in, spoken (and text) answer out; TTS when the answer is the input
-    A1T2 = "A1T2"  # spoken question, text answer
-    A1A2 = "A1A2"  # spoken question, spoken and text answer
-    T1T2 = "T1T2"  # text question, text answer
-
-    @property
-    def audio_in(self) -> bool:
-        return self.value.startswith("A1")
-
-    @property
-    def audio_out(self) -> bool:
-        return self.value.endswith("A2")
-
-
-@dataclass
-class Audio:
-    """Encoded audio as a source found it: a file path, or the bytes of a whole file (any container)."""
-
-    path: str | Path | None = None
-    data: bytes | None = None
-
-    def __post_init__(self) -> None:
-        if (self.path is None) == (self.data is None):
-            raise ValueError("Audio needs exactly one of path or data")
-
-    def __repr__(self) -> str:
-        return f"Audio(path={self.path!r})" if self.path is not None else f"Audio(<{len(self.data)} bytes>)"
+from omni_train.audio import Audio
+from omni_train.tasks import Task
 
 
 @dataclass
@@ -87,4 +55,3 @@ class Encoded:
     answer_frames: torch.Tensor | None = None  # (N, 7) layer-local SNAC codes
     source: str = ""
     row: str | int = ""
-    meta: dict = field(default_factory=dict)

@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import lightning as L
-import torch
+
+from omni_train.distributed import gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +204,7 @@ class SkipReport(L.Callback):
         module.log("train/skipped", float(skipped), batch_size=1)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        total = self.total()
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
-            parts: list = [None] * trainer.world_size
-            torch.distributed.all_gather_object(parts, total.as_dict())
-            total = SkipCounter().merge(*map(SkipCounter.from_dict, parts))
+        total = SkipCounter().merge(*map(SkipCounter.from_dict, gather_objects(self.total().as_dict())))
         self.final = total
         if trainer.is_global_zero:
             for src in sorted(total.attempts):

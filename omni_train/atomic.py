@@ -1,0 +1,135 @@
+"""Files that are either complete or not there: every write omni-train makes goes through here.
+
+A training run is killed at any moment (SIGKILL, a lost node, a full disk), and what it leaves must
+still be usable: a checkpoint, a model folder or a summary is written beside its final name, made
+durable (fsync), and only then renamed into place, so the name always points at a whole file. A
+failed write leaves the previous file with that name untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's bytes, or the renames in a folder, durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary name beside `path`, then rename it into place.
+
+    Temporaries a killed process left beside `path` are removed first. On any failure the
+    temporary goes and `path` keeps its old content; an OSError says so in a note, and a full disk
+    (or quota) becomes `DiskFull`, whose one line names the file and the space left.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path) from err
+        if isinstance(err, OSError):
+            err.add_note(f"writing {path} failed; the previous {path.name}, if any, is intact")
+        raise
+    fsync_path(path.parent)
+    return path
+
+
+class DiskFull(OSError):
+    """No space left (or over quota) while writing `path`; what was there before is intact."""
+
+    def __init__(self, path: Path) -> None:
+        free = shutil.disk_usage(path.parent).free
+        super().__init__(errno.ENOSPC, f"No space left on device writing {path} ({free / 2**20:.0f} MiB free on "
+                                       f"its disk); the previous {path.name}, if any, is intact")  # fmt: skip
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """`atomic_write` of indented JSON."""
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+
+
+@contextmanager
+def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `out_dir` only once everything in it is written.
+
+    POSIX cannot rename a directory over a non-empty one, so an existing target is first moved
+    aside, then the new one renamed in, then the old one deleted. A crash between the two renames
+    leaves the old folder as ``.NAME.old-*`` beside the target, never a partial one. The folder
+    gets the user's umask, as `mkdir` would (``mkdtemp`` makes it private).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a directory")
+    parent = out_dir.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            fsync_path(f)
+        fsync_path(tmp)
+        if out_dir.exists():
+            old = parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, old)
+            try:
+                os.rename(tmp, out_dir)
+            except BaseException:
+                os.rename(old, out_dir)
+                raise
+            fsync_path(parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out_dir)
+            fsync_path(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Replace `target` (a file or a folder, or nothing) by `new`, which is complete; the old one
+    stays as ``.NAME.old`` until the new one is in place (for sharded checkpoints written elsewhere)."""
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():  # complete, so an .old beside it is stale (else .old is the one to keep for now)
+        remove(old)
+        os.replace(target, old)
+    os.replace(new, target)
+    fsync_path(target.parent)
+    remove(old)
+
+
+def remove(path: Path) -> None:
+    """Delete a file or a folder tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

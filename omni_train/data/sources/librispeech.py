@@ -1,0 +1,158 @@
+"""LibriSpeech-layout folders: ``speaker/chapter/*.trans.txt`` ("UTTID TEXT" lines) beside ``UTTID.flac``.
+
+`utterances` is the one scanner of that layout; the training source (`librispeech`), omni-prep and
+the evaluations (`omni_train.evaluate`, the sample logger) all read a folder through it, so they
+agree on which utterances a folder holds and in which order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omni_train.data.samples import Sample
+from omni_train.data.skips import SkipCounter
+from omni_train.data.snac_format import SnacFormatError
+from omni_train.data.sources.base import BadRow, Row, Source, check_tasks, to_frames
+from omni_train.data.sources.files import (
+    TABLE_EXTS,
+    PathLike,
+    check_columns,
+    existing,
+    first_readable,
+    read_rows,
+    resolve_files,
+)
+from omni_train.data.sources.tables import asr_sample
+from omni_train.tasks import Task
+
+log = logging.getLogger(__name__)
+AUDIO_EXTS = (".flac", ".wav")  # LibriSpeech ships flac; converted copies are often wav
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One transcript line: the utterance id, its folder and its text."""
+
+    id: str
+    folder: Path
+    text: str
+
+    @property
+    def audio(self) -> Path | None:
+        """The utterance's audio file (flac, else wav), None if neither exists."""
+        return next((p for e in AUDIO_EXTS if (p := self.folder / (self.id + e)).is_file()), None)
+
+
+def utterances(root: PathLike) -> Iterator[Utterance]:
+    """Every transcript line under `root` (searched recursively), in sorted file order; no audio is opened."""
+    for trans in sorted(Path(root).rglob("*.trans.txt")):
+        with open(trans, encoding="utf-8") as f:
+            for line in f:
+                utt, _, text = line.strip().partition(" ")
+                if utt:
+                    yield Utterance(utt, trans.parent, text)
+
+
+def is_librispeech(path: Path) -> bool:
+    """Whether `path` is a folder holding LibriSpeech-layout transcripts."""
+    return path.is_dir() and next(path.rglob("*.trans.txt"), None) is not None
+
+
+def librispeech(
+    root: PathLike,
+    tts_snac: PathLike | None = None,
+    *,
+    tasks: Sequence[str] | None = None,
+    tts_id_column: str = "id",
+    tts_snac_column: str = "answer_snac",
+    name: str = "librispeech",
+    skips: SkipCounter | None = None,
+    max_skip_fraction: float | None = None,
+) -> Source:
+    """LibriSpeech-layout ASR data -> A1T1 samples (audio -> transcript).
+
+    With `tts_snac`, a parquet/JSONL table (file, directory or glob) of utterance id -> SNAC codes
+    (an ``answer_snac`` string, or a flat list of 7 codes per frame), the same rows also give T1A2
+    samples (transcript -> spoken transcript), so one corpus feeds both stage-1 tasks. Utterances
+    without codes are counted as "no tts codes" skips of their T1A2 sample.
+
+    Args:
+        root: the corpus root (or any folder under it, e.g. ``LibriSpeech/train-clean-100``); searched recursively.
+        tts_snac: optional codes table; read lazily on the first pass (and kept, as int16, per process).
+        tasks: A1T1 and/or T1A2; default A1T1, plus T1A2 when `tts_snac` is given.
+    """
+    root_dir = existing(root)
+    if not root_dir.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    allowed = (Task.A1T1, Task.T1A2)
+    task_list = check_tasks(tasks, allowed) if tasks is not None else allowed[: 2 if tts_snac is not None else 1]
+    code_files = None
+    if tts_snac is not None:
+        code_files = resolve_files(tts_snac, TABLE_EXTS)
+        check_columns(first_readable(code_files), [tts_id_column, tts_snac_column])
+    elif Task.T1A2 in task_list:
+        raise ValueError("librispeech: task T1A2 needs tts_snac (the SNAC codes of each utterance)")
+    read = partial(
+        _samples, root=root_dir, tasks=task_list, code_files=code_files, id_column=tts_id_column,
+        snac_column=tts_snac_column,
+    )  # fmt: skip
+    return Source(name, read, skips, max_skip_fraction)
+
+
+def _samples(src: Source, root, tasks, code_files, id_column, snac_column) -> Iterator[Sample]:
+    # this shard's utterances, each one unit; the transcripts are small, the audio is opened later
+    mine = [u for unit, u in enumerate(utterances(root)) if src.owns(unit)]
+    codes = None
+    if code_files is not None:
+        key = ("codes", src.shard)
+        if key not in src.cache:  # only this shard's utterances: memory and parsing split across workers
+            src.cache[key] = _load_code_map(code_files, id_column, snac_column, {u.id for u in mine})
+        codes = src.cache[key]
+    for u in mine:
+        audio = u.audio or u.folder / (u.id + AUDIO_EXTS[0])  # a missing file is the sample's counted skip
+        r = Row({"text": u.text, "audio": str(audio)})
+        for task in tasks:
+            if task is Task.A1T1:
+                build = partial(asr_sample, r, "audio", "text", src.name, u.id)
+            else:
+                build = partial(_tts_sample, r, codes, u.id, src.name)
+            sample = src.make(u.id, task, build)
+            if sample is not None:
+                yield sample
+
+
+def _tts_sample(r: Row, codes: dict, utt: str, source: str) -> Sample:
+    text = r.text("text")
+    entry = codes.get(utt)
+    if entry is None:
+        raise BadRow("no tts codes")
+    if isinstance(entry, str):  # the parse error, kept from loading time
+        raise BadRow("bad tts codes", entry)
+    frames = torch.from_numpy(entry.astype(np.int64))
+    return Sample(Task.T1A2, answer_text=text, question_text=text, answer_frames=frames, source=source, row=utt)
+
+
+def _load_code_map(files: list[Path], id_column: str, snac_column: str, ids: set[str]) -> dict[str, np.ndarray | str]:
+    """id -> ``(N, 7)`` int16 codes for the given ids, or the parse error's message (reported when the row comes up).
+
+    Stored as int16 (codes < 4096), 14 bytes a frame: all of LibriSpeech 960 h (~40 M frames at
+    ~11.7 frames/s) would take ~0.6 GB, a third of its strings, and each shard keeps only its own share.
+    """
+    start, out = time.perf_counter(), {}
+    for _, _, values in read_rows(files, [id_column, snac_column], batch_size=1024):
+        if isinstance(values, BadRow) or str(values.get(id_column)) not in ids:
+            continue
+        try:
+            out[str(values[id_column])] = to_frames(values.get(snac_column)).numpy().astype(np.int16)
+        except SnacFormatError as err:
+            out[str(values[id_column])] = str(err)
+    log.info("loaded SNAC codes of %d utterances in %.1f s", len(out), time.perf_counter() - start)
+    return out
