@@ -26,7 +26,7 @@ from litgpt.tokenizer import Tokenizer
 
 from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, load_audio, save_wav
 from omni_train.config import DEMO_DATA
-from omni_train.evaluate import librispeech_utterances, wer
+from omni_train.evaluate import librispeech_utterances, mel_picture, wer
 from omni_train.generate import answer, transcribe
 from omni_train.tasks import Task
 
@@ -80,27 +80,6 @@ def evaluating(model: torch.nn.Module):
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-def mel_picture(wave: torch.Tensor, sample_rate: int, title: str, n_mels: int = 80):
-    """A matplotlib figure (Agg, no display) of the log-mel spectrogram of a mono wave."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torchaudio.functional as AF
-
-    n_fft, hop = 1024, 256
-    wave = torch.nn.functional.pad(wave.float(), (0, max(0, n_fft - wave.numel())))  # stft needs one window
-    power = torch.stft(wave, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs() ** 2
-    fbank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate)  # (freqs, mels)
-    mel = torch.log10((fbank.T @ power).clamp(min=1e-10))  # (n_mels, frames)
-    fig, ax = plt.subplots(figsize=(6, 2.5), dpi=100)
-    ax.imshow(mel.numpy(), origin="lower", aspect="auto", interpolation="nearest",
-              extent=(0, wave.numel() / sample_rate, 0, n_mels))  # fmt: skip
-    ax.set(xlabel="seconds", ylabel="mel bin", title=title)
-    fig.tight_layout()
-    return fig
 
 
 class SampleLogger(L.Callback):

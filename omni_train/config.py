@@ -92,7 +92,8 @@ class EvalConfig:
 
     asr: Optional[str] = None  # a LibriSpeech-layout folder: WER before the first and after the last stage
     asr_max_utterances: Optional[int] = None
-    speak: Optional[str] = None  # a question answered in speech at the end, written to answer.wav
+    speak: Optional[str] = None  # a question answered in speech at the end, written to answer.wav (+ answer.png)
+    speak_recognizer: Optional[str] = None  # a whisper.pt with its CTC head beside: the spoken answer's CER vs its text
     max_new_tokens: int = 64
 
 

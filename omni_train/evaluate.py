@@ -36,6 +36,7 @@ from omni_train.config import EvalConfig
 from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded
 from omni_train.data.sources import utterances
+from omni_train.demo_asr import DemoRecognizer, normalize
 from omni_train.generate import Answer, answer, decode_text, encode_speech, generate, transcribe
 from omni_train.model import OmniGPT
 from omni_train.tasks import Task
@@ -174,20 +175,56 @@ def asr_wer(bundle: ModelBundle, cfg: EvalConfig, batch_size: int = 16) -> dict:
     return {"wer": result["wer"], "n": result["n"], "examples": result["utterances"]}
 
 
+def mel_picture(wave: torch.Tensor, sample_rate: int, title: str, n_mels: int = 80):
+    """A matplotlib figure (Agg, no display) of the log-mel spectrogram of a mono wave."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_fft, hop = 1024, 256
+    wave = torch.nn.functional.pad(wave.float(), (0, max(0, n_fft - wave.numel())))  # stft needs one window
+    power = torch.stft(wave, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs() ** 2
+    fbank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate)  # (freqs, mels)
+    mel = torch.log10((fbank.T @ power).clamp(min=1e-10))  # (n_mels, frames)
+    fig, ax = plt.subplots(figsize=(6, 2.5), dpi=100)
+    ax.imshow(mel.numpy(), origin="lower", aspect="auto", interpolation="nearest",
+              extent=(0, wave.numel() / sample_rate, 0, n_mels))  # fmt: skip
+    ax.set(xlabel="seconds", ylabel="mel bin", title=title)
+    fig.tight_layout()
+    return fig
+
+
 @torch.inference_mode()
 def speak(bundle: ModelBundle, cfg: EvalConfig, out: Path) -> dict:
-    """Answer `cfg.speak` (text in, text and speech out: T1A2) and write the speech to `out`."""
+    """Answer `cfg.speak` (text in, text and speech out: T1A2); write the speech to `out` and its mel picture beside it.
+
+    With `cfg.speak_recognizer` the speech is transcribed by that `DemoRecognizer` and scored (CER)
+    against the text answer: does the model say what it writes?
+    """
     model = bundle.model.eval().to(DEVICE)
     tokenizer = Tokenizer(bundle.tokenizer_dir)
     reply = answer(model, None, tokenizer, text=cfg.speak, task="T1A2", max_new_tokens=cfg.max_new_tokens * 4)
     codec = SnacCodec.from_pretrained(bundle.snac, device=DEVICE)
-    seconds = 0.0
-    if reply.frames.size(0):
-        audio = codec.decode(reply.frames)
-        save_wav(out, audio, codec.sample_rate)
-        seconds = audio.numel() / codec.sample_rate
-    return {"question": cfg.speak, "text": reply.text, "frames": int(reply.frames.size(0)),
-            "seconds": round(seconds, 2), "wav": str(out) if seconds else None}
+    result = {"question": cfg.speak, "text": reply.text, "frames": int(reply.frames.size(0)), "seconds": 0.0,
+              "wav": None}  # fmt: skip
+    if not reply.frames.size(0):
+        return result
+    audio = codec.decode(reply.frames).cpu()
+    save_wav(out, audio, codec.sample_rate)
+    picture = mel_picture(audio, codec.sample_rate, f"{cfg.speak!r} -> {reply.text!r}"[:80])
+    picture.savefig(out.with_suffix(".png"))
+    import matplotlib.pyplot as plt  # mel_picture has chosen the Agg backend
+
+    plt.close(picture)  # pyplot keeps every figure until it is closed
+    seconds = round(audio.numel() / codec.sample_rate, 2)
+    result |= {"seconds": seconds, "wav": str(out), "mel_png": str(out.with_suffix(".png"))}
+    if cfg.speak_recognizer:
+        recognizer = DemoRecognizer.load(cfg.speak_recognizer)
+        if normalize(reply.text, recognizer.alphabet):  # no CER against an empty text
+            transcript, score = recognizer.score(audio, reply.text, codec.sample_rate)
+            result |= {"heard": transcript, "cer": round(score, 1)}
+    return result
 
 
 # ---- speech-text consistency -------------------------------------------------------------------

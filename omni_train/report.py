@@ -24,6 +24,9 @@ def summary_table(summary: dict) -> str:
     if summary.get("spoken_answer"):
         a = summary["spoken_answer"]
         lines.append(f"spoken answer to {a['question']!r}: {a['text']!r} ({a['seconds']} s, {a['wav']})")
+        if "cer" in a:
+            lines.append(f"the spoken answer as the demo recogniser hears it: {a['heard']!r}, "
+                         f"CER {a['cer']}% against the text")
     if "wall_time_s" in summary:
         lines.append(f"total {summary['wall_time_s']:.0f} s; final model: {summary.get('final_model')}")
     return "\n".join(lines)

@@ -91,6 +91,7 @@ def test_shortened_demo_runs_for_every_tiny_model(tmp_path, preset):
     if spoken["frames"]:
         info = sf.info(tmp_path / "answer.wav")
         assert info.samplerate == 24000 and info.duration == pytest.approx(spoken["seconds"], abs=0.01)
+        assert (tmp_path / "answer.png").is_file()
 
 
 def test_a_random_whisper_is_made_once_and_saved_with_the_model(tmp_path):
