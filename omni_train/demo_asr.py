@@ -31,7 +31,8 @@ CTC_HEAD_FILE = "whisper_ctc.pt"  # beside whisper.pt: {"alphabet": str, "state_
 def save_ctc_head(path: str | os.PathLike, head: nn.Linear, alphabet: str) -> None:
     """Write a CTC head: ``head`` maps encoder features to blank (index 0) + one logit per `alphabet` character."""
     if head.out_features != len(alphabet) + 1:
-        raise ValueError(f"a CTC head over {len(alphabet)} characters needs {len(alphabet) + 1} outputs, has {head.out_features}")
+        raise ValueError(f"a CTC head over {len(alphabet)} characters needs {len(alphabet) + 1} outputs, "
+                         f"has {head.out_features}")
     torch.save({"alphabet": alphabet, "state_dict": head.state_dict()}, path)
 
 
@@ -61,7 +62,9 @@ class DemoRecognizer:
         self.alphabet = alphabet
 
     @classmethod
-    def load(cls, whisper_path: str | os.PathLike = DEMO_DATA / "whisper.pt", head_path: str | os.PathLike | None = None) -> DemoRecognizer:
+    def load(
+        cls, whisper_path: str | os.PathLike = DEMO_DATA / "whisper.pt", head_path: str | os.PathLike | None = None
+    ) -> DemoRecognizer:
         """The encoder of `whisper_path` and the head beside it (`CTC_HEAD_FILE`, or `head_path`)."""
         head_path = Path(head_path) if head_path is not None else Path(whisper_path).parent / CTC_HEAD_FILE
         if not head_path.is_file():
@@ -90,7 +93,9 @@ class DemoRecognizer:
         chars = [self.alphabet[c - 1] for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
         return re.sub(" +", " ", "".join(chars)).strip()
 
-    def score(self, audio: AudioSource | torch.Tensor, text: str, sample_rate: int = WHISPER_SAMPLE_RATE) -> tuple[str, float]:
+    def score(
+        self, audio: AudioSource | torch.Tensor, text: str, sample_rate: int = WHISPER_SAMPLE_RATE
+    ) -> tuple[str, float]:
         """Transcribe one clip (a file of any rate, or a tensor at `sample_rate`) and score it against `text`.
 
         Returns:
