@@ -1,6 +1,6 @@
 """Train the demo's tiny SNAC codec (``omni_train/demo_data/snac``) on the demo's training speech.
 
-    python data_prep/train_demo_snac.py [--out omni_train/demo_data/snac] [--steps 3000] [--seed 0]
+    python data_prep/train_demo_snac.py [--out omni_train/demo_data/snac] [--steps 1200] [--seed 0]
 
 Mini-Omni speaks through the pretrained ``hubertsiuzdak/snac_24khz``, which cannot be downloaded
 here. This script trains a small one from scratch on CPU: `snac.SNAC` itself, with the 24 kHz
@@ -11,10 +11,12 @@ losses. Without a discriminator the phase is only roughly right (the speech soun
 the spectrum, and with it what is said, comes through.
 
 The training speech is the demo's training sentences only (``make_demo_data.make_sentences`` with
-the same seed and count as the shipped set; ``asr/heldout`` sentences are never seen), spoken by
-the voice assistant's fixed voice, which is the voice the demo model learns to answer in, and
-once more by the 8 ASR voices with their speed and pitch jitter, plus every answer the voice
-assistant can give. Needs espeak-ng, like ``make_demo_data.py``.
+the same seed and count as the shipped set; ``asr/heldout`` sentences are never seen), plus every
+answer the voice assistant can give, all spoken by the voice assistant's fixed voice: the only
+voice the demo model learns to speak in. One voice, not the 8 ASR voices as well, because the CPU
+time buys about two passes over one voice's speech and under one over nine voices', and an
+undertrained codec is unintelligible (its round trip on the other voices is measured, not aimed
+for). Needs espeak-ng, like ``make_demo_data.py``.
 
 Only the first ``--codes`` rows of each codebook are ever used: the demo's tiny LLM has to learn
 to predict these codes in minutes, and a few hundred distinct sounds a level are plenty for one
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio.transforms as AT
 
-from make_demo_data import ASSISTANT, SNAC_RATE, SPEAKERS, jitter, make_sentences, qa_pool, resample, speak_all, IDENTITY
+from make_demo_data import ASSISTANT, IDENTITY, SNAC_RATE, make_sentences, qa_pool, resample, speak_all
 from omni_train.audio import SnacCodec
 
 TINY_SNAC = dict(
@@ -134,16 +136,14 @@ def seal_codebooks(model, n_codes: int) -> None:
 
 
 def training_speech(seed: int, n_train: int, workers: int) -> tuple[list[torch.Tensor], list[str], list[str]]:
-    """The demo's training sentences (same seed and count as make_demo_data) and every assistant answer, spoken.
+    """The demo's training sentences (same seed and count as make_demo_data) and every assistant answer, in its voice.
 
     Returns:
         24 kHz clips ``(S,)``, the training sentences, and the held-out ones (for the final check only).
     """
     train, heldout = make_sentences(random.Random(seed), n_train, 40)
     answers = sorted({a for _, a in qa_pool()} | {a for _, a in IDENTITY})
-    rng = random.Random(seed + 1)
     jobs = [(s, ASSISTANT) for s in train + answers]
-    jobs += [(s, jitter(rng, SPEAKERS[i % len(SPEAKERS)])) for i, s in enumerate(train)]
     print(f"speaking {len(jobs)} training utterances with espeak-ng ...", flush=True)
     clips = [resample(a, r, SNAC_RATE) for a, r in speak_all(jobs, workers)]
     return clips, train, heldout
@@ -158,7 +158,7 @@ def crops(audio: torch.Tensor, batch: int, length: int, gen: torch.Generator) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "omni_train" / "demo_data" / "snac")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=0.34, help="length of a training window (whole coarse frames)")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -212,7 +212,8 @@ def main() -> None:
             m, w, c = (logged / 100).tolist()
             logged.zero_()
             print(f"step {step}: mel {m:.3f} wave {w:.4f} commit {c:.4f} "
-                  f"codes used {used}, {resets} reset ({time.time() - start:.0f} s, cpu {time.process_time() - cpu:.0f} s)",
+                  f"codes used {used}, {resets} reset "
+                  f"({time.time() - start:.0f} s, cpu {time.process_time() - cpu:.0f} s)",
                   flush=True)
             usage = [torch.zeros_like(u) for u in usage]
         if args.save_every and step % args.save_every == 0 and step < args.steps:
@@ -223,7 +224,8 @@ def main() -> None:
     seal_codebooks(model, args.codes)
     codec.save_pretrained(args.out)
     codec = SnacCodec.from_pretrained(args.out)
-    print(f"trained {params / 1e6:.2f} M parameters for {args.steps} steps in {minutes:.1f} min ({cpu_minutes:.1f} CPU min); "
+    print(f"trained {params / 1e6:.2f} M parameters for {args.steps} steps in {minutes:.1f} min "
+          f"({cpu_minutes:.1f} CPU min); "
           f"wrote {args.out} ({(args.out / 'pytorch_model.bin').stat().st_size / 1e6:.1f} MB)")
     report(codec, clips[: len(train)], heldout, mel_loss, args.workers)
 
