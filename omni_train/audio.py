@@ -149,6 +149,12 @@ def whisper_frames(num_samples: int, sample_rate: int = WHISPER_SAMPLE_RATE, max
     return min(int(duration_ms / 20) + 1, int(max_seconds * 50))
 
 
+def whisper_max_samples(max_seconds: float = MAX_SECONDS) -> int:
+    """The longest 16-kHz clip `log_mel` keeps whole; a longer one is cut or dropped (its ``too_long``)."""
+    # the longest clip whose Mini-Omni T fits: int((S - 1) / 320) + 1 == 50 * max_seconds
+    return SAMPLES_PER_FRAME * int(max_seconds * 50) - 1
+
+
 def log_mel(
     audio_16k: torch.Tensor,
     n_mels: int = 80,
@@ -179,9 +185,7 @@ def log_mel(
     if too_long not in ("cut", "drop"):
         raise ValueError(f"too_long must be 'cut' or 'drop', got {too_long!r}")
     audio_16k = torch.as_tensor(audio_16k, dtype=torch.float32).reshape(-1)
-    max_frames = int(max_seconds * 50)
-    # the longest clip whose Mini-Omni T fits: int((S - 1) / 320) + 1 == max_frames
-    max_samples = SAMPLES_PER_FRAME * max_frames - 1
+    max_samples = whisper_max_samples(max_seconds)
     if audio_16k.numel() > max_samples:
         if too_long == "drop":
             raise TooLongAudio(f"audio of {audio_16k.numel() / WHISPER_SAMPLE_RATE:.2f} s exceeds {max_seconds} s")
