@@ -26,7 +26,7 @@ from omni_train.config import DEMO_DATA, DataConfig
 from omni_train.data import sources
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.data.samples import Sample
-from omni_train.data.skips import SkipCounter, TooManySkips
+from omni_train.data.skips import SkipCounter, TooManySkips, UnreadableData
 from omni_train.tasks import Task
 from omni_train.train import train
 from omni_train.vocab import Vocab
@@ -89,24 +89,32 @@ def test_a_healthy_source_with_a_few_early_bad_rows_runs_on(tmp_path):
     assert len(list(src)) == 198 and src.skips.n_skipped() == 2
 
 
-@pytest.mark.parametrize("where", ["reader", "encoder"])
+@pytest.mark.parametrize("where", ["reader", "encoder", "empty shard"])
 def test_a_source_that_makes_nothing_stops_whatever_the_fraction(tmp_path, encoder, where):
     """max_skip_fraction=null (only count): a training stream over a source with no good sample
-    used to spin for ever with no step and no output; now one line names the source and the reason."""
+    used to spin for ever with no step and no output (or, where a whole pass made nothing, end in
+    the mixture's traceback); now one line names the source and why."""
+    workers = 0
     if where == "reader":  # every row names an audio file that is not there
         path = manifest(tmp_path, [True] * 5)
-        reason, says = "missing audio file", "a whole pass over its rows made no sample"
-    else:  # every row's audio is there but cannot be decoded: the encoder, in the loader, skips it
+        says = "a whole pass over its rows made no sample; reasons: missing audio file 5"
+    elif where == "encoder":  # every row's audio is there but cannot be decoded: the encoder, in the loader, skips it
         (tmp_path / "noise.wav").write_bytes(b"RIFF, but not a wav file")
         path = manifest(tmp_path, [False] * 5, audio="noise.wav")
-        reason, says = "unreadable audio", "the last 1,000 samples in a row were skipped, none made"
+        says = "the last 1,000 samples in a row were skipped, none made (1,000 of 1,000 skipped in all); reasons: "
+        says += "unreadable audio 1,000"
+    else:  # one good row, two loader workers: the second worker's share is empty
+        path, workers = manifest(tmp_path, [False]), 2
+        says = "its shard 1 of 2 (one per rank and loader worker) holds no rows"
     src = sources.asr_manifest(path, name="broken")
-    cfg = DataConfig(max_tokens=600, buffer_size=16, num_workers=0, max_skip_fraction=None)
+    cfg = DataConfig(max_tokens=600, buffer_size=16, num_workers=workers, max_skip_fraction=None)
     dm = OmniDataModule({"broken": src}, {"broken": 1.0}, encoder, cfg)
     with within(60), pytest.raises(TooManySkips) as err:
-        next(iter(dm.train_dataloader()))
-    message = str(err.value)
-    assert message.startswith(f"broken: {says}") and f"reasons: {reason}" in message and "\n" not in message
+        batches = iter(dm.train_dataloader())
+        for _ in range(2):  # with two workers, the second batch is worker 1's
+            next(batches)
+    message = str(err.value)  # from a loader worker too: our one line, not the worker's traceback
+    assert message.startswith(f"broken: {says}") and "\n" not in message
 
 
 @pytest.fixture
@@ -177,6 +185,24 @@ def test_a_jsonl_line_that_is_not_utf8_is_a_counted_skip(tmp_path):
     assert (skip.row, skip.reason) == ("m.jsonl:2", "not UTF-8")
     column = lines[1].index(b"\xd6") + 1
     assert skip.detail == f"byte 0xd6 at column {column}"
+
+
+def test_a_jsonl_the_datasets_library_cannot_read_is_one_line_naming_it(tmp_path):
+    """hf_asr streams JSON data files through the datasets library, which cannot skip a line."""
+    from torch._utils import ExceptionWrapper
+
+    path = manifest(tmp_path, [False] * 3)
+    path.write_bytes(path.read_bytes().replace(b"DOG", b"D\xd6G", 1))
+    src = sources.hf_asr(path, cache_dir=tmp_path / "cache")
+    with pytest.raises(UnreadableData) as err:
+        list(src)
+    assert str(err.value).startswith(f"m: {path}: not UTF-8 (byte 0xd6: invalid continuation byte);")
+    try:  # as a loader worker's error reaches the trainer: still our one line
+        raise err.value
+    except UnreadableData:
+        with pytest.raises(UnreadableData) as again:
+            ExceptionWrapper(where="in DataLoader worker process 0").reraise()
+    assert str(again.value) == str(err.value)
 
 
 @pytest.fixture

@@ -194,10 +194,15 @@ def _training_pass(src: Source, n: int) -> Iterator[Sample]:
     for sample in src:
         made = True
         yield sample
-    if not made:
+    if made:
+        return
+    if src.skips.n_seen(src.name) == 0:
         index, count = src.shard
-        why = src.skips.summary(src.name) if src.skips.n_seen(src.name) else f"shard {index} of {count} holds no rows"
-        raise TooManySkips(f"{src.name}: a whole pass over its rows made no sample; {why}")
+        raise TooManySkips(
+            f"{src.name}: its shard {index} of {count} (one per rank and loader worker) holds no rows: "
+            "the source has fewer rows than there are shards; lower data.num_workers"
+        )
+    raise TooManySkips(f"{src.name}: a whole pass over its rows made no sample; {src.skips.summary(src.name)}")
 
 
 @contextmanager

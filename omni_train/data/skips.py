@@ -57,9 +57,15 @@ class TooManySkips(RuntimeError):
     def __init__(self, message: str) -> None:
         # PyTorch re-raises a DataLoader worker's error as ``type(err)(its traceback as text)``; the
         # user needs only our sentence, the text after the traceback's last "TooManySkips: "
-        if message.startswith("Caught TooManySkips"):
-            message = message.rsplit("TooManySkips: ", 1)[-1].strip()
+        name = type(self).__name__
+        if message.startswith(f"Caught {name}"):
+            message = message.rsplit(f"{name}: ", 1)[-1].strip()
         super().__init__(message)
+
+
+class UnreadableData(TooManySkips):
+    """Data a reader cannot get past, so that skipping cannot help: the run stops with one line
+    naming the data (e.g. the datasets library's JSON reader stops at a byte that is not UTF-8)."""
 
 
 class SkipCounter:
