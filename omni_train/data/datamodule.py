@@ -44,6 +44,7 @@ from omni_train.distributed import gather_objects, group
 from omni_train.vocab import Vocab
 
 log = logging.getLogger(__name__)
+MAX_STREAK = 1000  # a training source that makes no sample from this many attempts in a row stops the run
 
 
 class SkipSample(Exception):
@@ -168,6 +169,8 @@ class OmniStream(IterableDataset):
             )
             pairs: Iterable[tuple[list[Encoded], dict | None]] = ((batch, None) for batch in batches)
         else:
+            for s in shards.values():  # the mixture restarts each source for ever: one that makes nothing must stop it
+                s.max_streak = MAX_STREAK
             streams = {name: partial(_training_pass, s) for name, s in shards.items()}
             seed = self.seed + index
             mixture = Mixture(streams, self.weights, seed)

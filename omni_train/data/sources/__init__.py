@@ -29,7 +29,8 @@ The reader contract (what a new source must do; `omni_train.data.sources.tables`
    fraction weighs it right. Read text as bytes and decode a line at a time (`files.text_line`),
    so that a byte that is not UTF-8 costs its line, not the run.
 5. **Limits**: `Source.make` stops the run (`TooManySkips`) once the skips are clearly over the
-   source's ``max_skip_fraction``, or nothing was made for `Source.max_streak` attempts in a row.
+   source's ``max_skip_fraction``, or (in training) nothing was made for `Source.max_streak`
+   attempts in a row.
 
 `files.read_rows` reads parquet and JSONL for any table source (only the needed columns; sharded;
 unreadable rows come back as `BadRow` values); `librispeech.utterances` scans LibriSpeech-layout

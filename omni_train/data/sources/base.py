@@ -56,12 +56,14 @@ class Source:
         shard: ``(index, count)``: this source reads every `count`-th unit from `index`.
 
     Whatever `max_skip_fraction` says, `max_streak` attempts in a row that give no sample stop the
-    run with `TooManySkips` naming the reasons: a source that makes nothing would otherwise keep a
-    training stream reading it forever. An attempt gives a sample when its consumer keeps it: a
-    sample the `SampleEncoder` skips later (unreadable audio, too long) adds to the streak too.
+    run with `TooManySkips` naming the reasons. The training stream sets it (its mixture restarts a
+    source for ever, so one that makes nothing would stall the run with no step and no output);
+    a one-pass reader (validation, omni-prep) ends anyway and leaves it None. An attempt gives a
+    sample when its consumer keeps it: one the `SampleEncoder` skips later (unreadable audio, too
+    long) adds to the streak too.
     """
 
-    max_streak = 1000
+    max_streak: int | None = None
 
     def __init__(
         self,
