@@ -30,7 +30,7 @@ from litgpt.tokenizer import Tokenizer
 from litgpt.utils import save_config
 from omegaconf import OmegaConf
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[1] / "omni_train" / "configs" / "model"
 
 
 def tiny_config(preset: str) -> Config:

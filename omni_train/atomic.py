@@ -8,6 +8,7 @@ failed write leaves the previous file with that name untouched.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -32,7 +33,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     """Call ``write(tmp)`` on a temporary name beside `path`, then rename it into place.
 
     Temporaries a killed process left beside `path` are removed first. On any failure the
-    temporary goes and `path` keeps its old content; an OSError (a full disk) says so in a note.
+    temporary goes and `path` keeps its old content; an OSError says so in a note, and a full disk
+    (or quota) becomes `DiskFull`, whose one line names the file and the space left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,11 +47,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path) from err
         if isinstance(err, OSError):
             err.add_note(f"writing {path} failed; the previous {path.name}, if any, is intact")
         raise
     fsync_path(path.parent)
     return path
+
+
+class DiskFull(OSError):
+    """No space left (or over quota) while writing `path`; what was there before is intact."""
+
+    def __init__(self, path: Path) -> None:
+        free = shutil.disk_usage(path.parent).free
+        super().__init__(errno.ENOSPC, f"No space left on device writing {path} ({free / 2**20:.0f} MiB free on "
+                                       f"its disk); the previous {path.name}, if any, is intact")  # fmt: skip
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def write_json(path: str | os.PathLike, value: Any) -> Path:

@@ -24,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from omni_train.atomic import atomic_write
 from omni_train.audio import WhisperEncoder
+from omni_train.callbacks import stage_progress_bar
 from omni_train.checkpoints import (
     CONFIG_FILE,
-    TOKENIZER_FILES,
     WHISPER_FILE,
     ModelBundle,
     audio_sources,
@@ -65,7 +65,8 @@ def build_model(
             whisper_src = str(make_random_whisper(plain(m.whisper_dims), run_dir / WHISPER_FILE, seed))
         encoder = WhisperEncoder.from_pretrained(whisper_src, pad_to_30s=m.pad_to_30s)
         model, tokenizer_dir = _from_base(m, encoder.width, seed)  # Whisper's width is the adapter's input
-        bundle = ModelBundle(model, encoder, Path(tokenizer_dir), whisper_src, m.snac, m.pad_to_30s)
+        base = f"the base LLM {m.name} ({m.checkpoint_dir or 'random weights'})"
+        bundle = ModelBundle(model, encoder, Path(tokenizer_dir), whisper_src, m.snac, m.pad_to_30s, base)
     else:
         if not (start / CONFIG_FILE).is_file():
             raise ConfigError(f"init_from={start}: not a model folder (no {CONFIG_FILE}); give <run>/<stage>/model")
@@ -75,7 +76,7 @@ def build_model(
             raise ConfigError(f"init_from={start}: {err}") from None
         audio = {"whisper": m.whisper, "snac": m.snac, "pad_to_30s": m.pad_to_30s}
         audio.update(audio_sources(start) or {})  # what the model was trained with
-        bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"])
+        bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start))
         check_requested(m, bundle, requested)
         bundle.encoder = WhisperEncoder.from_pretrained(bundle.whisper, pad_to_30s=bundle.pad_to_30s)
     return bundle
@@ -101,6 +102,12 @@ def _from_base(m: ModelConfig, whisper_width: int, seed: int) -> tuple[OmniGPT, 
     if m.checkpoint_dir is not None:
         if not Path(m.checkpoint_dir).is_dir():
             raise ConfigError(f"model.checkpoint_dir={m.checkpoint_dir}: no such folder (download the base model)")
+        own = [f for f in VOCABULARY_FILES if (Path(m.checkpoint_dir) / f).is_file()]
+        if m.tokenizer_dir and own and not _same_tokenizer(Path(m.checkpoint_dir), Path(m.tokenizer_dir)):
+            raise ConfigError(
+                f"model.tokenizer_dir={m.tokenizer_dir} holds another tokenizer than the base model in "
+                f"model.checkpoint_dir={m.checkpoint_dir}: its ids would mean other words (leave tokenizer_dir unset)"
+            )
         try:
             model, _ = load_base(m.checkpoint_dir, base_config=config, seed=seed, **omni)
         except ValueError as err:  # weights or tokenizer that do not fit model.name
@@ -177,7 +184,11 @@ def _same_files(a: Path, b: Path, names: Collection[str] | None = None) -> bool:
 
 
 def _same_tokenizer(a: Path, b: Path) -> bool:
-    return _same_files(a, b, TOKENIZER_FILES)
+    """Whether two folders hold the same vocabulary file (tokenizer.json or tokenizer.model)."""
+    return _same_files(a, b, VOCABULARY_FILES) and any((a / f).is_file() for f in VOCABULARY_FILES)
+
+
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 def make_random_whisper(dims: dict, path: Path, seed: int) -> Path:
@@ -262,6 +273,11 @@ def build_data(cfg: DictConfig, stage: str, bundle: ModelBundle) -> OmniDataModu
     """The stage's training mixture and validation sources, encoded for `bundle`'s model."""
     d: DataConfig = OmegaConf.to_object(cfg.data)
     s: StageConfig = OmegaConf.to_object(cfg.stages[stage])
+    if d.max_seq_length > bundle.model.max_seq_length:  # else a traceback when the first long sample comes
+        raise ConfigError(
+            f"data.max_seq_length={d.max_seq_length} is longer than the model's context ({bundle.model.max_seq_length} "
+            "positions, its block_size): lower data.max_seq_length, or raise model.overrides.block_size for a fresh model"
+        )
     train, weights = build_sources(cfg, stage)
     val = {name: build_source(name, spec, None) for name, spec in cfg.data.val.items()}
     sample_encoder = SampleEncoder(
@@ -279,11 +295,18 @@ def build_module(cfg: DictConfig, stage: str, bundle: ModelBundle) -> OmniModule
     return STAGES[stage](bundle, OmegaConf.to_object(cfg.stages[stage]))
 
 
-def build_trainer(cfg: DictConfig, stage: str, stage_dir: Path, callbacks: list[L.Callback]) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, stage: str, stage_dir: Path, callbacks: list[L.Callback], first: bool = True
+) -> L.Trainer:
     """Lightning's Trainer for one stage: the ``trainer`` preset, the loggers, checkpoints every
-    ``checkpoint_every`` steps (``last.ckpt`` for resume=auto), and the given callbacks."""
+    ``checkpoint_every`` steps (``last.ckpt`` for resume=auto), a progress bar that names the stage,
+    and the given callbacks. The model's summary table is printed for the `first` stage only."""
     s = cfg.stages[stage]
     kwargs = plain(cfg.trainer)
+    if not first:
+        kwargs.setdefault("enable_model_summary", False)
+    if kwargs.get("enable_progress_bar", True):
+        callbacks = [*callbacks, stage_progress_bar(stage)]
     if isinstance(kwargs.get("strategy"), dict):
         kwargs["strategy"] = instantiate(kwargs["strategy"])
     loggers = [

@@ -290,6 +290,28 @@ class LossHistory(L.Callback):
         return out
 
 
+def stage_progress_bar(stage: str) -> L.Callback:
+    """Lightning's progress bar (rich where installed, else tqdm) reading ``adaption 186/340``: a
+    stage trains for steps, not epochs, so Lightning's own "Epoch 0/-2" says nothing."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    if _RICH_AVAILABLE:
+
+        class StageBar(RichProgressBar):
+            def _get_train_description(self, current_epoch: int) -> str:
+                return stage
+
+    else:
+
+        class StageBar(TQDMProgressBar):
+            def on_train_epoch_start(self, trainer, *args) -> None:
+                super().on_train_epoch_start(trainer, *args)
+                self.train_progress_bar.set_description(stage)
+
+    return StageBar()
+
+
 # ---- the loggers ----------------------------------------------------------------------------------
 def _pixels(fig) -> np.ndarray:
     fig.canvas.draw()

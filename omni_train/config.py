@@ -1,4 +1,4 @@
-"""The schema of the Hydra configs in ``configs/``: a misspelt key is an error, not a silent default.
+"""The schema of the Hydra configs in ``omni_train/configs/``: a misspelt key is an error, not a silent default.
 
 Each dataclass is one config group (``model/``, ``data/``, ``stage/``); `TrainConfig` is the
 whole job. Groups whose keys belong to another library (``trainer/``: Lightning's `Trainer`
@@ -8,8 +8,8 @@ the classes they build.
 
 from __future__ import annotations
 
-import os
-import re
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -119,28 +119,31 @@ def register() -> None:
         OmegaConf.register_new_resolver("demo_data", lambda sub="": str(DEMO_DATA / sub))
 
 
-SECRET = re.compile(r"(api_?key|^token$|_token$|secret|password|passwd|credential)", re.IGNORECASE)
+def unknown_keys(cfg: DictConfig, path: str = "") -> list[str]:
+    """Keys of the schema's dataclass nodes that their class does not declare, each with a suggestion.
 
-
-def redacted(cfg: DictConfig) -> dict:
-    """The resolved config as a plain dict, safe to save with a run.
-
-    Values under secret-looking keys (``api_key``, ``hf_token``, ...) are replaced, and so is any
-    text that contains the value of a secret-looking environment variable (``WANDB_API_KEY``),
-    e.g. through ``${oc.env:...}``.
+    Hydra refuses a misspelt key, but ``+key=value`` forces it in (``+stages.alignment.max_step=5``,
+    the spelling its own error message suggests), and nothing would read it.
     """
-    env_secrets = [v for k, v in os.environ.items() if SECRET.search(k) and len(v) >= 8]
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: "<redacted>" if SECRET.search(str(k)) and v is not None else walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        if isinstance(node, str) and any(s in node for s in env_secrets):
-            return "<redacted>"
-        return node
-
-    return walk(OmegaConf.to_container(cfg, resolve=True))
+    kind = OmegaConf.get_type(cfg)
+    if not dataclasses.is_dataclass(kind):
+        return []
+    declared = {f.name: f for f in dataclasses.fields(kind)}
+    problems = []
+    for key in cfg.keys():
+        where = f"{path}{key}"
+        if key not in declared:
+            close = difflib.get_close_matches(str(key), declared, n=1)
+            problems.append(f"{where}: no such setting" + (f" (did you mean {path}{close[0]}?)" if close else ""))
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not OmegaConf.is_missing(cfg, key) and node._is_none() is False:
+            if dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                problems += unknown_keys(node, f"{where}.")
+            elif key == "stages":  # name -> StageConfig
+                for name in node.keys():
+                    problems += unknown_keys(node[name], f"{where}.{name}.")
+    return problems
 
 
 def plain(node: Any) -> Any:

@@ -19,14 +19,11 @@ def summary_table(summary: dict) -> str:
             head = " " * len(head)
     if "wer_before" in summary or "wer_after" in summary:
         before, after = summary.get("wer_before"), summary.get("wer_after")
-        lines.append(f"held-out ASR WER: {before}% before stage 1 -> {after}% after the last stage")
+        first, last = summary.get("wer_before_stage", "the first stage"), summary.get("wer_after_stage", "the last stage")
+        lines.append(f"held-out ASR WER: {before}% before {first} -> {after}% after {last}")
     if summary.get("spoken_answer"):
         a = summary["spoken_answer"]
         lines.append(f"spoken answer to {a['question']!r}: {a['text']!r} ({a['seconds']} s, {a['wav']})")
     if "wall_time_s" in summary:
         lines.append(f"total {summary['wall_time_s']:.0f} s; final model: {summary.get('final_model')}")
     return "\n".join(lines)
-
-
-def print_summary(summary: dict) -> None:
-    print(summary_table(summary), flush=True)

@@ -6,23 +6,30 @@ A Lightning checkpoint already holds the weights, the optimizer, the LR schedule
 ``resume=auto`` continues a stage with the same batches and the same random draws, so an interrupted
 run ends with the weights and loss log of an uninterrupted one.
 
-Signals (`Preemption`): SIGTERM (schedulers, ``kill``, Kubernetes) and SIGUSR1 (SLURM's warning
-before the time limit: ``#SBATCH --signal=SIGUSR1@90``) make the run save ``last.ckpt`` after the
-step in progress and stop; `omni-train` then exits with status 128 + the signal number (143 for
-SIGTERM, 138 for SIGUSR1), so a wrapper sees "stopped, not finished". Under SLURM, SIGUSR1 also
+Signals (`Preemption`): SIGTERM (schedulers, ``kill``, Kubernetes), SIGUSR1 (SLURM's warning
+before the time limit: ``#SBATCH --signal=SIGUSR1@90``) and SIGINT (Ctrl-C) make the run save
+``last.ckpt`` after the step in progress and stop; `omni-train` then exits with status 128 + the
+signal number (143 for SIGTERM, 138 for SIGUSR1, 130 for Ctrl-C), so a wrapper sees "stopped, not
+finished"; a second Ctrl-C stops at once, without saving. Under SLURM, SIGUSR1 also
 requeues the job (``scontrol requeue``), as Lightning's own handler does. Lightning's handler saves
 from inside the signal handler, i.e. wherever the main thread happens to be (in the middle of an
 optimizer step, or of a collective the other ranks are not in); ours only sets a flag.
+
+`RunLock` keeps a second process out of a run directory; `resume_point` finds the newest
+checkpoint that can be loaded.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +39,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
-from omni_train.atomic import atomic_write, swap_in
+from omni_train.atomic import atomic_write, remove, swap_in
 from omni_train.distributed import gather_objects, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
@@ -101,12 +108,84 @@ def fsdp_strategy(activation_checkpointing: bool = False, sharding_strategy: str
     )
 
 
-def latest_checkpoint(stage_dir: Path) -> str | None:
-    """The newest of ``checkpoints/last.ckpt`` and the checkpoints Lightning writes when SLURM preempts a job
-    (or ``.last.ckpt.old``, if a crash hit a sharded FSDP checkpoint's swap: see `AtomicFSDPStrategy`)."""
-    found = [*stage_dir.glob("checkpoints/last.ckpt"), *stage_dir.glob("hpc_ckpt_*.ckpt")]
-    found = found or list(stage_dir.glob("checkpoints/.last.ckpt.old"))
-    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+# ---- where a stage continues ---------------------------------------------------------------------
+def resume_point(stage_dir: Path) -> str | None:
+    """The newest checkpoint of a stage that can be loaded, for ``resume=auto``; None: start at step 0.
+
+    Candidates, newest first: ``checkpoints/last.ckpt``, the checkpoints Lightning writes when SLURM
+    preempts a job (``hpc_ckpt_*.ckpt``), the periodic ``step-N.ckpt``, and ``.last.ckpt.old`` (left
+    if a crash hit a sharded FSDP checkpoint's swap, see `AtomicFSDPStrategy`). A file that cannot be
+    read (truncated, not a checkpoint) is passed over with a warning naming it; a temporary file
+    left by a kill during a checkpoint's first write is removed, and a restart from step 0 says so.
+    """
+    ckpts = stage_dir / "checkpoints"
+    found = [*ckpts.glob("last.ckpt"), *stage_dir.glob("hpc_ckpt_*.ckpt"), *ckpts.glob("step-*.ckpt"),
+             *ckpts.glob(".last.ckpt.old")]  # fmt: skip
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        if problem := _unreadable(path):
+            log.warning("resume: skipping %s: %s", path, problem)
+            continue
+        return str(path)
+    leftovers = list(ckpts.glob(".*.tmp-*")) if ckpts.is_dir() else []
+    for tmp in leftovers:
+        remove(tmp)
+    if found or leftovers:
+        what = ", ".join(p.name for p in found + leftovers)
+        log.warning("resume: no loadable checkpoint in %s (found %s): stage %s starts again at step 0",
+                    ckpts, what, stage_dir.name)  # fmt: skip
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a checkpoint cannot be loaded, or None. Cheap: a one-file checkpoint is a zip archive whose
+    index is at its end (a truncated file has none); a sharded one is a folder with torch.distributed's
+    ``.metadata``."""
+    if path.is_dir():
+        return None if (path / ".metadata").is_file() else "a folder without .metadata (an incomplete sharded checkpoint)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return "not a torch checkpoint"
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"unreadable ({err}); truncated?"
+    return None
+
+
+class RunLock:
+    """One omni-train process a run directory: a second one is refused with one line.
+
+    An exclusive `flock` on ``<run>/.lock``, held while the process lives: the kernel drops it when
+    the process ends, however it ends, so a SIGKILLed run never blocks its own resume.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / ".lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise RunLocked(f"{run_dir} is in use by omni-train process {holder}: wait for it to end, or choose "
+                            "another hydra.run.dir") from None  # fmt: skip
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunLocked(RuntimeError):
+    """Another omni-train process holds the run directory."""
 
 
 # ---- random number generators --------------------------------------------------------------------
@@ -140,20 +219,22 @@ class RngState(L.Callback):
 
 # ---- preemption ----------------------------------------------------------------------------------
 class Preempted(RuntimeError):
-    """The run was asked to stop, saved a checkpoint and stopped; `exit_code` is 128 + the signal."""
+    """The run was asked to stop and stopped, after saving `saved` (None: a second Ctrl-C, no save).
 
-    def __init__(self, signum: int, stage: str, step: int, path: Path) -> None:
-        name = signal.Signals(signum).name
-        run = Path(path).parents[2]  # <run>/<stage>/checkpoints/last.ckpt
-        super().__init__(f"{name}: stage {stage} stopped after step {step} and saved {path}; "
-                         f"continue with the same command and hydra.run.dir={run} resume=auto")
-        self.exit_code = 128 + signum
+    `exit_code` is 128 + the signal; `run_dir` is where ``resume=auto`` continues.
+    """
+
+    def __init__(self, signum: int, stage: str, step: int, run_dir: Path, saved: Path | None) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        what = f"saved {saved}" if saved else "did not save (stopped at once; resume=auto takes its last checkpoint)"
+        super().__init__(f"{name}: stage {stage} stopped after step {step} and {what}")
+        self.exit_code, self.run_dir = 128 + signum, Path(run_dir)
 
 
 class Preemption(L.Callback):
-    """SIGTERM or SIGUSR1 -> save `path` after the current optimizer step, then stop the fit.
+    """SIGTERM, SIGUSR1 or Ctrl-C -> save `path` after the current optimizer step, then stop the fit.
 
-    The handler only records the signal. After each optimizer step the ranks agree (one tiny
+    A second Ctrl-C stops at once (`stopped_at_once`), without saving. The handler only records the signal. After each optimizer step the ranks agree (one tiny
     all-reduce: a signal on any rank stops all of them, so one signalled process is enough) and all
     take part in the save. The caller checks `signum` after ``fit`` and raises `Preempted`.
 
@@ -163,22 +244,36 @@ class Preemption(L.Callback):
             itself right after this callback, so this one only stops the fit.
     """
 
-    signals = (signal.SIGTERM, signal.SIGUSR1)
+    signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self, path: str | Path, checkpoint_every: int) -> None:
         self.path, self.checkpoint_every = Path(path), checkpoint_every
         self.signum = 0  # the signal that stopped the run (agreed over ranks), 0: none
+        self.stopped_at_once = False  # a second Ctrl-C: no save
         self._received = 0
         self._last_step = -1
+        self._before: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT:
+            if self._received == signal.SIGINT:
+                self.stopped_at_once = True
+                raise KeyboardInterrupt  # Lightning shuts the fit down and exits; the caller says what happened
+            print(f"\nCtrl-C: saving {self.path.name} after this step, then stopping (Ctrl-C again: stop now, "
+                  "without saving)", file=sys.stderr, flush=True)  # fmt: skip
         self._received = signum
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # Lightning installs its handlers just before; ours replace them for this fit, and its
-        # teardown puts back whatever was there before the fit
+        # Lightning installs its SIGTERM/SIGUSR1 handlers just before; ours replace them for this fit
         for sig in self.signals:
+            self._before[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
+
+    def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        # after the fit (the WER pass, the next stage) a signal means what it meant before
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._last_step:  # gradient accumulation: no optimizer step yet

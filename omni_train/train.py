@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
 import time
 import warnings
 from collections.abc import Collection
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +43,12 @@ from omni_train.builders import (
 )
 from omni_train.callbacks import LossHistory, Throughput
 from omni_train.checkpoints import ModelBundle
-from omni_train.config import ConfigError, redacted
+from omni_train.config import ConfigError, DataConfig, unknown_keys
 from omni_train.data.skips import SkipReport
 from omni_train.distributed import rank
 from omni_train.model import OmniGPT
-from omni_train.resume import Preempted, Preemption, RngState, latest_checkpoint
+from omni_train.redact import redacted
+from omni_train.resume import Preempted, Preemption, RngState, RunLock, resume_point
 from omni_train.stages import STAGES, OmniModule
 
 log = logging.getLogger("omni_train")
@@ -73,48 +76,44 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
     """
     check(cfg)
     run_dir = Path(cfg.run_dir)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if cfg.resume == "auto" and summary_path.exists() else {}
-    summary.setdefault("stages", {})
-    start = time.perf_counter()
+    with RunLock(run_dir) if rank() == 0 else nullcontext():  # one omni-train a run folder
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if cfg.resume == "auto" and summary_path.exists() else {}
+        summary.setdefault("stages", {})
+        start = time.perf_counter()
 
-    previous = Path(cfg.init_from) if cfg.init_from else None
-    chosen = requested_model  # checked against init_from; the run's own stages were made from this config
-    for i, stage in enumerate(cfg.run_stages):
-        if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
-            log.info("stage %s already finished in %s; skipping it", stage, run_dir / stage)
-            previous, chosen = run_dir / stage / "model", ()
-            continue
-        if previous is None and stage != "alignment":
-            raise ConfigError(f"stage={stage} starts from a trained model: set init_from=<run>/alignment/model (or a Mini-Omni dir)")
-        bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
-        if rank() == 0 and not summary["stages"]:  # the first stage of this run: the config as it is used
-            model = OmegaConf.to_object(cfg.model)
-            save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
-        if i == 0 and cfg.eval.asr and "wer_before" not in summary and rank() == 0:
-            summary["wer_before"] = evaluate.asr_wer(bundle, cfg.eval)["wer"]
-        result = run_stage(cfg, stage, bundle, run_dir)
-        summary["stages"][stage] = result.summary
-        previous, chosen = result.model_dir, ()
-        if rank() == 0:
+        previous = Path(cfg.init_from) if cfg.init_from else None
+        chosen = requested_model  # checked against init_from; the run's own stages were made from this config
+        for i, stage in enumerate(cfg.run_stages):
+            if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
+                log.info("stage %s already finished in %s; skipping it", stage, run_dir / stage)
+                previous, chosen = run_dir / stage / "model", ()
+                continue
+            if previous is None and stage != "alignment":
+                raise ConfigError(f"stage={stage} starts from a trained model: set init_from=<run>/alignment/model (or a Mini-Omni dir)")
+            bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
+            if rank() == 0 and not summary["stages"]:  # the first stage of this run: the config as it is used
+                model = OmegaConf.to_object(cfg.model)
+                save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
+            if i == 0 and cfg.eval.asr and "wer_before" not in summary and rank() == 0:
+                summary["wer_before"], summary["wer_before_stage"] = held_out_wer(bundle, cfg, f"before {stage}"), stage
+            result = run_stage(cfg, stage, bundle, run_dir, first=not summary["stages"])
+            summary["stages"][stage] = result.summary
+            previous, chosen = result.model_dir, ()
+            if rank() == 0:
+                write_json(summary_path, summary)
+
+        if previous is not None and rank() == 0:
+            final_checks(cfg, build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=()), summary)
+            summary["wall_time_s"] = round(time.perf_counter() - start + summary.get("wall_time_s", 0.0), 1)
+            summary["final_model"] = str(previous)
             write_json(summary_path, summary)
-
-    if previous is not None and rank() == 0:
-        final = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
-        if cfg.eval.asr:
-            result = evaluate.asr_wer(final, cfg.eval)
-            summary["wer_after"] = result["wer"]
-            summary["asr_examples"] = result["examples"][:5]
-        if cfg.eval.speak:
-            summary["spoken_answer"] = evaluate.speak(final, cfg.eval, run_dir / "answer.wav")
-        summary["wall_time_s"] = round(time.perf_counter() - start + summary.get("wall_time_s", 0.0), 1)
-        summary["final_model"] = str(previous)
-        write_json(summary_path, summary)
-    return summary
+        return summary
 
 
-def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path) -> StageResult:
-    """Train one stage of `bundle`'s model and write the stage's folder."""
+def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, first: bool = True) -> StageResult:
+    """Train one stage of `bundle`'s model and write the stage's folder (`first`: the run's first stage
+    in this process, which prints the model's summary table)."""
     s = cfg.stages[stage]
     stage_dir = run_dir / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -124,23 +123,27 @@ def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path) -
     module = build_module(cfg, stage, bundle)
     throughput, history, skips = Throughput(), LossHistory(s.log_every), SkipReport()
     preemption = Preemption(stage_dir / "checkpoints" / "last.ckpt", s.checkpoint_every)
-    trainer = build_trainer(cfg, stage, stage_dir, [RngState(), throughput, history, skips, preemption])
+    trainer = build_trainer(cfg, stage, stage_dir, [RngState(), throughput, history, skips, preemption], first)
     check_strategy(trainer, module)
-    ckpt_path = latest_checkpoint(stage_dir) if cfg.resume == "auto" else None
-    if ckpt_path:
-        log.info("resuming stage %s from %s", stage, ckpt_path)
+    ckpt_path = resume_point(stage_dir) if cfg.resume == "auto" else None
+    tasks = ", ".join(f"{t} {w:g}" for t, w in s.tasks.items())
+    log.info("stage %s: %d steps of %s, from %s%s", stage, s.max_steps, tasks, bundle.origin,
+             f"; resuming from {ckpt_path}" if ckpt_path else "")  # fmt: skip
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning's answer to a KeyboardInterrupt: here, a second Ctrl-C
+        if preemption.stopped_at_once or trainer.interrupted:
+            raise Preempted(signal.SIGINT, stage, trainer.global_step, run_dir, None) from None
+        raise
     wall = time.perf_counter() - start
     if any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
         import wandb
 
         wandb.finish()  # else the next stage's WandbLogger writes into this stage's run
     if preemption.signum:
-        raise Preempted(preemption.signum, stage, trainer.global_step, preemption.path)
-    if trainer.interrupted:
-        raise KeyboardInterrupt(f"stage {stage} interrupted at step {trainer.global_step}; resume with resume=auto")
+        raise Preempted(preemption.signum, stage, trainer.global_step, run_dir, preemption.path)
 
     trained = _trained_model(trainer, module, stage_dir)
     summary = {}
@@ -160,20 +163,45 @@ def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path) -
             "resumed_from": ckpt_path,
         }
         write_json(stage_dir / "summary.json", summary)
+        log.info("stage %s: %d steps in %.0f s; model saved in %s", stage, trainer.global_step, wall, stage_dir / "model")
     trainer.strategy.barrier()
     return StageResult(stage, stage_dir / "model", summary)
+
+
+def final_checks(cfg: DictConfig, final: ModelBundle, summary: dict) -> None:
+    """What the run's last model does: held-out WER (``eval.asr``) and a spoken answer (``eval.speak``)."""
+    if cfg.eval.asr:
+        summary["wer_after"] = held_out_wer(final, cfg, f"after {cfg.run_stages[-1]}", summary)
+        summary["wer_after_stage"] = cfg.run_stages[-1]
+    if cfg.eval.speak:
+        summary["spoken_answer"] = evaluate.speak(final, cfg.eval, Path(cfg.run_dir) / "answer.wav")
+
+
+def held_out_wer(bundle: ModelBundle, cfg: DictConfig, when: str, summary: dict | None = None) -> float:
+    """Held-out ASR WER on ``eval.asr`` (said before it starts: it decodes every utterance)."""
+    log.info("held-out ASR WER %s: transcribing %s%s ...", when, cfg.eval.asr,
+             f" (first {cfg.eval.asr_max_utterances} utterances)" if cfg.eval.asr_max_utterances else "")  # fmt: skip
+    start = time.perf_counter()
+    result = evaluate.asr_wer(bundle, cfg.eval)
+    log.info("held-out ASR WER %s: %.1f%% on %d utterances (%.0f s)", when, result["wer"], result["n"],
+             time.perf_counter() - start)  # fmt: skip
+    if summary is not None:
+        summary["asr_examples"] = result["examples"][:5]
+    return result["wer"]
 
 
 def check(cfg: DictConfig) -> None:
     """Every problem a run would hit late, reported before anything trains."""
     import torch
 
-    problems = []
+    problems = unknown_keys(cfg)
     for stage in cfg.run_stages:
         if stage not in STAGES:
             problems.append(f"run_stages: unknown stage {stage!r} (stages: {', '.join(STAGES)})")
         elif stage not in cfg.stages or OmegaConf.is_missing(cfg.stages[stage], "tasks"):
             problems.append(f"stages.{stage}: not defined (choose it with stage={stage} or stage=all)")
+        elif cfg.stages[stage].max_steps < 1:
+            problems.append(f"stages.{stage}.max_steps={cfg.stages[stage].max_steps}: a stage trains at least one step")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
@@ -184,6 +212,10 @@ def check(cfg: DictConfig) -> None:
         build_sources(cfg, stage)
     for name, spec in cfg.data.val.items():
         build_source(name, spec, None)
+    specs = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=False).items() if k != "root"}
+    if cfg.data.root != DataConfig.root and "data.root" not in str(specs):
+        log.warning("data.root=%s is not used: none of this config's data sources reads ${data.root} "
+                    "(the demo's are bundled with the package); set each source's path instead", cfg.data.root)
 
 
 def save_config(cfg: DictConfig, model: dict, run_dir: Path) -> None:

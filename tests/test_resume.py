@@ -22,6 +22,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from litgpt.tokenizer import Tokenizer
 
+from omni_train.atomic import DiskFull
 from omni_train.cli.train import CONFIGS
 from omni_train.config import DataConfig, register
 from omni_train.data import sources
@@ -73,7 +74,7 @@ def config(*overrides: str):
 
 def omni_train(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI in its own session, so a signal to its process group reaches nothing else."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HYDRA_FULL_ERROR": "1", **(env or {})}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "HYDRA_FULL_ERROR": "1", **(env or {})}
     cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False,
                           start_new_session=True)
@@ -196,7 +197,8 @@ def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypat
     monkeypatch.setattr(torch, "save", disk_full_on_second_last_ckpt)
     with pytest.raises(OSError, match="No space left") as failed:
         train(config(*common))
-    assert "previous last.ckpt" in "".join(getattr(failed.value, "__notes__", []))
+    assert isinstance(failed.value, DiskFull) and "MiB free" in str(failed.value)
+    assert "the previous last.ckpt, if any, is intact" in str(failed.value)
     last = run / "alignment" / "checkpoints" / "last.ckpt"
     assert saved_step(last) == 2  # the complete one from step 2
     assert not [p for p in last.parent.iterdir() if p.name.startswith(".")]  # no half-written leftovers

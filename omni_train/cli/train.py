@@ -1,4 +1,4 @@
-"""omni-train: staged Mini-Omni training from the Hydra configs in ``configs/``.
+"""omni-train: staged Mini-Omni training from the Hydra configs in ``omni_train/configs/``.
 
     omni-train experiment=demo                          # the CPU demo, all three stages
     omni-train model=qwen2.5-1.5b stage=alignment       # one stage of the real recipe
@@ -6,48 +6,94 @@
     omni-train experiment=demo hydra.run.dir=RUN resume=auto   # finish an interrupted run
     omni-train experiment=mini_omni --cfg job           # print the resolved config
 
-Add your own config folders with Hydra's ``--config-dir``; see ``configs/train.yaml``.
+Add your own config folders with Hydra's ``--config-dir``; see ``omni_train/configs/train.yaml``.
+
+A mistake in the command ends with one line (``omni-train: error: ...``, status 1). Ctrl-C, SIGTERM
+and SIGUSR1 save ``last.ckpt`` after the step in progress and stop with status 128 + the signal,
+printing the command that continues the run. ``<run>/train.log`` holds the run's log.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
+import shutil
+import signal
 import sys
+import textwrap
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from omni_train.config import register
+from omni_train.redact import Secrets, protect
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")  # package data: there in a regular install too
+SECRETS = Secrets()  # grows with the command line's and the config's; masked in all the run writes and prints
 log = logging.getLogger("omni_train")
 
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
+    from omni_train.atomic import DiskFull
+    from omni_train.audio import AudioModelError, DownloadFailed
     from omni_train.config import ConfigError
     from omni_train.data.skips import TooManySkips
-    from omni_train.resume import Preempted
+    from omni_train.resume import Preempted, RunLocked
     from omni_train.stages import TooManyBadSteps
     from omni_train.train import train
 
-    for name in ("lightning.pytorch", "lightning.fabric"):  # they print themselves; Hydra's root handler would repeat it
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]  # Hydra's <run>/train.log
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        # Lightning prints its own lines; through Hydra's root console handler they would print twice
         logging.getLogger(name).propagate = False
+        for handler in files:
+            logging.getLogger(name).addHandler(handler)
+    SECRETS.add_config(cfg)
+    protect(SECRETS)
+    save_hydra_files(cfg)
+    run_dir = Path(cfg.run_dir)
+
+    def to_log_file(message: str, level: int) -> None:  # the terminal gets it once, by print
+        record = {"name": log.name, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
+        for handler in files:
+            handler.emit(logging.makeLogRecord(record))
+
+    def stop(message: str, code: int) -> None:
+        to_log_file(message, logging.ERROR)
+        _remove_if_unused(run_dir)
+        print(message, file=sys.stderr)
+        sys.exit(code)
 
     try:
         summary = train(cfg, requested_model_keys())
-    except (ConfigError, TooManySkips, TooManyBadSteps, FileNotFoundError, NotADirectoryError) as err:
-        log.error("omni-train: %s", err)
-        sys.exit(f"omni-train: error: {err}")
-    except Preempted as stop:  # a checkpoint was saved: status 128 + signal says "stopped, resumable"
-        log.warning("omni-train: %s", stop)
-        print(f"omni-train: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
+    except (ConfigError, AudioModelError, TooManySkips, TooManyBadSteps, RunLocked, DiskFull, FileNotFoundError,
+            NotADirectoryError) as err:
+        stop(f"omni-train: error: {err.advice(f'model.{err.key}=') if isinstance(err, DownloadFailed) else err}", 1)
+    except Preempted as err:  # status 128 + signal says "stopped, resumable"
+        stop(f"omni-train: {err}; continue with: {resume_command(err.run_dir)}", err.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C before a stage's training started: nothing to save yet
+        stop("omni-train: Ctrl-C: stopped before training (nothing saved)", 128 + signal.SIGINT)
     if summary.get("final_model"):  # rank 0 only
-        from omni_train.report import print_summary
+        from omni_train.report import summary_table
 
-        print_summary(summary)
+        table = summary_table(summary)
+        to_log_file("run summary\n" + table, logging.INFO)
+        print(table, flush=True)
+
+
+def resume_command(run_dir: Path) -> str:
+    """This command again, continuing the run in `run_dir`."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("hydra.run.dir=", "resume=", "run_dir="))]
+    return " ".join(["omni-train", *map(shlex.quote, args), f"hydra.run.dir={shlex.quote(str(run_dir))}", "resume=auto"])
+
+
+def _remove_if_unused(run_dir: Path) -> None:
+    """A command that failed before its run started leaves no folder behind (Hydra makes it first)."""
+    ours = {".hydra", ".lock", "train.log"}
+    if run_dir.is_dir() and not (run_dir / "config.yaml").exists() and {p.name for p in run_dir.iterdir()} <= ours:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def requested_model_keys() -> set[str]:
@@ -74,9 +120,38 @@ def requested_model_keys() -> set[str]:
     return chosen
 
 
+def save_hydra_files(cfg: DictConfig) -> None:
+    """Hydra's record of the job in ``<run>/.hydra/`` (the config as composed, Hydra's own settings, the
+    command-line overrides), with secrets masked: ``train.yaml`` stops Hydra writing them as typed."""
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.utilities import rank_zero_only
+
+    hydra_cfg = HydraConfig.get()
+    if rank_zero_only.rank != 0:
+        return
+    out = Path(hydra_cfg.runtime.output_dir) / (hydra_cfg.output_subdir or ".hydra")
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"config.yaml": cfg, "hydra.yaml": {"hydra": hydra_cfg}, "overrides.yaml": hydra_cfg.overrides.task}
+    for name, node in files.items():
+        plain = OmegaConf.to_container(OmegaConf.create(node), resolve=False)
+        (out / name).write_text(OmegaConf.to_yaml(SECRETS.redact(plain)))
+
+
 def main() -> None:
     register()
+    SECRETS.add_overrides(sys.argv[1:])
+    protect(SECRETS)  # Hydra's own errors echo the overrides
+    if {"--help", "-h"} & set(sys.argv[1:]):  # Hydra's help lists the config groups; first, what a command looks like
+        print(help_intro())
     _main()
+
+
+def help_intro() -> str:
+    """The module's examples and the task codes that ``stages.STAGE.tasks`` and a source's ``tasks`` take."""
+    from omni_train.tasks import describe_tasks
+
+    tasks = textwrap.fill(describe_tasks(), width=100, initial_indent="    ", subsequent_indent="    ")
+    return f"{__doc__.strip()}\n\nTasks (stages.STAGE.tasks, data.sources.NAME.tasks):\n{tasks}\n"
 
 
 if __name__ == "__main__":

@@ -229,10 +229,11 @@ def _uncounted(sources: Iterable[Source], counters: list[SkipCounter]):
 def _worker_init(worker_id: int, trainer_pid: int) -> None:
     """Loader workers outlive the preemption signals, which SLURM and terminals send to every process
     of a job: a worker that died of one would crash the trainer before it can save (see
-    `omni_train.resume.Preemption`). SIGUSR1 is ignored; SIGTERM ends a worker only when it comes
-    from the trainer itself (how multiprocessing stops its children), which only a thread waiting
-    with `sigwaitinfo` can tell (where it does not exist, SIGTERM keeps its default)."""
+    `omni_train.resume.Preemption`). SIGUSR1 and Ctrl-C's SIGINT are ignored; SIGTERM ends a worker
+    only when it comes from the trainer itself (how multiprocessing stops its children), which only a
+    thread waiting with `sigwaitinfo` can tell (where it does not exist, SIGTERM keeps its default)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True).start()

@@ -1,0 +1,166 @@
+"""What a user sees when a run goes wrong or is stopped: one line, the right files, nothing lost.
+
+The fault matrix of the training run itself (the data's faults are in test_bad_data.py and
+test_faults_data.py): config mistakes caught before training, one run per folder, checkpoints that
+cannot be read, a resume with changed settings, Ctrl-C, and what a run prints and logs.
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+from test_train import SHORT, config, omni_train
+
+from omni_train.config import ConfigError
+from omni_train.resume import RunLock, RunLocked, resume_point
+from omni_train.stages import warmup_cosine
+from omni_train.train import train
+
+QUIET = ["eval.asr=null", "eval.speak=null"]
+
+
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["+stages.alignment.max_step=5"], "stages.alignment.max_step: no such setting (did you mean stages.alignment.max_steps?)"),
+        (["+model.checkpoint=x"], "model.checkpoint: no such setting (did you mean model.checkpoint_dir?)"),
+        (["stages.alignment.max_steps=0"], "stages.alignment.max_steps=0: a stage trains at least one step"),
+        (["stages.finetune.max_steps=-5"], "stages.finetune.max_steps=-5: a stage trains at least one step"),
+        (["data.max_seq_length=4096"], "data.max_seq_length=4096 is longer than the model's context (512 positions"),
+    ],
+)
+def test_settings_that_would_be_ignored_or_fail_late_are_one_line(tmp_path, overrides, says):
+    with pytest.raises(ConfigError) as err:
+        train(config(*SHORT, f"run_dir={tmp_path}", *QUIET, *overrides))
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_one_run_a_folder_and_a_killed_run_does_not_block_its_resume(tmp_path):
+    lock = RunLock(tmp_path)
+    with pytest.raises(RunLocked, match=f"in use by omni-train process {os.getpid()}"):
+        RunLock(tmp_path)
+    run = omni_train(*SHORT, "stage=alignment", *QUIET, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(
+        f"omni-train: error: {tmp_path} is in use by omni-train process {os.getpid()}")
+    lock.release()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from omni_train.resume import RunLock; "
+                               f"RunLock(__import__('pathlib').Path({str(tmp_path)!r})); print('locked', flush=True); "
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()  # SIGKILL: no cleanup runs
+    holder.wait()
+    RunLock(tmp_path).release()  # the kernel dropped the dead process's lock
+
+
+def fake_checkpoint(path, step: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step}, path)
+
+
+def test_resume_falls_back_to_the_newest_loadable_checkpoint(tmp_path, caplog):
+    ckpts = tmp_path / "alignment" / "checkpoints"
+    fake_checkpoint(ckpts / "step-4.ckpt", 4)
+    time.sleep(0.01)
+    fake_checkpoint(ckpts / "last.ckpt", 6)
+    last = ckpts / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:50])  # truncated
+    with caplog.at_level(logging.WARNING):
+        assert resume_point(tmp_path / "alignment") == str(ckpts / "step-4.ckpt")
+    assert f"skipping {last}" in caplog.text and "truncated" in caplog.text
+    last.unlink()  # deleted: the step checkpoint is still there
+    assert resume_point(tmp_path / "alignment") == str(ckpts / "step-4.ckpt")
+    # a kill during the first write leaves only a temporary: it goes, and the stage says it starts again
+    (ckpts / "step-4.ckpt").unlink()
+    (ckpts / ".last.ckpt.tmp-1234").write_bytes(b"half")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resume_point(tmp_path / "alignment") is None
+    assert not list(ckpts.iterdir()) and "starts again at step 0" in caplog.text
+
+
+def test_a_resume_applies_the_changed_schedule_from_its_step(tmp_path, caplog):
+    common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET, "stages.alignment.checkpoint_every=1",
+              "stages.alignment.log_every=1", "stages.alignment.warmup_steps=1"]
+    train(config(*common))
+    (tmp_path / "alignment" / "summary.json").unlink()  # as if killed after step 2
+    with caplog.at_level(logging.WARNING):
+        train(config(*common, "stages.alignment.max_steps=4", "stages.alignment.max_lr=1e-3", "resume=auto"))
+    assert "resumed stage alignment at step 2 with changed settings" in caplog.text
+    assert "max_lr 0.0002 -> 0.001" in caplog.text and "max_steps 2 -> 4" in caplog.text
+    column = "lr-AdamW/pg1"  # the matrices' group; the norms' and tables' group follows the same schedule
+    lr = {int(float(r["step"])): float(r[column]) for r in csv_rows(tmp_path / "alignment") if r.get(column)}
+    # steps 3 and 4 (logged at 2 and 3, 0-based) follow the new schedule, not the old max_lr's
+    for step in (2, 3):
+        assert lr[step] == pytest.approx(warmup_cosine(step, 1, 4, 1e-3, 2e-5), rel=1e-5), (step, lr)
+
+
+def csv_rows(stage_dir):
+    import csv
+
+    rows = []
+    for f in sorted(stage_dir.glob("logs/*/version_*/metrics.csv")):
+        rows += list(csv.DictReader(f.open()))
+    return rows
+
+
+class SigintAt(L.Callback):
+    """Presses Ctrl-C (SIGINT to this process) during the optimizer step that makes `step` steps."""
+
+    def __init__(self, step: int, twice: bool = False) -> None:
+        self.step, self.twice = step, twice
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            if self.twice:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_saves_after_the_step_and_prints_the_command_that_continues(tmp_path):
+    args = [*SHORT, "stage=alignment", *QUIET, "stages.alignment.max_steps=5", "stages.alignment.checkpoint_every=100",
+            "+callbacks.ctrl_c._target_=test_faults_run.SigintAt", "+callbacks.ctrl_c.step=2"]
+    run = omni_train(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 130, run.stderr[-2000:]
+    assert last.startswith("omni-train: Ctrl-C: stage alignment stopped after step 2 and saved ")
+    assert "continue with: omni-train " in last and last.endswith(f"hydra.run.dir={tmp_path / 'run'} resume=auto")
+    assert torch.load(tmp_path / "run" / "alignment" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    command = last.split("continue with: ")[1].split()
+    again = omni_train(*command[1:], cwd=tmp_path)  # the printed command, as the user would paste it
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "alignment" / "summary.json").read_text())["steps"] == 5
+    # twice: stop at once, without saving
+    run = omni_train(*args[:-1], "+callbacks.ctrl_c.step=1", "+callbacks.ctrl_c.twice=true",
+                     f"hydra.run.dir={tmp_path / 'twice'}", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 130 and "did not save" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]
+
+
+def test_a_run_explains_itself_and_a_failed_command_leaves_nothing(tmp_path):
+    run = omni_train(*SHORT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout + run.stderr
+    assert out.count("Trainable params") == 1  # the model's table once, not once a stage
+    assert "Epoch 0/" not in out  # the progress bars name their stage instead
+    assert "held-out ASR WER: " in run.stdout and "before alignment ->" in run.stdout and "after finetune" in run.stdout
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "stage adaption: 2 steps of" in log and "held-out ASR WER before alignment" in log
+    assert "run summary" in log and "`Trainer.fit` stopped: `max_steps=2` reached" in log  # Lightning's lines too
+    # a mistake: one line, printed once, and no folder left for a run that never started
+    bad = omni_train("experiment=demo", "model.name=NoSuchModel-1B", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
+    said = [line for line in (bad.stdout + bad.stderr).splitlines() if "NoSuchModel-1B" in line]
+    assert bad.returncode == 1 and len(said) == 1 and said[0].startswith("omni-train: error: model.name=")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_demo_writes_where_the_readme_says(tmp_path):
+    run = omni_train("experiment=demo", "--cfg", "hydra", "--resolve", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert OmegaConf.create(run.stdout).hydra.run.dir.startswith("outputs/demo/")
