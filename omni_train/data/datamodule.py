@@ -253,7 +253,8 @@ class OmniDataModule(L.LightningDataModule):
     """Hydra-configurable data for one stage: training mixture, validation sources, loader settings.
 
     A run stops with `TooManySkips` once more than `max_skip_fraction` of a source's samples were
-    skipped (bad rows, unreadable audio, over-long samples); None only counts them.
+    skipped (bad rows, unreadable audio, over-long samples); None only counts them. Whatever it says,
+    a training source that makes no sample for `MAX_STREAK` attempts in a row stops the run too.
 
     Exact resume. Each (rank, loader worker) reads its own shard of the data; every training batch
     carries the state its shard's stream continues from (`Batch.position`), taken at the start of
