@@ -160,8 +160,10 @@ def read_rows(
                         groups.append(g)
                 missing = [c for c in columns if c not in pf.schema_arrow.names]
                 if missing:  # schema drift in a later shard: its rows are lost, not the run
-                    owned = sum(_owned(src, unit + 1, int(starts[-1]))) if by_row else sum(
-                        int(starts[g + 1] - starts[g]) for g in groups)
+                    if by_row:
+                        owned = sum(_owned(src, unit + 1, int(starts[-1])))
+                    else:
+                        owned = sum(int(starts[g + 1] - starts[g]) for g in groups)
                     unit += by_row * int(starts[-1])
                     if owned:
                         names = ", ".join(pf.schema_arrow.names)
