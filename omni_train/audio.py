@@ -7,6 +7,7 @@ Mini-Omni: Whisper gives 50 frames a second and a clip of ``ms`` milliseconds fi
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
@@ -97,6 +98,11 @@ def _describe(src: AudioSource) -> str:
     return f"<{len(src)} bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
 
 
+# OSErrors that say nothing about the file being read (too many open files, a stale network mount,
+# no memory): they stop the run as what they are instead of being counted as unreadable audio.
+_NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ESTALE, errno.ENOMEM, errno.EIO}
+
+
 def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
     """Decode a whole file to mono float32 at `sample_rate`.
 
@@ -123,6 +129,8 @@ def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
             declared, rate = f.frames, f.samplerate
             data = f.read(dtype="float32", always_2d=True)  # (S, channels)
     except (sf.SoundFileError, RuntimeError, OSError) as e:
+        if isinstance(e, TimeoutError) or getattr(e, "errno", None) in _NOT_THE_FILES_FAULT:
+            raise  # the machine's trouble, not a bad row: counting it as one would hide it
         raise AudioError(f"cannot decode audio {name}: {e}") from e
     # libsndfile returns what it can of a cut-off mp3; the header's frame count exposes that. The
     # slack covers mp3 encoder delay/padding, whose accounting differs between encoders.
