@@ -52,6 +52,7 @@ class DataConfig:
     """
 
     root: str = "data"  # the folder the data/ presets look in (${data.root}/LibriSpeech, ...)
+    language: str = "en"  # of the speech and text: held-out scoring (normaliser; CER for zh, ja, th, ...)
     sources: Dict[str, Any] = field(default_factory=dict)
     val: Dict[str, Any] = field(default_factory=dict)
     max_tokens: int = 16384  # per rank and step: rows x padded length

@@ -181,12 +181,14 @@ def held_out_wer(bundle: ModelBundle, cfg: DictConfig, when: str, summary: dict 
     log.info("held-out ASR WER %s: transcribing %s%s ...", when, cfg.eval.asr,
              f" (first {cfg.eval.asr_max_utterances} utterances)" if cfg.eval.asr_max_utterances else "")  # fmt: skip
     start = time.perf_counter()
-    result = evaluate.asr_wer(bundle, cfg.eval)
-    log.info("held-out ASR WER %s: %.1f%% on %d utterances (%.0f s)", when, result["wer"], result["n"],
-             time.perf_counter() - start)  # fmt: skip
+    result = evaluate.asr_wer(bundle, cfg.eval, language=cfg.data.language)
+    metric = result["metric"]  # CER for languages written without spaces
+    log.info("held-out ASR %s %s: %.1f%% on %d utterances (%.0f s)", metric.upper(), when, result[metric],
+             result["n"], time.perf_counter() - start)  # fmt: skip
     if summary is not None:
         summary["asr_examples"] = result["examples"][:5]
-    return result["wer"]
+        summary["asr_metric"] = metric
+    return result[metric]
 
 
 def check(cfg: DictConfig) -> None:
@@ -201,6 +203,10 @@ def check(cfg: DictConfig) -> None:
             problems.append(f"stages.{stage}: not defined (choose it with stage={stage} or stage=all)")
         elif cfg.stages[stage].max_steps < 1:
             problems.append(f"stages.{stage}.max_steps={cfg.stages[stage].max_steps}: a stage trains at least one step")
+    try:
+        evaluate.scoring(cfg.data.language)
+    except ValueError as e:
+        problems.append(f"data.language: {e}")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():

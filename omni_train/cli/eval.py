@@ -1,6 +1,7 @@
 """omni-eval: the paper's numbers for a checkpoint, the field's spoken-dialogue benchmarks, one report.
 
     omni-eval asr --checkpoint CKPT --librispeech /data/LibriSpeech --out RUN/eval/asr.json
+    omni-eval asr --checkpoint CKPT --librispeech /data/de/heldout --language de    # German: basic normaliser
     omni-eval consistency --checkpoint CKPT --whisper large-v3 --librispeech /data/LibriSpeech --splits test-clean
     omni-eval consistency --checkpoint CKPT --whisper small.pt --questions questions.txt --task T1A2
     omni-eval retention --base checkpoints/Qwen/Qwen2-0.5B --checkpoint CKPT --text heldout.jsonl
@@ -20,6 +21,11 @@ omni-train) unless --encoder / --snac name others. ``--whisper`` is a different 
 openai-whisper (a name, which whisper downloads, or a local checkpoint file) that transcribes the
 spoken answers: a whole Whisper, not an encoder trained for omni-train such as the demo's
 whisper.pt. Missing files and bad input end with one line and exit status 2.
+
+--language (a Whisper code or name; default en) picks the text normaliser of asr and consistency:
+Whisper's English one for en, its basic one otherwise; languages written without spaces (zh, yue,
+ja, th, lo, my, km, bo) are scored by CER instead of WER. consistency also has --whisper transcribe
+in that language.
 """
 
 from __future__ import annotations
@@ -56,6 +62,12 @@ def _model_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), help="default: the checkpoint's")
 
 
+def _language_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--language", default="en",
+                   help="the speech's language, a Whisper code or name (default en): picks the normaliser, and "
+                        "CER instead of WER for languages written without spaces (zh, ja, th, ...)")  # fmt: skip
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     raw = argparse.RawDescriptionHelpFormatter  # keeps the examples' lines
     parser = argparse.ArgumentParser(
@@ -71,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-utterances", type=int, help="score only the first N of each split")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    _language_arg(p)
     p.add_argument("--out", type=Path, default=Path("asr_results.json"), help="per-utterance results (JSON)")
 
     p = sub.add_parser("consistency", help="WER of the spoken answer's transcript against the text answer")
@@ -86,6 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-items", type=int, help="answer only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=1024)
+    _language_arg(p)
     p.add_argument("--out", type=Path, default=Path("consistency_results.json"), help="per-item results (JSON)")
 
     p = sub.add_parser("retention", help="text perplexity of the base LLM and the trained model, side by side")
@@ -214,6 +228,7 @@ def _missing(root: Path, names: list[str]) -> str:
 
 # ---- commands -----------------------------------------------------------------------------------
 def run_asr(args) -> dict:
+    metric = evaluate.scoring(args.language).metric  # an unknown language fails before any model loads
     splits, missing = evaluate.find_splits(args.librispeech, args.splits)
     if not splits or (args.splits and missing):
         raise EvalError(_missing(args.librispeech, missing))
@@ -225,12 +240,16 @@ def run_asr(args) -> dict:
     out = {"checkpoint": name, "splits": {}}
     for split, folder in splits.items():
         result = evaluate.asr_split(
-            model, encoder, tokenizer, folder, args.max_utterances, args.batch_size, args.max_new_tokens, desc=split
-        )
+            model, encoder, tokenizer, folder, args.max_utterances, args.batch_size, args.max_new_tokens, desc=split,
+            language=args.language,
+        )  # fmt: skip
         out["splits"][split] = result
         _write_json(args.out, out)  # after every split: a long evaluation keeps what it finished
-        print(f"{split}: WER {result['wer']:.2f} on {result['n']} utterances", file=sys.stderr)
-    out["table"] = evaluate.wer_table({name: {s: r["wer"] for s, r in out["splits"].items()}})
+        print(f"{split}: {metric.upper()} {result[metric]:.2f} on {result['n']} utterances", file=sys.stderr)
+    scores = {name: {s: r[metric] for s, r in out["splits"].items()}}
+    # the paper's rows are English WER: beside another language's numbers they would only mislead
+    english = evaluate.scoring(args.language).language == "en"
+    out["table"] = evaluate.wer_table(scores, published=english, metric=metric)
     _write_json(args.out, out)
     print(out["table"])
     print(f"per-utterance results: {args.out}", file=sys.stderr)
@@ -238,6 +257,7 @@ def run_asr(args) -> dict:
 
 
 def run_consistency(args) -> dict:
+    metric = evaluate.scoring(args.language).metric  # an unknown language fails before any model loads
     if args.questions:
         questions = evaluate.read_questions(args.questions)[: args.max_items]
     else:
@@ -251,14 +271,15 @@ def run_consistency(args) -> dict:
     encoder = _load_encoder(args) if task.audio_in else None
     codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
     result = evaluate.consistency(
-        model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers"
-    )
+        model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers",
+        language=args.language,
+    )  # fmt: skip
     result = {"checkpoint": str(args.checkpoint), "whisper": args.whisper, "task": task.value, **result}
     _write_json(args.out, result)
-    number = "-" if result["wer"] is None else f"{result['wer']:.2f}"
-    if result["wer"] is None:
+    number = "-" if result[metric] is None else f"{result[metric]:.2f}"
+    if result[metric] is None:
         print("omni-eval consistency: note: no text answer had words to score against", file=sys.stderr)
-    print(f"| model | task | answers | scored | speech-text WER |\n|---|---|---|---|---|\n"
+    print(f"| model | task | answers | scored | speech-text {metric.upper()} |\n|---|---|---|---|---|\n"
           f"| {args.checkpoint} | {task.value} | {result['n']} | {result['scored']} | {number} |")  # fmt: skip
     print(f"per-item results: {args.out}", file=sys.stderr)
     return result
