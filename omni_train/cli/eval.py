@@ -57,7 +57,7 @@ class EvalError(Exception):
 def _model_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (ours or Mini-Omni's)")
     if encoder:
-        p.add_argument("--encoder", help="the model's Whisper encoder: file or name (default: the checkpoint's)")
+        p.add_argument("--encoder", help="the model's Whisper encoder: file, name or Hugging Face folder (default: the checkpoint's)")
     p.add_argument("--device", default=evaluate.DEVICE)
     p.add_argument("--dtype", choices=list(DTYPES), help="default: the checkpoint's")
 
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = sub.add_parser("consistency", help="WER of the spoken answer's transcript against the text answer")
     _model_args(p)
-    p.add_argument("--whisper", required=True, help="openai-whisper model that transcribes the answers: name or file")
+    p.add_argument("--whisper", required=True, help="openai-whisper model that transcribes the answers: name, file or Hugging Face folder")
     questions = p.add_mutually_exclusive_group(required=True)
     questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
     questions.add_argument("--librispeech", type=Path, help="LibriSpeech utterances as questions")
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tasks = [t.value for t in spoken_qa.TASKS]
     p.add_argument("--tasks", nargs="+", choices=tasks, default=tasks,
                    help="A1T2: answer in text; A1A2: answer in speech, transcribed by --whisper (default: both)")
-    p.add_argument("--whisper", help="openai-whisper model that transcribes the A1A2 answers: name or file")
+    p.add_argument("--whisper", help="openai-whisper model that transcribes the A1A2 answers: name, file or Hugging Face folder")
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     p.add_argument("--max-items", type=int, help="answer only the first N questions of each set")
     p.add_argument("--batch-size", type=int, default=8)
