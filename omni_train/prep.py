@@ -84,15 +84,21 @@ class AudioInput:
 
 
 def audio_rows(
-    path: PathLike, audio_column: str = "audio", text_column: str | None = "text", id_column: str | None = None
-) -> AudioInput:
+    path: PathLike, audio_column: str = "audio", text_column: str | None = "text", id_column: str | None = None,
+    layout: str | None = None,
+) -> AudioInput:  # fmt: skip
     """The rows of an audio input, read lazily.
 
-    LibriSpeech-layout folders are read by `sources.librispeech` (row id = utterance id); JSONL and
+    A corpus `layout` (`sources.LAYOUTS`: wav-txt, ljspeech, common-voice, mls, libritts, vctk) is
+    read by `sources.clips` (row id = clip id; a bad transcript line is a skipped row naming
+    ``file:line``). LibriSpeech-layout folders are read by `sources.librispeech` (row id = utterance id); JSONL and
     parquet by the sources' table reader (row id = `id_column`, else ``"<file>:<row>"``; relative
     audio paths are relative to the data file). `text_column` is optional in tables.
     """
     p = existing(path)
+    if layout is not None:
+        total = sum(1 for _ in sources.clips(layout, p))  # transcripts only: cheap, and a progress bar
+        return AudioInput(_clip_rows(sources.clips(layout, p)), total, True)
     if is_librispeech(p):
         src = sources.librispeech(p)
         rows = (Row(str(s.row), s.question_audio, s.answer_text) for s in src)
@@ -108,6 +114,18 @@ def audio_rows(
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files) if all_parquet else None
     rows = _table_audio_rows(files, columns, audio_column, text_column, id_column)
     return AudioInput(rows, total, text_column is not None and text_column in names)
+
+
+def _clip_rows(clips: Iterator[sources.Clip]) -> Iterator[Row]:
+    for clip in clips:
+        if clip.error is not None:
+            yield Row(clip.where, error=f"{clip.error.reason}: {clip.error.detail}")
+        elif not clip.audio.is_file():
+            yield Row(clip.id, None, clip.text, error=f"missing audio file: {clip.audio} ({clip.where})")
+        elif not clip.text:
+            yield Row(clip.id, None, clip.text, error=f"empty text: {clip.where}")
+        else:
+            yield Row(clip.id, Audio(path=str(clip.audio)), clip.text)
 
 
 def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> Iterator[Row]:
@@ -242,6 +260,7 @@ def snac_encode(
     device: str | None = None,
     workers: int = 4,
     progress: bool = True,
+    layout: str | None = None,
 ) -> Report:
     """Encode each row's audio (resampled to the codec's rate) into an ``answer_snac`` string.
 
@@ -253,8 +272,11 @@ def snac_encode(
     exactly the single-clip codes.
     """
     codec = SnacCodec.from_pretrained(existing(snac, "SNAC codec"), device=pick_device(device))
-    data = audio_rows(input, audio_column, text_column, id_column)
-    writer = ShardWriter(out_dir, shard_size, {"command": "snac-encode", "input": str(Path(input).resolve())})
+    data = audio_rows(input, audio_column, text_column, id_column, layout)
+    job = {"command": "snac-encode", "input": str(Path(input).resolve())}
+    if layout is not None:
+        job["layout"] = layout
+    writer = ShardWriter(out_dir, shard_size, job)
     report = Report()
     bar = tqdm(total=data.total, unit="clip", desc="snac-encode", disable=not progress)
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -439,6 +461,26 @@ def convert_librispeech(input: PathLike, out_dir: PathLike, shard_size: int = 10
     report = _write_converted(records, out_dir, shard_size, job, schema, _count(p))
     report.add(src.skips)
     return report
+
+
+def convert_corpus(layout: str, input: PathLike, out_dir: PathLike, shard_size: int = 1000) -> Report:
+    """A corpus in one of `sources.LAYOUTS` -> parquet ``id, audio{bytes,path}, text`` (as `convert_librispeech`).
+
+    Clips without their audio file, with an empty text, or from an unreadable transcript line are
+    skipped and counted (``file:line`` in the report).
+    """
+    p = existing(input)
+    total = sum(1 for _ in sources.clips(layout, p))
+
+    def records():
+        for row in _clip_rows(sources.clips(layout, p)):
+            yield (row.id, row.error) if row.error is not None else {"id": row.id, "audio": row.audio, "text": row.text}
+
+    schema = pa.schema([("id", pa.string()), ("audio", AUDIO_STRUCT), ("text", pa.string())], metadata=_hf_metadata(
+        {"id": _VALUE, "audio": {"_type": "Audio"}, "text": _VALUE}
+    ))
+    job = {"command": "convert", "kind": layout, "input": str(p.resolve())}
+    return _write_converted(records(), out_dir, shard_size, job, schema, total)
 
 
 def convert_open_orca(input: PathLike, out_dir: PathLike, shard_size: int = 100_000) -> Report:
