@@ -1,4 +1,5 @@
-"""Data preparation behind ``omni-prep``: SNAC encoding and decoding, format conversion, statistics.
+"""Data preparation behind ``omni-prep``: SNAC encoding and decoding, format conversion, VoiceAssistant
+rows in a new voice, statistics.
 
 Every writer here produces parquet shards ``part-00000.parquet, part-00001.parquet, ...`` of
 `shard_size` rows of the input, in input order. A shard is written to a temporary file and renamed
@@ -8,7 +9,8 @@ shards were made from; a rerun with another shard size or command is refused rat
 row numbering schemes.
 
 Inputs are read lazily, as `omni_train.data.sources` reads them (its readers and helpers are reused):
-a LibriSpeech-layout folder (``speaker/chapter/*.trans.txt`` beside the audio), a JSONL manifest or
+a LibriSpeech-layout folder (``speaker/chapter/*.trans.txt`` beside the audio), a corpus in one of
+`sources.LAYOUTS` (LJSpeech, Common Voice, MLS, LibriTTS, VCTK, wav/txt pairs), a JSONL manifest or
 parquet file(s). Rows that cannot be used (a missing or unreadable audio file, an empty text) are
 skipped, counted and reported at the end, never fatal.
 """
@@ -142,7 +144,7 @@ def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> I
                 raise BadRow(f"missing {audio_column}")
             yield Row(row_id, to_audio(value, base_dir, audio_column), text)
         except BadRow as bad:
-            yield Row(row_id, None, text, error=f"{bad.reason} {bad.detail}".strip())
+            yield Row(row_id, None, text, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
 
 
 def _column_names(f: Path) -> list[str]:
@@ -553,7 +555,7 @@ def convert_moss(
             try:
                 audio = to_audio(values.get(audio_column) or "", base_dir, audio_column)
             except BadRow as bad:
-                yield row_id, f"{bad.reason} {bad.detail}".strip()
+                yield row_id, f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason
                 continue
             yield {"id": row_id, "question_audio": audio, "question": question or "", "answer": answer}
 
@@ -565,6 +567,96 @@ def convert_moss(
     )
     job = {"command": "convert", "kind": "moss", "input": str(Path(input).resolve())}
     return _write_converted(records(), out_dir, shard_size, job, schema)
+
+
+# --------------------------------------------------------------------------------------------------
+# voice: VoiceAssistant-style rows whose answers are spoken in the user's voice
+
+VOICE_SCHEMA = pa.schema(
+    [("id", pa.string()), ("split_name", pa.string()), ("index", pa.int64()), ("round", pa.int64()),
+     ("question", pa.string()), ("question_audio", AUDIO_STRUCT), ("answer", pa.string()),
+     ("answer_snac", pa.string())],
+    metadata=_hf_metadata({"id": _VALUE, "split_name": _VALUE, "index": {"dtype": "int64", "_type": "Value"},
+                           "round": {"dtype": "int64", "_type": "Value"}, "question": _VALUE,
+                           "question_audio": {"_type": "Audio"}, "answer": _VALUE, "answer_snac": _VALUE}),
+)  # fmt: skip
+
+
+def voice_rows(
+    manifest: PathLike, out_dir: PathLike, snac: PathLike, *, question_column: str = "question",
+    answer_column: str = "answer", answer_audio_column: str = "answer_audio",
+    question_audio_column: str = "question_audio", split_name: str = "voice", batch_size: int = 16,
+    shard_size: int = 1000, device: str | None = None, workers: int = 4, progress: bool = True,
+) -> Report:  # fmt: skip
+    """Questions, their answer texts and the answers spoken in the target voice -> VoiceAssistant-400K rows.
+
+    Each manifest row (JSONL or parquet) needs a question text, an answer text and the answer's
+    audio (a path, relative to the manifest allowed, bytes, or an HF Audio struct): a recording of
+    the answer in the voice the model should speak with (the user's, or their TTS's). A spoken
+    question (`question_audio_column`) is optional; rows with it also give A1A2 samples.
+
+    Writes VoiceAssistant-400K's columns (``split_name, index, round, question, question_audio,
+    answer, answer_snac``, plus ``id`` = ``<file>:<row>``), which `sources.voice_assistant(OUT_DIR)`
+    reads: T1A2 (and A1A2) teach the model the voice, T1T2/A1T2 keep its answers. The answer audio
+    is SNAC-encoded as snac-encode encodes (length-sorted batches; resumable shards).
+    """
+    codec = SnacCodec.from_pretrained(existing(snac, "SNAC codec"), device=pick_device(device))
+    files = resolve_files(existing(manifest, "manifest"), TABLE_EXTS)
+    names = _column_names(files[0])
+    for col in (question_column, answer_column, answer_audio_column):
+        if col not in names:
+            raise sources.MissingColumnError(f"{files[0]}: no column {col!r} (columns: {', '.join(names)})")
+    columns = [c for c in (question_column, answer_column, answer_audio_column, question_audio_column) if c in names]
+
+    def rows() -> Iterator[Row]:
+        for index, (location, base_dir, values) in enumerate(read_rows(files, columns, batch_size=64)):
+            if isinstance(values, BadRow):
+                yield Row(location, error=str(values))
+                continue
+            question, answer = values.get(question_column), values.get(answer_column)
+            extra = {"index": index, "question": question.strip() if isinstance(question, str) else None}
+            try:
+                for col, text in ((question_column, question), (answer_column, answer)):
+                    if not isinstance(text, str) or not text.strip():
+                        raise BadRow(f"empty {col}")
+                audio = to_audio(values.get(answer_audio_column) or "", base_dir, answer_audio_column)
+                spoken = values.get(question_audio_column)
+                extra["question_audio"] = to_audio(spoken, base_dir, question_audio_column) if spoken else None
+            except BadRow as bad:
+                yield Row(location, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
+                continue
+            yield Row(location, audio, answer.strip(), extra)
+
+    job = {"command": "voice", "input": str(Path(manifest).resolve()), "split_name": split_name}
+    writer = ShardWriter(out_dir, shard_size, job)
+    report = Report()
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files[0].suffix == ".parquet" else None
+    bar = tqdm(total=total, unit="row", desc="voice", disable=not progress)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for k, chunk in shards(rows(), shard_size):
+            if writer.done(k):
+                report.shards_kept += 1
+                bar.update(len(chunk))
+                continue
+            coded = _encode_shard(codec, chunk, True, batch_size, pool, report, bar).to_pylist()
+            by_id = {r.id: r for r in chunk}
+            records = []
+            for c in coded:
+                row = by_id[c["id"]]
+                question_audio = row.extra["question_audio"]
+                try:
+                    question_audio = _embed(question_audio)
+                except OSError as e:
+                    report.skip(row.id, f"unreadable question audio: {e}")
+                    continue
+                records.append({"id": row.id, "split_name": split_name, "index": row.extra["index"], "round": 0,
+                                 "question": row.extra["question"], "question_audio": question_audio,
+                                 "answer": row.text, "answer_snac": c["answer_snac"]})  # fmt: skip
+            writer.write(k, pa.Table.from_pylist(records, schema=VOICE_SCHEMA))
+            report.shards_written += 1
+            report.rows += len(records)
+    bar.close()
+    return report
 
 
 # --------------------------------------------------------------------------------------------------

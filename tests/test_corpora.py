@@ -3,6 +3,7 @@ and TTS samples, bad rows counted with file:line, and omni-prep's snac-encode/co
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -250,3 +251,57 @@ def test_snac_encode_codes_equal_single_clip_codes(corpora, snac_dir, tmp_path):
     for row in pq.read_table(tmp_path / "o" / "part-00000.parquet").to_pylist():
         audio = next(c.audio for c in clips("mls", corpora["mls"]) if c.id == row["id"])
         assert torch.equal(parse_answer_snac(row["answer_snac"]), codec.encode(load_audio(audio, 24000)).long())
+
+
+# ---- the voice path -------------------------------------------------------------------------------
+def test_voice_rows_teach_the_answers_in_the_given_voice(corpora, snac_dir, tmp_path, capsys):
+    """omni-prep voice: question + answer text + the answer spoken in the target voice -> VoiceAssistant rows."""
+    from omni_train.data.sources import voice_assistant
+
+    voice = tmp_path / "my_voice"
+    for i in range(3):
+        write(voice / f"answer{i}.wav", i + 10)
+    write(voice / "asked.wav", 20)
+    manifest = voice / "manifest.jsonl"
+    rows = [
+        {"question": "what is two plus three", "answer": "five", "answer_audio": "answer0.wav",
+         "question_audio": "asked.wav"},
+        {"question": "say hello", "answer": "hello there", "answer_audio": "answer1.wav"},
+        {"question": "and now?", "answer": "", "answer_audio": "answer2.wav"},  # line 3: empty answer
+        {"question": "where is it", "answer": "gone", "answer_audio": "missing.wav"},  # line 4: no audio
+        {"question": "last one", "answer": "the end", "answer_audio": str(voice / "answer2.wav")},
+    ]  # fmt: skip
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")  # line 6: bad JSON
+    out = tmp_path / "va"
+    main(["voice", str(manifest), str(out), "--snac", str(snac_dir), "--device", "cpu", "--batch-size", "1",
+          "--shard-size", "4", "--split-name", "my_voice"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert printed.startswith("3 rows in 2 new shards")
+    assert "skipped 1 rows: empty answer (e.g. manifest.jsonl:3" in printed
+    assert "skipped 1 rows: missing audio file (e.g. manifest.jsonl:4" in printed
+    assert "(e.g. manifest.jsonl:6" in printed
+
+    codec = SnacCodec.from_pretrained(snac_dir)
+    src = voice_assistant(out, tasks=["T1A2", "A1A2", "T1T2"])
+    samples = {(s.row, s.task): s for s in src}
+    spoken = {"manifest.jsonl:1": "answer0.wav", "manifest.jsonl:2": "answer1.wav", "manifest.jsonl:5": "answer2.wav"}
+    table = pq.read_table(sorted(out.glob("part-*.parquet"))).to_pylist()
+    assert [r["id"] for r in table] == list(spoken) and {r["split_name"] for r in table} == {"my_voice"}
+    assert [r["index"] for r in table] == [0, 1, 4]
+    for r in table:
+        wave = load_audio(voice / spoken[r["id"]], codec.sample_rate)
+        assert torch.equal(parse_answer_snac(r["answer_snac"]), codec.encode(wave).long())  # the voice's own codes
+    t1a2 = [s for (_, task), s in samples.items() if task is Task.T1A2]
+    assert [(s.question_text, s.answer_text) for s in t1a2] == [
+        ("what is two plus three", "five"), ("say hello", "hello there"), ("last one", "the end")
+    ]
+    a1a2 = [s for (_, task), s in samples.items() if task is Task.A1A2]
+    assert len(a1a2) == 1 and load_audio(a1a2[0].question_audio, 16000).numel() == tone(20, 20).size
+    assert src.skips.skipped == {("voice_assistant", "missing question_audio"): 2}  # spoken questions are optional
+    # resumable: a rerun keeps the finished shards
+    main(["voice", str(manifest), str(out), "--snac", str(snac_dir), "--device", "cpu", "--shard-size", "4",
+          "--split-name", "my_voice"])  # fmt: skip
+    assert capsys.readouterr().out.startswith("0 rows in 0 new shards; 2 complete shards kept")
+    (tmp_path / "q.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    with pytest.raises(SystemExit, match=r"q.jsonl: no column 'answer_audio' \(columns: question, answer\)"):
+        main(["voice", str(tmp_path / "q.jsonl"), str(tmp_path / "x"), "--snac", str(snac_dir)])
