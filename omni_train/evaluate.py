@@ -39,7 +39,7 @@ from omni_train.checkpoints import ModelBundle
 from omni_train.config import EvalConfig
 from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded
-from omni_train.data.sources import utterances
+from omni_train.data.sources import clips, utterances
 from omni_train.generate import Answer, answer, decode_text, encode_speech, generate, transcribe
 from omni_train.model import OmniGPT
 from omni_train.tasks import Task
@@ -59,6 +59,21 @@ def librispeech_utterances(root: str | Path, limit: int | None = None) -> list[t
     if not out:
         raise FileNotFoundError(f"{root}: no *.trans.txt with audio beside it")
     return out[:limit]
+
+
+def corpus_utterances(layout: str, path: str | Path, limit: int | None = None) -> tuple[list[tuple[str, Path, str]], int]:
+    """(clip id, audio file, transcript) of the first `limit` usable clips of a corpus in one of
+    `omni_train.data.sources.LAYOUTS` (e.g. a Common Voice ``test.tsv``), and how many clips were left
+    out (an unreadable line, a missing audio file or an empty text: the reader names each one)."""
+    out, left_out = [], 0
+    for c in clips(layout, path):
+        if c.error is None and c.audio.is_file() and c.text:
+            out.append((c.id, c.audio, c.text))
+        else:
+            left_out += 1
+    if not out:
+        raise FileNotFoundError(f"{path}: no {layout} clip with audio and text")
+    return out[:limit], left_out
 
 
 # Written without spaces between words: a "word" is not a unit there, so these are scored by
@@ -175,22 +190,30 @@ def transcribe_files(
 @torch.inference_mode()
 def asr_split(
     model: OmniGPT, encoder, tokenizer, folder: str | Path, limit: int | None = None, batch_size: int = 16,
-    max_new_tokens: int = 256, desc: str | None = None, language: str = "en",
+    max_new_tokens: int = 256, desc: str | None = None, language: str = "en", layout: str | None = None,
 ) -> dict:  # fmt: skip
-    """Greedy ASR of one LibriSpeech-layout folder: its error rate and every utterance's id, reference and hypothesis.
+    """Greedy ASR of one LibriSpeech-layout folder (or a corpus in `layout`): its error rate and every
+    utterance's id, reference and hypothesis.
 
     Returns:
         ``{"folder", "language", "metric": "wer" or "cer", <metric>: percent, "n", "utterances"}``
-        (the metric by `scoring(language)`).
+        (the metric by `scoring(language)`), and with `layout` ``"left_out"``: the clips not scored.
     """
     metric = scoring(language).metric
-    utts = librispeech_utterances(folder, limit)
+    left_out = None
+    if layout is None:
+        utts = librispeech_utterances(folder, limit)
+    else:
+        utts, left_out = corpus_utterances(layout, folder, limit)
     paths = [path for _, path, _ in utts]
     hyps = transcribe_files(model, encoder, tokenizer, paths, batch_size, max_new_tokens, desc)
     refs = [text for _, _, text in utts]
     utterances = [{"id": u, "ref": r, "hyp": h} for (u, _, _), r, h in zip(utts, refs, hyps)]
-    return {"folder": str(folder), "language": scoring(language).language, "metric": metric,
-            metric: round(error_rate(refs, hyps, language), 2), "n": len(utts), "utterances": utterances}  # fmt: skip
+    out = {"folder": str(folder), "language": scoring(language).language, "metric": metric,
+           metric: round(error_rate(refs, hyps, language), 2), "n": len(utts), "utterances": utterances}  # fmt: skip
+    if left_out is not None:
+        out["left_out"] = left_out
+    return out
 
 
 def wer_table(results: dict[str, dict[str, float]], published: bool = True, metric: str = "wer") -> str:

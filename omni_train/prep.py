@@ -572,12 +572,12 @@ def convert_moss(
 # --------------------------------------------------------------------------------------------------
 # voice: VoiceAssistant-style rows whose answers are spoken in the user's voice
 
+# VoiceAssistant-400K's columns, all strings but the audio (its index and round too)
 VOICE_SCHEMA = pa.schema(
-    [("id", pa.string()), ("split_name", pa.string()), ("index", pa.int64()), ("round", pa.int64()),
+    [("id", pa.string()), ("split_name", pa.string()), ("index", pa.string()), ("round", pa.string()),
      ("question", pa.string()), ("question_audio", AUDIO_STRUCT), ("answer", pa.string()),
      ("answer_snac", pa.string())],
-    metadata=_hf_metadata({"id": _VALUE, "split_name": _VALUE, "index": {"dtype": "int64", "_type": "Value"},
-                           "round": {"dtype": "int64", "_type": "Value"}, "question": _VALUE,
+    metadata=_hf_metadata({"id": _VALUE, "split_name": _VALUE, "index": _VALUE, "round": _VALUE, "question": _VALUE,
                            "question_audio": {"_type": "Audio"}, "answer": _VALUE, "answer_snac": _VALUE}),
 )  # fmt: skip
 
@@ -649,7 +649,7 @@ def voice_rows(
                 except OSError as e:
                     report.skip(row.id, f"unreadable question audio: {e}")
                     continue
-                records.append({"id": row.id, "split_name": split_name, "index": row.extra["index"], "round": 0,
+                records.append({"id": row.id, "split_name": split_name, "index": str(row.extra["index"]), "round": "0",
                                  "question": row.extra["question"], "question_audio": question_audio,
                                  "answer": row.text, "answer_snac": c["answer_snac"]})  # fmt: skip
             writer.write(k, pa.Table.from_pylist(records, schema=VOICE_SCHEMA))

@@ -302,3 +302,27 @@ def test_report_names_cer_columns(tmp_path):
     assert built["asr"]["m"] == {"heldout (CER)": 12.5}
     assert built["consistency"]["m"]["T1A2 (CER)"]["wer"] == 30.0
     assert "| m | T1A2 (CER) | 2 | 2 | 30.00 |" in built["markdown"]
+
+
+def test_asr_on_a_corpus_layout(files, capsys, tmp_path):
+    """--layout: one split of another corpus layout (here a folder of audio/txt pairs); bad clips left out and said."""
+    corpus = tmp_path / "pairs"
+    corpus.mkdir()
+    flacs = sorted(HELDOUT.rglob("*.flac"))[:3]
+    texts = dict(line.split(" ", 1) for t in HELDOUT.rglob("*.trans.txt") for line in t.read_text().splitlines())
+    for f in flacs:
+        shutil.copy(f, corpus / f.name)
+    for f in flacs[:2]:  # the third has no transcript
+        (corpus / f.name).with_suffix(".txt").write_text(texts[f.stem])
+    out = tmp_path / "asr.json"
+    main(["asr", "--checkpoint", str(files["ckpt"]), "--librispeech", str(corpus), "--layout", "wav-txt",
+          "--out", str(out), "--max-new-tokens", "4", "--device", "cpu", "--language", "de"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert "pairs: 1 clips left out" in captured.err
+    r = json.loads(out.read_text())["splits"]["pairs"]
+    assert r["n"] == 2 and r["left_out"] == 1 and r["language"] == "de"
+    assert [u["ref"] for u in r["utterances"]] == [texts[f.stem] for f in flacs[:2]]
+    assert "--splits" in fails(capsys, "asr", "--checkpoint", files["ckpt"], "--librispeech", corpus, "--layout",
+                               "wav-txt", "--splits", "x")  # fmt: skip
+    assert "no metadata.csv" in fails(capsys, "asr", "--checkpoint", files["ckpt"], "--librispeech", corpus,
+                                      "--layout", "ljspeech")  # fmt: skip

@@ -2,6 +2,7 @@
 
     omni-eval asr --checkpoint CKPT --librispeech /data/LibriSpeech --out RUN/eval/asr.json
     omni-eval asr --checkpoint CKPT --librispeech /data/de/heldout --language de    # German: basic normaliser
+    omni-eval asr --checkpoint CKPT --librispeech /data/cv-ja/test.tsv --layout common-voice --language ja  # CER
     omni-eval consistency --checkpoint CKPT --whisper large-v3 --librispeech /data/LibriSpeech --splits test-clean
     omni-eval consistency --checkpoint CKPT --whisper small.pt --questions questions.txt --task T1A2
     omni-eval retention --base checkpoints/Qwen/Qwen2-0.5B --checkpoint CKPT --text heldout.jsonl
@@ -43,6 +44,8 @@ from litgpt.tokenizer import Tokenizer
 from omni_train import evaluate
 from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
+from omni_train.data.sources import LAYOUTS
+from omni_train.data.sources.corpora import check_layout
 from omni_train.evals import report as eval_report
 from omni_train.evals import speech_quality, spoken_qa, voicebench
 from omni_train.tasks import Task, describe_tasks
@@ -78,7 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = sub.add_parser("asr", help="LibriSpeech WER in the paper's table form")
     _model_args(p)
-    p.add_argument("--librispeech", type=Path, required=True, help="folder holding the splits, or one split folder")
+    p.add_argument("--librispeech", type=Path, required=True,
+                   help="folder holding the splits, or one split folder (with --layout: one corpus split)")
+    p.add_argument("--layout", choices=list(LAYOUTS),
+                   help="--librispeech is a corpus split in this layout instead (Common Voice: its test.tsv)")
     p.add_argument("--splits", nargs="+", help=f"split folder names (default: {' '.join(evaluate.SPLITS)})")
     p.add_argument("--max-utterances", type=int, help="score only the first N of each split")
     p.add_argument("--batch-size", type=int, default=16)
@@ -229,7 +235,13 @@ def _missing(root: Path, names: list[str]) -> str:
 # ---- commands -----------------------------------------------------------------------------------
 def run_asr(args) -> dict:
     metric = evaluate.scoring(args.language).metric  # an unknown language fails before any model loads
-    splits, missing = evaluate.find_splits(args.librispeech, args.splits)
+    if args.layout:  # one corpus split, named by its file or folder
+        if args.splits:
+            raise EvalError("--splits picks LibriSpeech split folders; with --layout, --librispeech is the one split")
+        splits, missing = {args.librispeech.stem: args.librispeech}, []
+        check_layout(args.layout, args.librispeech)
+    else:
+        splits, missing = evaluate.find_splits(args.librispeech, args.splits)
     if not splits or (args.splits and missing):
         raise EvalError(_missing(args.librispeech, missing))
     if missing:
@@ -241,9 +253,12 @@ def run_asr(args) -> dict:
     for split, folder in splits.items():
         result = evaluate.asr_split(
             model, encoder, tokenizer, folder, args.max_utterances, args.batch_size, args.max_new_tokens, desc=split,
-            language=args.language,
+            language=args.language, layout=args.layout,
         )  # fmt: skip
         out["splits"][split] = result
+        if result.get("left_out"):
+            print(f"omni-eval asr: note: {split}: {result['left_out']} clips left out (no audio, no text or an "
+                  f"unreadable line)", file=sys.stderr)  # fmt: skip
         _write_json(args.out, out)  # after every split: a long evaluation keeps what it finished
         print(f"{split}: {metric.upper()} {result[metric]:.2f} on {result['n']} utterances", file=sys.stderr)
     scores = {name: {s: r[metric] for s, r in out["splits"].items()}}
