@@ -59,7 +59,7 @@ def make_ljspeech(root: Path) -> None:
 def make_common_voice(root: Path) -> None:
     header = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment\n"
     rows = [
-        "c1\tcommon_voice_de_1.mp3\tDas ist \"gut\".\t2\t0\t\t\t\tde\t\n",  # quotes stay text (QUOTE_NONE)
+        'c1\tcommon_voice_de_1.mp3\tDas ist "gut".\t2\t0\t\t\t\tde\t\n',  # quotes stay text (QUOTE_NONE)
         "c2\tcommon_voice_de_2.mp3\tZwei Wörter\t2\t0\t\t\t\tde\t\n",
         "c3\tcommon_voice_de_3.mp3\n",  # line 4: too few fields
         "c4\tcommon_voice_de_4.mp3\t\t2\t0\t\t\t\tde\t\n",  # line 5: empty sentence
@@ -293,7 +293,9 @@ def test_voice_rows_teach_the_answers_in_the_given_voice(corpora, snac_dir, tmp_
         assert torch.equal(parse_answer_snac(r["answer_snac"]), codec.encode(wave).long())  # the voice's own codes
     t1a2 = [s for (_, task), s in samples.items() if task is Task.T1A2]
     assert [(s.question_text, s.answer_text) for s in t1a2] == [
-        ("what is two plus three", "five"), ("say hello", "hello there"), ("last one", "the end")
+        ("what is two plus three", "five"),
+        ("say hello", "hello there"),
+        ("last one", "the end"),
     ]
     a1a2 = [s for (_, task), s in samples.items() if task is Task.A1A2]
     assert len(a1a2) == 1 and load_audio(a1a2[0].question_audio, 16000).numel() == tone(20, 20).size

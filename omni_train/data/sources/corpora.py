@@ -144,7 +144,12 @@ def libritts_clips(root: PathLike, text: str = "normalized") -> Iterator[Clip]:
     suffix = f".{text}.txt"
     for txt in sorted(root.rglob(f"*{suffix}")):
         uid = txt.name[: -len(suffix)]
-        yield Clip(uid, txt.relative_to(root).as_posix(), txt.parent / f"{uid}.wav", " ".join(txt.read_text(encoding="utf-8").split()))
+        yield Clip(
+            uid,
+            txt.relative_to(root).as_posix(),
+            txt.parent / f"{uid}.wav",
+            " ".join(txt.read_text(encoding="utf-8").split()),
+        )
 
 
 def vctk_clips(root: PathLike, mic: str = "mic1") -> Iterator[Clip]:
