@@ -42,6 +42,8 @@ def make_wav_txt(root: Path) -> None:
     write(root / "b" / "vier.wav", 3)
     (root / "b" / "vier.txt").write_text("  \n")  # empty: a bad row
     (root / "b" / "fuenf.txt").write_text("no audio: not a clip")
+    write(root / "c" / "sechs.wav", 4)
+    (root / "c" / "sechs.txt").write_bytes("Grüße".encode("latin-1"))  # not UTF-8: a bad row
 
 
 def make_ljspeech(root: Path) -> None:
@@ -54,6 +56,9 @@ def make_ljspeech(root: Path) -> None:
         "LJ001-0002|the third clip|the third clip\n"
         "LJ001-0009|missing wav|missing wav\n"  # line 5: its wav is missing
     )
+    write(root / "wavs" / "LJ001-0003.wav", 3)
+    with open(root / "metadata.csv", "ab") as f:
+        f.write("LJ001-0003|café|café\n".encode("latin-1"))  # line 6: not UTF-8
 
 
 def make_common_voice(root: Path) -> None:
@@ -116,9 +121,10 @@ CORPORA = {
 # what each corpus holds: (row, text) of the good clips, and {reason: count} of its bad rows
 EXPECTED = {
     "wav-txt": ([("a/eins.txt", "Guten Morgen"), ("b/zwei.txt", "wie geht es dir")],
-                {"no transcript": 1, "empty text": 1}),
+                {"no transcript": 1, "empty text": 1, "not UTF-8": 1}),
     "ljspeech": ([("metadata.csv:1", "Printing, in one sense"), ("metadata.csv:2", "only raw text"),
-                  ("metadata.csv:4", "the third clip")], {"malformed line": 1, "missing audio file": 1}),
+                  ("metadata.csv:4", "the third clip")],
+                 {"malformed line": 1, "missing audio file": 1, "not UTF-8": 1}),
     "common-voice": ([("train.tsv:2", 'Das ist "gut".'), ("train.tsv:3", "Zwei Wörter")],
                      {"malformed line": 1, "empty text": 1}),
     "mls": ([("transcripts.txt:1", "das erste buch"), ("transcripts.txt:2", "das zweite buch")],
@@ -130,8 +136,8 @@ EXPECTED = {
 }  # fmt: skip
 # the rows the bad ones are counted under: file:line where a line is at fault
 BAD_ROWS = {
-    "wav-txt": {"b/drei.wav", "b/vier.txt"},
-    "ljspeech": {"metadata.csv:3", "metadata.csv:5"},
+    "wav-txt": {"b/drei.wav", "b/vier.txt", "c/sechs.txt"},
+    "ljspeech": {"metadata.csv:3", "metadata.csv:5", "metadata.csv:6"},
     "common-voice": {"train.tsv:4", "train.tsv:5"},
     "mls": {"transcripts.txt:3", "transcripts.txt:4"},
     "libritts": {f"{LIBRITTS}/19_198_000000_000009.normalized.txt"},

@@ -9,8 +9,10 @@ transcripts alone, no audio opened; `clips` picks the scanner by name. The same 
   --layout ...``) T1A2 samples (transcript -> the speech in that voice);
 - ``omni-prep snac-encode`` and ``omni-prep convert`` (`omni_train.prep`).
 
-A transcript line that cannot be read (too few fields, no text) is a `Clip` with an ``error``:
-it is counted as a bad row under ``"<file>:<line>"``, as a clip whose audio file is missing is.
+A transcript line that cannot be read (too few fields, no text, not UTF-8) is a `Clip` with an
+``error``: it is counted as a bad row under ``"<file>:<line>"``, as a clip whose audio file is
+missing is. Text is read as bytes and decoded a line at a time (`files.text_line`), so a bad byte
+costs its line, not the corpus.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from pathlib import Path
 from omni_train.data.samples import Sample
 from omni_train.data.skips import SkipCounter
 from omni_train.data.sources.base import BadRow, MissingColumnError, Row, Source, check_tasks
-from omni_train.data.sources.files import TABLE_EXTS, PathLike, check_columns, existing, first_readable, resolve_files
+from omni_train.data.sources.files import (
+    TABLE_EXTS,
+    PathLike,
+    check_columns,
+    existing,
+    first_readable,
+    resolve_files,
+    text_line,
+)
 from omni_train.data.sources.librispeech import _load_code_map, _tts_sample
 from omni_train.data.sources.tables import asr_sample
 from omni_train.tasks import Task
@@ -52,12 +62,31 @@ class Clip:
     error: BadRow | None = None
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of the non-blank lines of a UTF-8 text file."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                yield n, line.rstrip("\r\n")
+def _lines(path: Path) -> Iterator[tuple[int, str | BadRow]]:
+    """(1-based line number, line) of the non-blank lines of a text file; a line that is not UTF-8
+    comes back as its `BadRow`."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if raw.strip():
+                try:
+                    yield n, text_line(raw).rstrip("\r\n")
+                except BadRow as bad:
+                    yield n, bad
+
+
+def _text_file(path: Path) -> str | BadRow:
+    """A transcript file's text, whitespace collapsed, or the `BadRow` of its first line that is not UTF-8."""
+    lines = []
+    for _, line in _lines(path):
+        if isinstance(line, BadRow):
+            return line
+        lines.append(line)
+    return " ".join(" ".join(lines).split())
+
+
+def _text_clip(uid: str, where: str, audio: Path, txt: Path) -> Clip:
+    text = _text_file(txt)
+    return Clip(uid, where, error=text) if isinstance(text, BadRow) else Clip(uid, where, audio, text)
 
 
 def _first_existing(candidates: list[Path]) -> Path:
@@ -80,7 +109,7 @@ def wav_txt_clips(root: PathLike) -> Iterator[Clip]:
         if not txt.is_file():
             yield Clip(rel, path.relative_to(root).as_posix(), error=BadRow("no transcript", f"{txt} not found"))
             continue
-        yield Clip(rel, txt.relative_to(root).as_posix(), path, " ".join(txt.read_text(encoding="utf-8").split()))
+        yield _text_clip(rel, txt.relative_to(root).as_posix(), path, txt)
 
 
 def ljspeech_clips(root: PathLike) -> Iterator[Clip]:
@@ -91,8 +120,11 @@ def ljspeech_clips(root: PathLike) -> Iterator[Clip]:
     root = Path(root)
     meta = root / "metadata.csv"
     for n, line in _lines(meta):
-        fields = line.split("|")
         where = f"{meta.name}:{n}"
+        if isinstance(line, BadRow):
+            yield Clip(where, where, error=line)
+            continue
+        fields = line.split("|")
         if len(fields) < 2 or not fields[0].strip():
             yield Clip(where, where, error=BadRow("malformed line", f"expected ID|text, got {line[:60]!r}"))
             continue
@@ -106,15 +138,25 @@ def common_voice_clips(tsv: PathLike, clips_dir: PathLike | None = None) -> Iter
     columns, the mp3 files in ``clips/`` beside it (soundfile decodes mp3)."""
     tsv = Path(tsv)
     clips_dir = Path(clips_dir) if clips_dir is not None else tsv.parent / "clips"
-    with open(tsv, encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        for row in rows:
-            where = f"{tsv.name}:{rows.line_num}"
-            path, sentence = row.get("path"), row.get("sentence")
-            if not path or sentence is None or None in row:  # short or long line: fields out of place
-                yield Clip(where, where, error=BadRow("malformed line", "fields do not match the header"))
-                continue
-            yield Clip(Path(path).stem, where, clips_dir / path, sentence.strip())
+    header = None
+    for n, line in _lines(tsv):
+        where = f"{tsv.name}:{n}"
+        if isinstance(line, BadRow):
+            if header is None:
+                raise ValueError(f"{tsv}:{n}: the header is not UTF-8 ({line.detail})")
+            yield Clip(where, where, error=line)
+            continue
+        fields = next(csv.reader([line], delimiter="\t", quoting=csv.QUOTE_NONE))
+        if header is None:
+            header = fields
+            continue
+        if len(fields) != len(header):  # fields out of place: no column can be trusted
+            yield Clip(
+                where, where, error=BadRow("malformed line", f"{len(fields)} fields, the header has {len(header)}")
+            )
+            continue
+        row = dict(zip(header, fields))
+        yield Clip(Path(row["path"]).stem, where, clips_dir / row["path"], row["sentence"].strip())
 
 
 def mls_clips(root: PathLike) -> Iterator[Clip]:
@@ -123,8 +165,11 @@ def mls_clips(root: PathLike) -> Iterator[Clip]:
     root = Path(root)
     trans = root / "transcripts.txt"
     for n, line in _lines(trans):
-        uid, _, text = line.partition("\t")
         where = f"{trans.name}:{n}"
+        if isinstance(line, BadRow):
+            yield Clip(where, where, error=line)
+            continue
+        uid, _, text = line.partition("\t")
         parts = uid.split("_")
         if not text.strip() or len(parts) != 3:
             bad = BadRow("malformed line", f"expected SPEAKER_BOOK_UTT<tab>text, got {line[:60]!r}")
@@ -144,12 +189,7 @@ def libritts_clips(root: PathLike, text: str = "normalized") -> Iterator[Clip]:
     suffix = f".{text}.txt"
     for txt in sorted(root.rglob(f"*{suffix}")):
         uid = txt.name[: -len(suffix)]
-        yield Clip(
-            uid,
-            txt.relative_to(root).as_posix(),
-            txt.parent / f"{uid}.wav",
-            " ".join(txt.read_text(encoding="utf-8").split()),
-        )
+        yield _text_clip(uid, txt.relative_to(root).as_posix(), txt.parent / f"{uid}.wav", txt)
 
 
 def vctk_clips(root: PathLike, mic: str = "mic1") -> Iterator[Clip]:
@@ -163,7 +203,7 @@ def vctk_clips(root: PathLike, mic: str = "mic1") -> Iterator[Clip]:
         audio = _first_existing(
             [root / "wav48_silence_trimmed" / speaker / f"{uid}_{mic}.flac", root / "wav48" / speaker / f"{uid}.wav"]
         )
-        yield Clip(uid, txt.relative_to(root).as_posix(), audio, " ".join(txt.read_text(encoding="utf-8").split()))
+        yield _text_clip(uid, txt.relative_to(root).as_posix(), audio, txt)
 
 
 # layout name -> (scanner, the file or folder its path must hold, what that is)
@@ -186,8 +226,8 @@ def check_layout(layout: str, path: PathLike) -> Path:
     if layout == "common-voice":
         if not p.is_file():
             raise ValueError(f"{p}: common-voice reads a .tsv file (train.tsv, validated.tsv, ...), not a folder")
-        with open(p, encoding="utf-8") as f:
-            header = f.readline().rstrip("\r\n").split("\t")
+        with open(p, "rb") as f:
+            header = f.readline().decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
         if missing := [c for c in ("path", "sentence") if c not in header]:
             raise MissingColumnError(f"{p}: no column {', '.join(missing)} (columns: {', '.join(header)})")
     elif not p.is_dir():
