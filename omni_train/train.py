@@ -97,6 +97,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
                 save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
             if i == 0 and cfg.eval.asr and "wer_before" not in summary and rank() == 0:
                 summary["wer_before"], summary["wer_before_stage"] = held_out_wer(bundle, cfg, f"before {stage}"), stage
+                summary["asr_metric"] = evaluate.scoring(cfg.data.language).metric  # wer_* hold CER for zh, ja, ...
             result = run_stage(cfg, stage, bundle, run_dir, first=not summary["stages"])
             summary["stages"][stage] = result.summary
             previous, chosen = result.model_dir, ()
@@ -172,6 +173,7 @@ def final_checks(cfg: DictConfig, final: ModelBundle, summary: dict) -> None:
     """What the run's last model does: held-out WER (``eval.asr``) and a spoken answer (``eval.speak``)."""
     if cfg.eval.asr:
         summary["wer_after"] = held_out_wer(final, cfg, f"after {cfg.run_stages[-1]}", summary)
+        summary["asr_metric"] = evaluate.scoring(cfg.data.language).metric
         summary["wer_after_stage"] = cfg.run_stages[-1]
     if cfg.eval.speak:
         summary["spoken_answer"] = evaluate.speak(final, cfg.eval, Path(cfg.run_dir) / "answer.wav")
@@ -188,7 +190,6 @@ def held_out_wer(bundle: ModelBundle, cfg: DictConfig, when: str, summary: dict 
              result["n"], time.perf_counter() - start)  # fmt: skip
     if summary is not None:
         summary["asr_examples"] = result["examples"][:5]
-        summary["asr_metric"] = metric
     return result[metric]
 
 

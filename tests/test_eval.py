@@ -326,3 +326,11 @@ def test_asr_on_a_corpus_layout(files, capsys, tmp_path):
                                "wav-txt", "--splits", "x")  # fmt: skip
     assert "no metadata.csv" in fails(capsys, "asr", "--checkpoint", files["ckpt"], "--librispeech", corpus,
                                       "--layout", "ljspeech")  # fmt: skip
+
+
+def test_the_run_table_names_the_held_out_metric():
+    from omni_train.report import summary_table
+
+    summary = {"wer_before": 90.0, "wer_before_stage": "alignment", "wer_after": 40.0, "wer_after_stage": "finetune"}
+    assert "held-out ASR WER: 90.0% before alignment -> 40.0% after finetune" in summary_table(summary)
+    assert "held-out ASR CER: 90.0% before" in summary_table({**summary, "asr_metric": "cer"})
