@@ -206,7 +206,7 @@ def vctk_clips(root: PathLike, mic: str = "mic1") -> Iterator[Clip]:
         yield _text_clip(uid, txt.relative_to(root).as_posix(), audio, txt)
 
 
-# layout name -> (scanner, the file or folder its path must hold, what that is)
+# layout name -> (its scanner, the file or folder its path must hold; None: nothing to check)
 LAYOUTS = {
     "wav-txt": (wav_txt_clips, None),
     "ljspeech": (ljspeech_clips, "metadata.csv"),
