@@ -340,6 +340,7 @@ folder is rewritten; skip this to keep the shipped one), then the data, the toke
     python data_prep/train_demo_whisper.py
     python data_prep/train_demo_llm.py
     python data_prep/eval_demo_snac.py
+    python data_prep/make_german_data.py   # de/: make_demo_data.py rewrites the whole folder
 """
 
 
