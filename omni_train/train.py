@@ -238,5 +238,7 @@ def _trained_model(trainer: L.Trainer, module: OmniModule, stage_dir: Path) -> O
 
     state = _load_distributed_checkpoint(final)["state_dict"]
     model = OmniGPT(module.model.config)
+    if module.model.lora is not None:  # the shards hold the unmerged LoRA model's tensors
+        model.add_lora(module.model.lora)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return model
