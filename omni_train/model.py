@@ -279,9 +279,9 @@ class OmniGPT(GPT):
             self.lm_head = head
         self.lora = lora
         self.train(self.training)  # the new modules take the model's mode (LoRA dropout only in training)
-        for name, p in self.named_parameters():  # every tensor where the model was, none left on meta
-            if p.is_meta:
-                raise RuntimeError(f"add_lora left {name} unmaterialised")
+        for name, p in self.named_parameters():  # every tensor where the model is (none left on meta)
+            if p.device != self.device:
+                raise RuntimeError(f"add_lora left {name} on {p.device}, not on {self.device}")
 
     @torch.no_grad()
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
