@@ -8,10 +8,17 @@ head split into row blocks equals the loss over the whole head.
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from test_resume import COMMON, DEMO, TESTS, trace
+from test_resume import config as resume_config
 from test_stages import DIMS, all_tasks_batch
 from tiny import FAMILIES, tiny_omni, train_tokenizer
 
@@ -27,6 +34,7 @@ from omni_train.loss import head_cross_entropy, omni_loss
 from omni_train.model import OmniGPT
 from omni_train.stages import STAGES
 from omni_train.tasks import Task
+from omni_train.train import train
 
 LORA = LoraConfig(r=4, alpha=8.0, dropout=0.0, head=True)
 # the parts each stage trains in a LoRA model (`OmniGPT.part`), besides the post-adapter where there is one
@@ -290,3 +298,84 @@ def test_a_loss_over_blocks_needs_its_bias_as_blocks():
     w, h, t = (torch.randn(4, 3), torch.randn(2, 3)), torch.randn(3, 3), torch.zeros(3, dtype=torch.long)
     with pytest.raises(ValueError, match="bias as blocks"):
         head_cross_entropy(w, torch.zeros(6), [(h, t, 0, 6)])
+
+
+# ---- a LoRA run end to end: DDP, every stage's folder, exact resume -------------------------------
+def omni_train(*args: str, cwd, timeout: int = 900) -> subprocess.CompletedProcess:
+    """The CLI in its own session (a signal to its group reaches nothing else), this checkout's code first."""
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
+    cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+                          start_new_session=True)  # fmt: skip
+
+
+def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path):
+    run = tmp_path / "run"
+    done = omni_train(
+        "experiment=demo", "model.lora.r=4", "trainer=ddp_cpu", "eval.asr=null", "eval.speak=null",
+        "stages.alignment.max_steps=2", "stages.adaption.max_steps=2", "stages.finetune.max_steps=2",
+        f"hydra.run.dir={run}", "+callbacks.probe._target_=ddp_probe.Probe", f"+callbacks.probe.out={tmp_path / 'probe'}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]  # the last stage's
+    assert ranks[0]["world"] == 2 and ranks[0]["weights"] == ranks[1]["weights"]  # LoRA gradients averaged alike
+    base = torch.load(DEMO / "llm" / ckpt.WEIGHTS_FILE, weights_only=True)  # the demo's pretrained base LLM
+    for stage in ("alignment", "adaption", "finetune"):
+        folder = run / stage / "model"
+        model, _ = ckpt.load_checkpoint(folder)  # our format: no LoRA code, as omni-infer and omni-eval read it
+        assert model.lora is None and (folder / ckpt.LORA_FILE).is_file()
+        assert json.loads((folder / ckpt.LORA_INFO).read_text())["r"] == 4
+        state = model.state_dict()
+        same_base = all(torch.equal(state[k][: len(v)], v) for k, v in base.items())
+        assert same_base == (stage == "alignment")  # stage 1 keeps the LLM; stages 2-3 merge their updates
+
+
+HALF = [o for o in COMMON if o.startswith("model.")]  # test_resume's half-size demo model (a random base)
+STEPS = 6
+
+
+def adaption_steps(run: Path) -> list[dict]:
+    """The trace of stage adaption (step -> record; a step trained again after the resume replaces the lost one)."""
+    records = [json.loads(line) for line in (run / "trace.jsonl").read_text().splitlines()]
+    return [r for _, r in sorted({r["step"]: r for r in records}.items())]
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory) -> Path:
+    """A stage-1 model folder to start stage 2 (which trains the LoRA matrices) from."""
+    run = tmp_path_factory.mktemp("aligned")
+    train(resume_config("experiment=demo", "stage=alignment", "stages.alignment.max_steps=1", "eval.asr=null",
+                        "eval.speak=null", *HALF, f"run_dir={run}"))  # fmt: skip
+    return run / "alignment" / "model"
+
+
+def test_an_interrupted_lora_stage_resumes_exactly(tmp_path, aligned):
+    common = [
+        "experiment=demo", "stage=adaption", f"init_from={aligned}", "model.lora.r=4", "model.lora.dropout=0.1",
+        "eval.asr=null", "eval.speak=null", "~data.val.asr_heldout", f"stages.adaption.max_steps={STEPS}",
+        "stages.adaption.log_every=1", "stages.adaption.max_tokens=1024", "data.buffer_size=24", *HALF,
+    ]  # fmt: skip
+    reference = tmp_path / "reference"
+    train(resume_config(*common, f"run_dir={reference}", f"stages.adaption.checkpoint_every={STEPS}", *trace(reference)))
+
+    run = tmp_path / "run"
+    killed = omni_train(*common, f"hydra.run.dir={run}", "stages.adaption.checkpoint_every=2",
+                        *trace(run, signal_at=3, signal_name="SIGKILL"), cwd=tmp_path)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    summary = train(resume_config(*common, f"run_dir={run}", "stages.adaption.checkpoint_every=2", "resume=auto",
+                                  *trace(run)))  # fmt: skip
+    assert summary["stages"]["adaption"]["resumed_from"].endswith("last.ckpt")
+
+    got, want = adaption_steps(run), adaption_steps(reference)
+    assert [r["step"] for r in want] == list(range(1, STEPS + 1))
+    assert [r["rows"] for r in got] == [r["rows"] for r in want]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], rel=1e-5)
+    for name in (ckpt.WEIGHTS_FILE, ckpt.LORA_FILE):  # the merged model, and the LoRA matrices alone
+        a = torch.load(run / "adaption" / "model" / name, weights_only=True)
+        b = torch.load(reference / "adaption" / "model" / name, weights_only=True)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], msg=k)
+    assert any(b["transformer.h.0.attn.qkv.lora_B"].flatten()), "stage 2 trains the LoRA matrices"
