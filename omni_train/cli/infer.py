@@ -8,6 +8,8 @@ Whisper comes from --whisper (an openai-whisper checkpoint file, or a name such 
 whisper downloads), else from what the checkpoint was trained with (``omni_audio.json``, written by
 omni-train: a copied file or a name, and whether Whisper's input was padded to 30 s); SNAC likewise
 from --snac or the checkpoint. Neither is read unless needed: Whisper for --audio, SNAC for --out.
+A file that cannot be used (missing, empty, corrupt audio; an unreadable checkpoint; a question
+longer than the model's context) ends with one line and exit status 2, as a usage error does.
 """
 
 from __future__ import annotations
@@ -17,26 +19,31 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from litgpt.tokenizer import Tokenizer
 
-from omni_train.audio import SnacCodec, WhisperEncoder, save_wav
+from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, save_wav
 from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.generate import answer, stream_answer
-from omni_train.tasks import Task
+from omni_train.tasks import Task, describe_tasks
 from omni_train.vocab import EOA
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="omni-infer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="omni-infer", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(__doc__.splitlines()[2:]),
+    )
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
     question = parser.add_mutually_exclusive_group(required=True)
     question.add_argument("--audio", type=Path, help="spoken question (any format libsndfile reads)")
     question.add_argument("--text", help="written question")
-    parser.add_argument("--task", choices=[t.value for t in Task], help="default: A1A2 for --audio, T1A2 for --text")
+    parser.add_argument("--task", choices=[t.value for t in Task],
+                        help=f"default: A1A2 for --audio, T1A2 for --text. {describe_tasks()}")  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the spoken answer here (wav); without it no audio is decoded")
     parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: the checkpoint's)")
     parser.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
@@ -61,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"task {args.task.value} has no spoken answer for --out/--stream")
     if args.stream and not args.out:
         parser.error("--stream needs --out")
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     saved = audio_sources(args.checkpoint) or {}
     if args.pad_to_30s is None:
         args.pad_to_30s = saved.get("pad_to_30s", False)
@@ -75,8 +84,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def fail(message: str) -> NoReturn:
+    """One line and exit status 2, as omni-eval and argparse's usage errors end."""
+    print(f"omni-infer: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.text is not None and not args.text.strip():
+        fail("--text is empty: there is no question to answer")
+    if args.audio is not None and not args.audio.is_file():
+        fail(f"no such audio file: {args.audio}")
+    if args.audio is not None and args.audio.stat().st_size == 0:
+        fail(f"the audio file is empty (0 bytes): {args.audio}")
+    try:
+        run(args)
+    except DownloadFailed as e:
+        fail(e.advice(f"--{e.key} "))
+    except (OSError, ValueError) as e:  # AudioError, CheckpointError, a prompt longer than the model's context
+        fail(str(e))
+
+
+def run(args: argparse.Namespace) -> None:
     try:
         model, _ = load_checkpoint(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
         tokenizer = Tokenizer(args.checkpoint)
@@ -85,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.audio else None
         )
         codec = SnacCodec.from_pretrained(args.snac, device=args.device) if args.out else None
-    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
-        sys.exit(f"omni-infer: error: {e}")
+    except RuntimeError as e:  # a state dict that does not fit its config, an unknown device
+        fail((str(e).strip().splitlines() or [type(e).__name__])[0])
     model.eval()
     torch.manual_seed(args.seed)
     question = dict(audio=args.audio, text=args.text, task=args.task, batch_parallel=args.batch_parallel)
