@@ -258,7 +258,7 @@ def test_model_folder_holds_merged_weights_and_the_lora_matrices_alone(tmp_path,
 
 @pytest.mark.parametrize("post_adapter", [False, True])
 def test_mini_omni_export_of_a_lora_run_is_merged(tmp_path, tokenizer_dir, post_adapter):
-    model, _ = lora_model(post_adapter=post_adapter, asr_adapter="llamamlp")
+    model, start = lora_model(post_adapter=post_adapter, asr_adapter="llamamlp")
     trained_updates(model)
     folder = ModelBundle(model, None, tokenizer_dir, "small", "snac", origin="base").save(tmp_path / "ours")
     export_main(["--format", "mini-omni", str(folder), str(tmp_path / "mini")])  # from the stage's model/
@@ -266,10 +266,54 @@ def test_mini_omni_export_of_a_lora_run_is_merged(tmp_path, tokenizer_dir, post_
     assert set(values) <= set(ckpt.MINI_OMNI_FIELDS)  # Mini-Omni's Config(**yaml) accepts it
     state = torch.load(tmp_path / "mini" / ckpt.WEIGHTS_FILE, weights_only=True)
     assert not any("lora_" in k or ".linear." in k or k.endswith(".new") for k in state)
+    # Mini-Omni's `GPT` shape: the names and shapes of a plain model's export, which the Mini-Omni
+    # parity test (test_mini_omni_parity.py) loads into Mini-Omni's own code
+    plain_dir = ckpt.export_mini_omni(start, tmp_path / "plain", tokenizer_dir)
+    plain = torch.load(plain_dir / ckpt.WEIGHTS_FILE, weights_only=True)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in plain.items()}
+    assert values == yaml.safe_load((tmp_path / "plain" / ckpt.CONFIG_FILE).read_text())
     imported, _ = ckpt.import_mini_omni(tmp_path / "mini")
     assert_same_logits(model, imported)
     direct = ckpt.export_mini_omni(model, tmp_path / "direct", tokenizer_dir)  # the unmerged model itself
     assert torch.load(direct / ckpt.WEIGHTS_FILE, weights_only=True).keys() == state.keys()
+
+
+# Runs with Mini-Omni's vendored litgpt 0.4 first on sys.path: its `GPT` loads the export strictly and
+# scores text-only ids ``(B, 8, T)`` (given as its 8 ``(B, T)`` rows); prints nothing, saves (xa, xt).
+MINI_OMNI_FORWARD = """
+import sys, torch, yaml
+mini, ckpt_dir, ids_file, out_file = sys.argv[1:]
+sys.path.insert(0, mini)
+from litgpt.config import Config
+from litgpt.model import GPT
+gpt = GPT(Config(**yaml.safe_load(open(ckpt_dir + "/model_config.yaml"))))
+gpt.load_state_dict(torch.load(ckpt_dir + "/lit_model.pth", weights_only=True), strict=True)
+ids = torch.load(ids_file)
+with torch.no_grad():
+    xa, xt = gpt.eval()(None, [ids[:, i] for i in range(8)])
+torch.save((torch.stack(xa, 1), xt), out_file)
+"""
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MINI_OMNI_DIR"), reason="MINI_OMNI_DIR is not set: it names a gpt-omni/mini-omni checkout"
+)
+@pytest.mark.parametrize("post_adapter", [False, True])
+def test_mini_omnis_own_gpt_gives_the_unmerged_lora_models_logits(tmp_path, tokenizer_dir, post_adapter):
+    model, _ = lora_model(post_adapter=post_adapter, asr_adapter="llamamlp")
+    trained_updates(model)
+    out = ckpt.export_mini_omni(model, tmp_path / "mini", tokenizer_dir)
+    ids = torch.randint(0, model.config.padded_vocab_size, (2, 8, 12), generator=torch.Generator().manual_seed(0))
+    torch.save(ids, tmp_path / "ids.pt")
+    cmd = [sys.executable, "-c", MINI_OMNI_FORWARD, os.environ["MINI_OMNI_DIR"], str(out), str(tmp_path / "ids.pt"),
+           str(tmp_path / "logits.pt")]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    audio, text = torch.load(tmp_path / "logits.pt", weights_only=True)
+    with torch.no_grad():
+        want_text, want_audio = model.eval()(ids)
+    torch.testing.assert_close(text, want_text, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(audio, want_audio, rtol=1e-5, atol=1e-5)
 
 
 def test_generation_on_the_unmerged_model_equals_the_merged_model(tokenizer_dir):
