@@ -166,7 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="Qwen2.5-1.5B", help="litgpt config name of the measured width")
     parser.add_argument("--layers", default="1,2", help="measured depths, comma-separated (two give the projection)")
-    parser.add_argument("--base-vocab", type=int, default=None, help="base vocabulary of the measured model (default: the model's)")
+    parser.add_argument(
+        "--base-vocab", type=int, default=None, help="base vocabulary of the measured model (default: the model's)"
+    )
     parser.add_argument("--max-tokens", type=int, default=1024, help="positions a batch (rows x padded length)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps a process, after one untimed step")
     parser.add_argument("--rounds", type=int, default=2, help="processes a variant (alternating)")
@@ -220,7 +222,9 @@ def main() -> None:
             print(f"projected: {args.model} at {full_depth} layers, same batch: {v:5s} counted "
                   f"{counts[args.model][v]['static_bytes'] / GIB:5.1f} GiB + {full_depth} x {per_layer / 2**20:5.0f} MiB a layer "
                   f"+ {rest / 2**20:5.0f} MiB = {projected[v] / GIB:5.1f} GiB")  # fmt: skip
-        print(f"projected ratio lora/full peak memory at {full_depth} layers: {projected['lora'] / projected['full']:.3f}")
+        print(
+            f"projected ratio lora/full peak memory at {full_depth} layers: {projected['lora'] / projected['full']:.3f}"
+        )
     last = depths[-1]
     print(f"ratio lora/full peak memory at {last} layers (measured): {peaks['lora'][last] / peaks['full'][last]:.3f}")
 

@@ -402,7 +402,9 @@ def test_an_interrupted_lora_stage_resumes_exactly(tmp_path, aligned):
         "stages.adaption.log_every=1", "stages.adaption.max_tokens=1024", "data.buffer_size=24", *HALF,
     ]  # fmt: skip
     reference = tmp_path / "reference"
-    train(resume_config(*common, f"run_dir={reference}", f"stages.adaption.checkpoint_every={STEPS}", *trace(reference)))
+    train(
+        resume_config(*common, f"run_dir={reference}", f"stages.adaption.checkpoint_every={STEPS}", *trace(reference))
+    )
 
     run = tmp_path / "run"
     killed = omni_train(*common, f"hydra.run.dir={run}", "stages.adaption.checkpoint_every=2",
