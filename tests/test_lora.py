@@ -360,9 +360,19 @@ def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path):
         "experiment=demo", "model.lora.r=4", "trainer=ddp_cpu", "eval.asr=null", "eval.speak=null",
         "stages.alignment.max_steps=2", "stages.adaption.max_steps=2", "stages.finetune.max_steps=2",
         f"hydra.run.dir={run}", "+callbacks.probe._target_=ddp_probe.Probe", f"+callbacks.probe.out={tmp_path / 'probe'}",
+        # the sample logger and val/wer answer with the unmerged LoRA model, on rank 0 while the other waits
+        "+callbacks.samples._target_=omni_train.callbacks.SampleLogger", "+callbacks.samples.every_n_steps=2",
+        "+callbacks.samples.max_speech=1", "+callbacks.samples.max_new_tokens=8",
+        f"+callbacks.samples.wer={DEMO / 'asr' / 'heldout'}", "+callbacks.samples.wer_max_utterances=2",
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    for stage in ("alignment", "adaption", "finetune"):
+        logs = run / stage / "logs"
+        samples = json.loads(next(logs.rglob("samples/step-000002.json")).read_text())
+        assert [r["task"] for r in samples] == ["A1A2", "T1A2"] and all(isinstance(r["text"], str) for r in samples)
+        metrics = next(logs.rglob("metrics.csv")).read_text().splitlines()
+        assert "val/wer" in metrics[0].split(",")
     ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]  # the last stage's
     assert ranks[0]["world"] == 2 and ranks[0]["weights"] == ranks[1]["weights"]  # LoRA gradients averaged alike
     base = torch.load(DEMO / "llm" / ckpt.WEIGHTS_FILE, weights_only=True)  # the demo's pretrained base LLM
