@@ -155,7 +155,8 @@ def measure(args, layers: int) -> dict[str, dict]:
     flags += (["--tiny"] if args.tiny else []) + (["--base-vocab", str(args.base_vocab)] if args.base_vocab else [])
     for _ in range(args.rounds):
         for variant in runs:
-            run = subprocess.run([sys.executable, __file__, "--child", variant, *flags], capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--child", variant, *flags]
+            run = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if run.returncode:
                 sys.exit(f"lora_memory.py: the {variant} process failed ({run.returncode}):\n{run.stderr[-3000:]}")
             runs[variant].append(json.loads(run.stdout.strip().splitlines()[-1]))

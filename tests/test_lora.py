@@ -25,7 +25,9 @@ from tiny import FAMILIES, tiny_omni, train_tokenizer
 from omni_train import checkpoints as ckpt
 from omni_train.audio import WhisperEncoder
 from omni_train.checkpoints import ModelBundle
+from omni_train.cli.eval import main as eval_main
 from omni_train.cli.export import main as export_main
+from omni_train.cli.infer import main as infer_main
 from omni_train.config import LoraConfig, StageConfig
 from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded
@@ -354,7 +356,7 @@ def omni_train(*args: str, cwd, timeout: int = 900) -> subprocess.CompletedProce
                           start_new_session=True)  # fmt: skip
 
 
-def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path):
+def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path, capsys):
     run = tmp_path / "run"
     done = omni_train(
         "experiment=demo", "model.lora.r=4", "trainer=ddp_cpu", "eval.asr=null", "eval.speak=null",
@@ -373,6 +375,15 @@ def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path):
         assert [r["task"] for r in samples] == ["A1A2", "T1A2"] and all(isinstance(r["text"], str) for r in samples)
         metrics = next(logs.rglob("metrics.csv")).read_text().splitlines()
         assert "val/wer" in metrics[0].split(",")
+    # omni-infer and omni-eval read the last stage's merged folder as any other
+    final, heldout = run / "finetune" / "model", DEMO / "asr" / "heldout"
+    clip = min(heldout.rglob("*.flac"))
+    infer_main(["--checkpoint", str(final), "--audio", str(clip), "--max-new-tokens", "8", "--device", "cpu", "--json",
+                "--out", str(tmp_path / "answer.wav")])  # fmt: skip
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["text_tokens"]
+    eval_main(["asr", "--checkpoint", str(final), "--librispeech", str(heldout), "--splits", "101",
+               "--max-utterances", "2", "--max-new-tokens", "12", "--out", str(tmp_path / "asr.json")])  # fmt: skip
+    assert json.loads((tmp_path / "asr.json").read_text())["splits"]["101"]["n"] == 2
     ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]  # the last stage's
     assert ranks[0]["world"] == 2 and ranks[0]["weights"] == ranks[1]["weights"]  # LoRA gradients averaged alike
     base = torch.load(DEMO / "llm" / ckpt.WEIGHTS_FILE, weights_only=True)  # the demo's pretrained base LLM
