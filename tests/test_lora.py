@@ -3,7 +3,10 @@
 Tiny models of the real classes; what is checked: the LoRA model starts as the model it was made
 from, each stage trains exactly its parts and never the base (bit for bit), the merged weights
 give the unmerged model's logits (our format, Mini-Omni's, and generation), and the loss over a
-head split into row blocks equals the loss over the whole head.
+head split into row blocks equals the loss over the whole head. End to end: a LoRA run under DDP
+(sample logger, val/wer, plain merged folders that omni-infer and omni-eval read) and an
+interrupted LoRA stage that resumes exactly. With MINI_OMNI_DIR set, Mini-Omni's own `GPT` scores
+a LoRA export as the unmerged model does.
 """
 
 import copy
