@@ -43,7 +43,7 @@ from omni_train.builders import (
 )
 from omni_train.callbacks import LossHistory, Throughput
 from omni_train.checkpoints import ModelBundle
-from omni_train.config import ConfigError, DataConfig, unknown_keys
+from omni_train.config import ConfigError, DataConfig, LoraConfig, unknown_keys
 from omni_train.data.skips import SkipReport
 from omni_train.distributed import rank
 from omni_train.model import OmniGPT
@@ -216,6 +216,9 @@ def check(cfg: DictConfig) -> None:
     if cfg.data.root != DataConfig.root and "data.root" not in str(specs):
         log.warning("data.root=%s is not used: none of this config's data sources reads ${data.root} "
                     "(the demo's are bundled with the package); set each source's path instead", cfg.data.root)
+    lora = OmegaConf.to_container(cfg.model.lora)
+    if not lora["r"] and (unused := [f"model.lora.{k}={v}" for k, v in lora.items() if v != getattr(LoraConfig, k)]):
+        log.warning("%s: not used, LoRA is off (model.lora.r=0)", ", ".join(unused))
 
 
 def save_config(cfg: DictConfig, model: dict, run_dir: Path) -> None:

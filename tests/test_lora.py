@@ -343,6 +343,16 @@ def test_add_lora_refuses_what_it_cannot_do():
         plain_model().add_lora(LoraConfig(r=0))
 
 
+def test_lora_settings_without_a_rank_are_named(caplog):
+    from omni_train.train import check
+
+    check(resume_config("experiment=demo", "model.lora.alpha=32"))
+    assert "model.lora.alpha=32.0: not used, LoRA is off (model.lora.r=0)" in caplog.text
+    caplog.clear()
+    check(resume_config("experiment=demo", "model.lora.r=8", "model.lora.alpha=32"))
+    assert "model.lora" not in caplog.text
+
+
 def test_a_loss_over_blocks_needs_its_bias_as_blocks():
     w, h, t = (torch.randn(4, 3), torch.randn(2, 3)), torch.randn(3, 3), torch.zeros(3, dtype=torch.long)
     with pytest.raises(ValueError, match="bias as blocks"):
