@@ -26,7 +26,7 @@ from litgpt.tokenizer import Tokenizer
 
 from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, load_audio, save_wav
 from omni_train.config import DEMO_DATA
-from omni_train.evaluate import librispeech_utterances, wer
+from omni_train.evaluate import error_rate, librispeech_utterances, scoring
 from omni_train.generate import answer, transcribe
 from omni_train.tasks import Task
 
@@ -126,6 +126,8 @@ class SampleLogger(L.Callback):
         wer: a LibriSpeech-layout folder for ``val/wer``; None: no WER.
         wer_max_utterances: its first N utterances (None: all).
         wer_batch_size: utterances decoded at once.
+        language: of the held-out speech: its normaliser, and ``val/cer`` instead of ``val/wer`` for
+            languages written without spaces (`omni_train.evaluate.scoring`).
     """
 
     def __init__(
@@ -140,7 +142,10 @@ class SampleLogger(L.Callback):
         wer: str | None = None,
         wer_max_utterances: int | None = 50,
         wer_batch_size: int = 16,
+        language: str = "en",
     ) -> None:
+        self.metric = scoring(language).metric  # an unknown language fails before training
+        self.language = language
         for key, task, spoken in (("speech_task", speech_task, True), ("text_task", text_task, False)):
             if task not in Task.__members__ or Task(task).audio_in != spoken:
                 allowed = [t.value for t in Task if t.audio_in == spoken]
@@ -171,8 +176,8 @@ class SampleLogger(L.Callback):
                 self._wer_waves = [load_audio(path, WHISPER_SAMPLE_RATE) for _, path, _ in self.wer_utterances]
             hyps = transcribe(module.model, module.encoder, self._tokenizer(module), self._wer_waves,
                               batch_size=self.wer_batch_size, max_new_tokens=self.max_new_tokens)  # fmt: skip
-        score = wer([text for _, _, text in self.wer_utterances], hyps)
-        module.log("val/wer", score, rank_zero_only=True, batch_size=len(hyps))
+        score = error_rate([text for _, _, text in self.wer_utterances], hyps, self.language)
+        module.log(f"val/{self.metric}", score, rank_zero_only=True, batch_size=len(hyps))
 
     # ---- generation -----------------------------------------------------------------------------
     def _usable(self, trainer) -> bool:

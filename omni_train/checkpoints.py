@@ -482,6 +482,7 @@ def load_omni(
 # ---- the audio models a checkpoint was trained with -------------------------------------------
 AUDIO_FILE = "omni_audio.json"  # in a model dir: which Whisper and SNAC the model was trained with
 WHISPER_FILE = "whisper.pt"
+WHISPER_HF_DIR = "whisper"  # a Hugging Face Whisper folder's config and weights, copied
 SNAC_DIR = "snac"
 
 
@@ -491,6 +492,12 @@ def save_audio_models(model_dir: Path, whisper_src: str, snac_src: str, pad_to_3
     if Path(whisper_src).is_file():
         shutil.copyfile(whisper_src, model_dir / WHISPER_FILE)
         entry["whisper"] = WHISPER_FILE
+    elif Path(whisper_src).is_dir():  # Hugging Face layout: config and weights, not a fine-tune's other files
+        (model_dir / WHISPER_HF_DIR).mkdir()
+        for f in Path(whisper_src).iterdir():
+            if f.name == "config.json" or re.fullmatch(r"(model|pytorch_model).*\.(safetensors|bin|json)", f.name):
+                shutil.copyfile(f, model_dir / WHISPER_HF_DIR / f.name)
+        entry["whisper"] = WHISPER_HF_DIR
     if Path(snac_src).is_dir():
         shutil.copytree(snac_src, model_dir / SNAC_DIR, dirs_exist_ok=True)
         entry["snac"] = SNAC_DIR

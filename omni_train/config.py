@@ -57,7 +57,7 @@ class ModelConfig:
     asr_adapter: str = "llamamlp"  # Whisper adapter: llamamlp (Mini-Omni's) or mlp (one Linear)
     post_adapter: bool = False  # False: audio logits from lm_head (Mini-Omni's release); True: TTS adapter
     post_adapter_layers: int = 6
-    whisper: str = "small"  # an openai-whisper model name or checkpoint file
+    whisper: str = "small"  # an openai-whisper name or checkpoint file, or a Hugging Face Whisper folder
     whisper_dims: Dict[str, int] = field(default_factory=dict)  # if set: a random Whisper of these ModelDimensions
     pad_to_30s: bool = False  # Mini-Omni's padded Whisper input (slower; see WhisperEncoder)
     snac: str = "hubertsiuzdak/snac_24khz"  # a SNAC directory (config.json + pytorch_model.bin) or hub name
@@ -75,6 +75,7 @@ class DataConfig:
     """
 
     root: str = "data"  # the folder the data/ presets look in (${data.root}/LibriSpeech, ...)
+    language: str = "en"  # of the speech and text: held-out scoring (normaliser; CER for zh, ja, th, ...)
     sources: Dict[str, Any] = field(default_factory=dict)
     val: Dict[str, Any] = field(default_factory=dict)
     max_tokens: int = 16384  # per rank and step: rows x padded length

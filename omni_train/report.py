@@ -20,7 +20,8 @@ def summary_table(summary: dict) -> str:
     if "wer_before" in summary or "wer_after" in summary:
         before, after = summary.get("wer_before"), summary.get("wer_after")
         first, last = summary.get("wer_before_stage", "the first stage"), summary.get("wer_after_stage", "the last stage")
-        lines.append(f"held-out ASR WER: {before}% before {first} -> {after}% after {last}")
+        metric = summary.get("asr_metric", "wer").upper()  # CER for languages written without spaces
+        lines.append(f"held-out ASR {metric}: {before}% before {first} -> {after}% after {last}")
     if summary.get("spoken_answer"):
         a = summary["spoken_answer"]
         lines.append(f"spoken answer to {a['question']!r}: {a['text']!r} ({a['seconds']} s, {a['wav']})")
