@@ -43,7 +43,7 @@ from omni_train.builders import (
 )
 from omni_train.callbacks import LossHistory, Throughput
 from omni_train.checkpoints import ModelBundle
-from omni_train.config import ConfigError, DataConfig, unknown_keys
+from omni_train.config import ConfigError, DataConfig, LoraConfig, unknown_keys
 from omni_train.data.skips import SkipReport
 from omni_train.distributed import rank
 from omni_train.model import OmniGPT
@@ -223,6 +223,9 @@ def check(cfg: DictConfig) -> None:
     if cfg.data.root != DataConfig.root and "data.root" not in str(specs):
         log.warning("data.root=%s is not used: none of this config's data sources reads ${data.root} "
                     "(the demo's are bundled with the package); set each source's path instead", cfg.data.root)
+    lora = OmegaConf.to_container(cfg.model.lora)
+    if not lora["r"] and (unused := [f"model.lora.{k}={v}" for k, v in lora.items() if v != getattr(LoraConfig, k)]):
+        log.warning("%s: not used, LoRA is off (model.lora.r=0)", ", ".join(unused))
 
 
 def save_config(cfg: DictConfig, model: dict, run_dir: Path) -> None:
@@ -249,5 +252,7 @@ def _trained_model(trainer: L.Trainer, module: OmniModule, stage_dir: Path) -> O
 
     state = _load_distributed_checkpoint(final)["state_dict"]
     model = OmniGPT(module.model.config)
+    if module.model.lora is not None:  # the shards hold the unmerged LoRA model's tensors
+        model.add_lora(module.model.lora)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return model
