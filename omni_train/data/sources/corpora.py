@@ -35,8 +35,7 @@ from omni_train.data.sources.files import (
     resolve_files,
     text_line,
 )
-from omni_train.data.sources.librispeech import _load_code_map, _tts_sample
-from omni_train.data.sources.tables import asr_sample
+from omni_train.data.sources.tables import asr_sample, load_code_map, tts_sample
 from omni_train.tasks import Task
 
 PAIR_AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
@@ -292,7 +291,7 @@ def _samples(src: Source, layout, root, options, tasks, code_files, id_column, s
     if code_files is not None:
         key = ("codes", src.shard)
         if key not in src.cache:  # only this shard's clips: memory and parsing split across workers
-            src.cache[key] = _load_code_map(code_files, id_column, snac_column, {c.id for c in mine})
+            src.cache[key] = load_code_map(code_files, id_column, snac_column, {c.id for c in mine})
         codes = src.cache[key]
     for clip in mine:
         r = Row({"text": clip.text, "audio": None if clip.audio is None else str(clip.audio)}, error=clip.error)
@@ -300,7 +299,7 @@ def _samples(src: Source, layout, root, options, tasks, code_files, id_column, s
             if task is Task.A1T1:
                 build = partial(asr_sample, r, "audio", "text", src.name, clip.where)
             else:
-                build = partial(_tts_sample, r, codes, clip.id, src.name)
+                build = partial(tts_sample, r, codes, clip.id, src.name)
             sample = src.make(clip.where, task, build)
             if sample is not None:
                 yield sample
