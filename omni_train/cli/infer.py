@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", choices=[t.value for t in Task],
                         help=f"default: A1A2 for --audio, T1A2 for --text. {describe_tasks()}")  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the spoken answer here (wav); without it no audio is decoded")
-    parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: the checkpoint's)")
+    parser.add_argument("--whisper", help="Whisper checkpoint file, name or Hugging Face folder (default: the checkpoint's)")
     parser.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     parser.add_argument("--pad-to-30s", action=argparse.BooleanOptionalAction, default=None,
                         help="pad Whisper's input to 30 s as Mini-Omni does (default: as the checkpoint was trained)")

@@ -55,3 +55,4 @@ class Encoded:
     answer_frames: torch.Tensor | None = None  # (N, 7) layer-local SNAC codes
     source: str = ""
     row: str | int = ""
+    cut_from_s: float | None = None  # the question audio's length when it was cut to Whisper's 30 s

@@ -8,29 +8,24 @@ agree on which utterances a folder holds and in which order.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from omni_train.data.samples import Sample
 from omni_train.data.skips import SkipCounter
-from omni_train.data.snac_format import SnacFormatError
-from omni_train.data.sources.base import BadRow, Row, Source, check_tasks, to_frames
+from omni_train.data.sources.base import BadRow, Row, Source, check_tasks
 from omni_train.data.sources.files import (
     TABLE_EXTS,
     PathLike,
     check_columns,
     existing,
     first_readable,
-    read_rows,
     resolve_files,
+    text_line,
 )
-from omni_train.data.sources.tables import asr_sample
+from omni_train.data.sources.tables import asr_sample, load_code_map, tts_sample
 from omni_train.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -39,11 +34,16 @@ AUDIO_EXTS = (".flac", ".wav")  # LibriSpeech ships flac; converted copies are o
 
 @dataclass(frozen=True)
 class Utterance:
-    """One transcript line: the utterance id, its folder and its text."""
+    """One transcript line: the utterance id, its folder and its text.
+
+    A line that cannot be read (`utterances` with ``bad_lines=True``) has its ``file:line`` as `id`,
+    no text, and `error` saying why.
+    """
 
     id: str
     folder: Path
     text: str
+    error: str | None = None
 
     @property
     def audio(self) -> Path | None:
@@ -51,11 +51,23 @@ class Utterance:
         return next((p for e in AUDIO_EXTS if (p := self.folder / (self.id + e)).is_file()), None)
 
 
-def utterances(root: PathLike) -> Iterator[Utterance]:
-    """Every transcript line under `root` (searched recursively), in sorted file order; no audio is opened."""
+def utterances(root: PathLike, bad_lines: bool = False) -> Iterator[Utterance]:
+    """Every transcript line under `root` (searched recursively), in sorted file order; no audio is opened.
+
+    A line that is not UTF-8 is logged (``file:line`` and the byte) and passed over; with
+    `bad_lines` it comes back as an `Utterance` with its `error` set, for the caller to count.
+    """
     for trans in sorted(Path(root).rglob("*.trans.txt")):
-        with open(trans, encoding="utf-8") as f:
-            for line in f:
+        with open(trans, "rb") as f:  # bytes, decoded a line at a time: a bad byte costs its line, not the scan
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = text_line(raw)
+                except BadRow as bad:
+                    if bad_lines:
+                        yield Utterance(f"{trans.name}:{lineno}", trans.parent, "", f"{trans}:{lineno}: {bad.detail}")
+                    else:
+                        log.warning("skipping %s:%d: not UTF-8 (%s)", trans, lineno, bad.detail)
+                    continue
                 utt, _, text = line.strip().partition(" ")
                 if utt:
                     yield Utterance(utt, trans.parent, text)
@@ -109,50 +121,24 @@ def librispeech(
 
 def _samples(src: Source, root, tasks, code_files, id_column, snac_column) -> Iterator[Sample]:
     # this shard's utterances, each one unit; the transcripts are small, the audio is opened later
-    mine = [u for unit, u in enumerate(utterances(root)) if src.owns(unit)]
+    mine = [u for unit, u in enumerate(utterances(root, bad_lines=True)) if src.owns(unit)]
     codes = None
     if code_files is not None:
         key = ("codes", src.shard)
         if key not in src.cache:  # only this shard's utterances: memory and parsing split across workers
-            src.cache[key] = _load_code_map(code_files, id_column, snac_column, {u.id for u in mine})
+            src.cache[key] = load_code_map(code_files, id_column, snac_column, {u.id for u in mine})
         codes = src.cache[key]
     for u in mine:
-        audio = u.audio or u.folder / (u.id + AUDIO_EXTS[0])  # a missing file is the sample's counted skip
-        r = Row({"text": u.text, "audio": str(audio)})
+        if u.error is not None:  # an unreadable transcript line: each of its tasks' attempts is a counted skip
+            r = Row({}, error=BadRow("not UTF-8", u.error))
+        else:
+            audio = u.audio or u.folder / (u.id + AUDIO_EXTS[0])  # a missing file is the sample's counted skip
+            r = Row({"text": u.text, "audio": str(audio)})
         for task in tasks:
             if task is Task.A1T1:
                 build = partial(asr_sample, r, "audio", "text", src.name, u.id)
             else:
-                build = partial(_tts_sample, r, codes, u.id, src.name)
+                build = partial(tts_sample, r, codes, u.id, src.name)
             sample = src.make(u.id, task, build)
             if sample is not None:
                 yield sample
-
-
-def _tts_sample(r: Row, codes: dict, utt: str, source: str) -> Sample:
-    text = r.text("text")
-    entry = codes.get(utt)
-    if entry is None:
-        raise BadRow("no tts codes")
-    if isinstance(entry, str):  # the parse error, kept from loading time
-        raise BadRow("bad tts codes", entry)
-    frames = torch.from_numpy(entry.astype(np.int64))
-    return Sample(Task.T1A2, answer_text=text, question_text=text, answer_frames=frames, source=source, row=utt)
-
-
-def _load_code_map(files: list[Path], id_column: str, snac_column: str, ids: set[str]) -> dict[str, np.ndarray | str]:
-    """id -> ``(N, 7)`` int16 codes for the given ids, or the parse error's message (reported when the row comes up).
-
-    Stored as int16 (codes < 4096), 14 bytes a frame: all of LibriSpeech 960 h (~40 M frames at
-    ~11.7 frames/s) would take ~0.6 GB, a third of its strings, and each shard keeps only its own share.
-    """
-    start, out = time.perf_counter(), {}
-    for _, _, values in read_rows(files, [id_column, snac_column], batch_size=1024):
-        if isinstance(values, BadRow) or str(values.get(id_column)) not in ids:
-            continue
-        try:
-            out[str(values[id_column])] = to_frames(values.get(snac_column)).numpy().astype(np.int16)
-        except SnacFormatError as err:
-            out[str(values[id_column])] = str(err)
-    log.info("loaded SNAC codes of %d utterances in %.1f s", len(out), time.perf_counter() - start)
-    return out
