@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from omni_train.audio import WHISPER_SAMPLE_RATE, AudioError, TooLongAudio, load_audio, log_mel, whisper_frames
 from omni_train.config import DataConfig
-from omni_train.data.collator import Batch, OmniCollator, sequence_length
+from omni_train.data.collator import Batch, OmniCollator, drop_oldest_turns, sequence_length
 from omni_train.data.sampler import Mixture, bucket_batches, resumable_buckets
 from omni_train.data.samples import Encoded, Sample
 from omni_train.data.skips import SkipCounter
@@ -54,7 +54,8 @@ class SampleEncoder:
         n_mels: 80 for Whisper up to large-v2, 128 for large-v3.
         pad_to_30s: Mini-Omni's padded Whisper input instead of the audio's own length.
         too_long: audio over 30 s is ``cut`` to 30 s or ``drop``ped (a counted skip).
-        max_seq_length: longer samples are skipped (counted), never truncated into wrong layouts.
+        max_seq_length: longer samples are skipped (counted), never truncated into wrong layouts; a
+            conversation first drops its oldest earlier turns (counted too), never the current one.
     """
 
     tokenizer: Any
@@ -80,7 +81,10 @@ class SampleEncoder:
             answer_frames=sample.answer_frames,
             source=sample.source,
             row=sample.row,
-        )
+            history=[(self.text_ids(q, "earlier question"), self.text_ids(a, "earlier answer"))
+                     for q, a in sample.history],
+            history_loss=sample.history_loss,
+        )  # fmt: skip
         if sample.task.audio_in:
             try:
                 audio = load_audio(sample.question_audio, WHISPER_SAMPLE_RATE)
@@ -93,6 +97,7 @@ class SampleEncoder:
             enc.question_ids = self.text_ids(sample.question_text, "question text")
         if sample.task.audio_out and sample.answer_frames.size(0) == 0:
             raise SkipSample("empty answer audio")
+        drop_oldest_turns(enc, self.max_seq_length)
         if (n := sequence_length(enc)) > self.max_seq_length:
             raise SkipSample("longer than max_seq_length", f"{n} > {self.max_seq_length}")
         return enc
@@ -132,12 +137,16 @@ class OmniStream(IterableDataset):
     def _encoded(self, samples) -> Iterator[Encoded]:
         for sample in samples:
             try:
-                yield self.encoder(sample)
+                enc = self.encoder(sample)
             except SkipSample as skip:
                 skips = self._skips.get(sample.source)
                 if skips is None:
                     raise
                 skips.skip(sample.source, sample.row, skip.reason, skip.detail, sample.task.value)
+                continue
+            if enc.dropped_turns and sample.source in self._skips:
+                self._skips[sample.source].drop_turns(sample.source, enc.dropped_turns)
+            yield enc
 
     def __iter__(self) -> Iterator[Batch]:
         rank, world = group()

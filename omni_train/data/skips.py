@@ -65,6 +65,7 @@ class SkipCounter:
         self.attempts: Counter[str] = Counter()  # source -> samples attempted (made or skipped)
         self.skipped: Counter[tuple[str, str]] = Counter()  # (source, reason) -> samples skipped
         self.examples: list[Skip] = []
+        self.dropped_turns: Counter[str] = Counter()  # source -> earlier conversation turns left out to fit
 
     def seen(self, source: str, n: int = 1) -> None:
         """Count `n` sample attempts of `source` (call it for every attempt, skipped or not)."""
@@ -77,6 +78,10 @@ class SkipCounter:
         example = Skip(source, row, reason, detail, task)
         if self._keep(example) and self.skipped[key] == 1:
             log.warning("skipping %s (further skips of this kind are only counted)", example)
+
+    def drop_turns(self, source: str, n: int) -> None:
+        """Count `n` earlier turns of a conversation left out to fit max_seq_length (the sample was kept)."""
+        self.dropped_turns[source] += n
 
     def _keep(self, example: Skip) -> bool:
         """Keep the first `max_examples` distinct rows per (source, reason); a stream reads its bad rows again each pass."""
@@ -121,6 +126,7 @@ class SkipCounter:
         for other in others:
             self.attempts.update(other.attempts)
             self.skipped.update(other.skipped)
+            self.dropped_turns.update(other.dropped_turns)
             for example in other.examples:
                 self._keep(example)
         return self
@@ -143,6 +149,8 @@ class SkipCounter:
                     if e.source == src
                 ],
             }
+            if self.dropped_turns[src]:
+                out[src]["dropped_turns"] = self.dropped_turns[src]
         return out
 
     @classmethod
@@ -151,6 +159,7 @@ class SkipCounter:
         counter = cls(max_examples)
         for src, c in counts.items():
             counter.attempts[src] += c["seen"]
+            counter.dropped_turns[src] += c.get("dropped_turns", 0)
             for reason, n in c["reasons"].items():
                 counter.skipped[(src, reason)] += n
             for e in c["examples"]:
@@ -208,6 +217,9 @@ class SkipReport(L.Callback):
         self.final = total
         if trainer.is_global_zero:
             for src in sorted(total.attempts):
+                if total.dropped_turns[src]:
+                    log.info("%s: left out %d earlier conversation turns to fit data.max_seq_length",
+                             src, total.dropped_turns[src])
                 if total.n_skipped(src):
                     log.warning(
                         "%s: skipped %d of %d samples (%.2f%%); %s",
