@@ -26,12 +26,16 @@ The reader contract (what a new source must do; `omni_train.data.sources.tables`
    number, 1-based), the utterance id for LibriSpeech, the index in the split for HF datasets.
    A row may give several samples, one per configured task; they share its row id.
 
+`conversations` reads multi-turn dialogues (a ``messages`` column in the chat convention): each
+answered turn is a sample whose earlier turns are its history.
+
 `files.read_rows` reads parquet and JSONL for any table source (only the needed columns; sharded;
 unreadable rows come back as `BadRow` values); `librispeech.utterances` scans LibriSpeech-layout
 folders for the training source, omni-prep and the evaluations alike.
 """
 
 from omni_train.data.sources.base import BadRow, MissingColumnError, Row, Source, check_tasks, to_audio, to_frames
+from omni_train.data.sources.conversations import conversations, read_conversation
 from omni_train.data.sources.files import TABLE_EXTS, first_object, read_rows, resolve_files
 from omni_train.data.sources.hf import hf_asr
 from omni_train.data.sources.librispeech import AUDIO_EXTS, Utterance, is_librispeech, librispeech, utterances
@@ -47,12 +51,14 @@ __all__ = [
     "Utterance",
     "asr_manifest",
     "check_tasks",
+    "conversations",
     "first_object",
     "hf_asr",
     "is_librispeech",
     "librispeech",
     "moss_audioqa",
     "open_orca",
+    "read_conversation",
     "read_rows",
     "resolve_files",
     "slam_s2s_jsonl",
