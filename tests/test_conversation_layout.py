@@ -112,7 +112,8 @@ def conversation(draw):
         kw.update(question_ids=draw(ids))
     if task.audio_out:
         n = draw(st.integers(1, 4))
-        kw.update(answer_frames=torch.tensor(draw(st.lists(st.integers(0, 4095), min_size=7 * n, max_size=7 * n))).view(n, 7))
+        codes = draw(st.lists(st.integers(0, 4095), min_size=7 * n, max_size=7 * n))
+        kw.update(answer_frames=torch.tensor(codes).view(n, 7))
     return Encoded(task, **kw)
 
 

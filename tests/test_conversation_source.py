@@ -13,11 +13,11 @@ import soundfile as sf
 import torch
 
 from omni_train.data import sources
-from omni_train.data.datamodule import OmniStream, SampleEncoder, SkipSample
 from omni_train.data.collator import OmniCollator
+from omni_train.data.datamodule import OmniStream, SampleEncoder, SkipSample
 from omni_train.data.samples import Turn
-from omni_train.data.sources.conversations import parse_messages
 from omni_train.data.snac_format import format_answer_snac
+from omni_train.data.sources.conversations import parse_messages
 from omni_train.tasks import Task
 from omni_train.vocab import Vocab
 
@@ -118,7 +118,9 @@ def test_bad_turns_are_counted_skips_of_that_turn_only(data):
 
 def test_parquet_with_embedded_audio_and_typed_parts(tmp_path):
     audio = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    message = pa.struct([("role", pa.string()), ("content", pa.string()), ("audio", audio), ("answer_snac", pa.string())])
+    message = pa.struct([
+        ("role", pa.string()), ("content", pa.string()), ("audio", audio), ("answer_snac", pa.string())
+    ])
     rows = [{"messages": [
         {"role": "user", "content": "what does a cow say", "audio": None, "answer_snac": None},
         {"role": "assistant", "content": "a cow says moo", "audio": None, "answer_snac": SNAC},
@@ -126,7 +128,8 @@ def test_parquet_with_embedded_audio_and_typed_parts(tmp_path):
          "answer_snac": None},
         {"role": "assistant", "content": "a cow has four legs", "audio": None, "answer_snac": None},
     ]}]  # fmt: skip
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("messages", pa.list_(message))])), tmp_path / "c.parquet")
+    schema = pa.schema([("messages", pa.list_(message))])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "c.parquet")
     src = sources.conversations(tmp_path / "c.parquet", tasks=["A1T2", "T1A2"])
     got = by_row(src)
     assert sorted(got) == [("c.parquet:0#1", "T1A2"), ("c.parquet:0#2", "A1T2")]
@@ -138,7 +141,8 @@ def test_parquet_with_embedded_audio_and_typed_parts(tmp_path):
         {"role": "user", "content": [{"type": "text", "text": "what is one plus one"}]},
         {"role": "assistant", "content": "one plus one is two"},
         {"role": "user", "content": {"type": "audio", "audio": "q.flac"}},
-        {"role": "assistant", "content": [{"type": "text", "text": "two plus"}, {"type": "text", "text": "one is three"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "two plus"}, {"type": "text", "text": "one is"},
+                                          {"type": "text", "text": "three"}]},
     ]}  # fmt: skip
     (tmp_path / "q.flac").write_bytes(flac())
     write_jsonl(tmp_path / "typed.jsonl", [typed])
@@ -181,7 +185,8 @@ class Words:
 def test_long_conversations_drop_their_oldest_turns_counted(tmp_path):
     turns = []
     for k in range(6):
-        turns += [{"role": "user", "content": f"question {k} " + "word " * 10}, {"role": "assistant", "content": f"answer {k}"}]
+        turns.append({"role": "user", "content": f"question {k} " + "word " * 10})
+        turns.append({"role": "assistant", "content": f"answer {k}"})
     write_jsonl(tmp_path / "long.jsonl", [{"messages": turns}])
     src = sources.conversations(tmp_path / "long.jsonl", tasks=["T1T2"], turns="last")
     encoder = SampleEncoder(Words(), Vocab(100), max_seq_length=40)  # a turn of history takes 18 positions
