@@ -5,6 +5,7 @@
     omni-eval consistency --checkpoint CKPT --whisper whisper.pt --questions questions.txt --task T1A2
     omni-eval retention --base checkpoints/Qwen/Qwen2-0.5B --checkpoint CKPT --text heldout.jsonl
     omni-eval plot outputs/RUN --out loss.png
+    omni-eval dialogue --checkpoint CKPT --conversations heldout.jsonl --task T1T2
 
 The checkpoint's Whisper encoder and SNAC come from the checkpoint (``omni_audio.json``, written by
 omni-train) unless --encoder / --snac name others. ``consistency``'s --whisper is a different
@@ -27,6 +28,8 @@ from litgpt.tokenizer import Tokenizer
 from omni_train import evaluate
 from omni_train.audio import SnacCodec, WhisperEncoder
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
+from omni_train.data import sources
+from omni_train.data.sources.conversations import CONVERSATION_TASKS
 from omni_train.tasks import Task
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-documents", type=int)
     p.add_argument("--max-length", type=int, default=1024, help="tokens a window (capped by the models' length)")
     p.add_argument("--out", type=Path, help="write the numbers as JSON too")
+
+    add_dialogue_parser(sub)
 
     p = sub.add_parser("plot", help="per-task losses of all stages of a run on one PNG")
     p.add_argument("run_dir", type=Path)
@@ -217,7 +222,66 @@ def run_plot(args) -> list[dict]:
     return stages
 
 
-COMMANDS = {"asr": run_asr, "consistency": run_consistency, "retention": run_retention, "plot": run_plot}
+# ---- dialogue: the last turns of held-out conversations ---------------------------------------------
+def add_dialogue_parser(sub) -> None:
+    p = sub.add_parser("dialogue", help="answers to the last turns of held-out conversations, against their references")
+    _model_args(p)
+    p.add_argument("--conversations", type=Path, required=True,
+                   help="JSONL/parquet of conversations (messages, chat convention): each one's last turn is asked")
+    p.add_argument("--task", choices=[t.value for t in CONVERSATION_TASKS],
+                   help="default: A1A2 for the spoken last questions if there are any, else T1A2")
+    p.add_argument("--no-history", action="store_true", help="ask the last questions alone (as single-turn)")
+    p.add_argument("--whisper", help="openai-whisper model that transcribes spoken answers (A1A2, T1A2): name or file")
+    p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
+    p.add_argument("--max-items", type=int, help="score only the first N conversations")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", type=Path, default=Path("dialogue_results.json"), help="per-conversation results (JSON)")
+
+
+def run_dialogue(args) -> dict:
+    # the last turns with their question spoken (read as A1T2) and written (T1T2); the reference is the text answer
+    src = sources.conversations(args.conversations, tasks=["A1T2", "T1T2"], turns="last")
+    last = list(src)
+    spoken = [s for s in last if s.task is Task.A1T2]
+    written = [s for s in last if s.task is Task.T1T2]
+    task = Task(args.task or ("A1A2" if spoken else "T1A2"))
+    pool, kind = (spoken, "spoken") if task.audio_in else (written, "written")
+    if not pool:
+        raise EvalError(f"{args.conversations}: no conversation's last turn has a {kind} question for {task.value}")
+    if src.skips.n_skipped():
+        print(f"omni-eval dialogue: note: {src.skips.summary()}", file=sys.stderr)
+    if without := len({s.row for s in last}) - len(pool):
+        print(f"omni-eval dialogue: note: {without} conversations end with no {kind} question; they are not asked",
+              file=sys.stderr)  # fmt: skip
+    samples = pool[: args.max_items]
+    model, tokenizer = _load_model(args)
+    encoder = _load_encoder(args) if task.audio_in else None
+    codec = judge = None
+    if task.audio_out and args.whisper:
+        codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+        with _loading(args.whisper):
+            judge = whisper.load_model(args.whisper, device=args.device)
+    elif task.audio_out:
+        print("omni-eval dialogue: note: without --whisper only the text answers are scored", file=sys.stderr)
+    result = evaluate.dialogue(
+        model, encoder, tokenizer, samples, task, history=not args.no_history, codec=codec, judge=judge,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers",
+    )  # fmt: skip
+    result = {"checkpoint": str(args.checkpoint), "conversations": str(args.conversations), **result}
+    _write_json(args.out, result)
+    spoken_wer = "-" if result["spoken_wer"] is None else f"{result['spoken_wer']:.2f}"
+    print("| model | task | history | conversations | right | text WER | spoken WER |\n|---|---|---|---|---|---|---|\n"
+          f"| {args.checkpoint} | {task.value} | {'yes' if result['history'] else 'no'} | {result['n']} | "
+          f"{result['right']} ({result['accuracy']:.1f}%) | {result['wer']:.2f} | {spoken_wer} |")  # fmt: skip
+    print(f"per-conversation results: {args.out}", file=sys.stderr)
+    return result
+
+
+COMMANDS = {
+    "asr": run_asr, "consistency": run_consistency, "retention": run_retention, "plot": run_plot,
+    "dialogue": run_dialogue,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
