@@ -511,6 +511,14 @@ def same_answer(reference: str, hypothesis: str) -> bool:
     return _normalize(reference).split() == _normalize(hypothesis).split()
 
 
+def _question(s: Sample, task: Task) -> str:
+    """What was asked, for the results: the text, or the audio's file (with the file's text when it has one)."""
+    if not task.audio_in:
+        return s.question_text
+    where = str(s.question_audio.path) if s.question_audio.path is not None else repr(s.question_audio)
+    return f"{where} ({s.question_text})" if s.question_text else where
+
+
 @torch.inference_mode()
 def dialogue(
     model: OmniGPT, encoder, tokenizer, samples: list[Sample], task: Task | str, *, history: bool = True,
@@ -553,7 +561,7 @@ def dialogue(
             text = decode_text(tokenizer, g.text_tokens)
             item = {
                 "id": s.row, "history": [list(t) for t in s.history[e.dropped_turns :]] if history else [],
-                "question": s.question_text if not task.audio_in else str(s.question_audio), "reference": s.answer_text,
+                "question": _question(s, task), "reference": s.answer_text,
                 "text": text, "right": same_answer(s.answer_text, text), "wer": round(wer([s.answer_text], [text]), 2),
             }  # fmt: skip
             if task.audio_out and codec is not None and judge is not None:

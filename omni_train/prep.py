@@ -387,6 +387,7 @@ def _encode_conversations(codec: SnacCodec, chunk, id_column, batch_size: int, p
         row_id = str(values[id_column]) if id_column and values.get(id_column) is not None else location
         try:
             messages = parse_messages(values.get("messages"))
+            exchanges(messages)  # user and assistant in turn, as the source will want them
         except BadRow as bad:
             report.skip(row_id, f"{bad.reason}: {bad.detail}")
             continue
@@ -402,8 +403,9 @@ def _encode_conversations(codec: SnacCodec, chunk, id_column, batch_size: int, p
                 elif audio is not None:
                     answers.append((conversation, i, row_id, audio))
             except (BadRow, OSError, SnacFormatError) as err:  # this turn's audio or codes: the text stays
-                reason = f"{err.reason} {err.detail}" if isinstance(err, BadRow) else str(err)
-                report.skip(f"{row_id}#{i + 1}", reason.strip())
+                kind = {BadRow: None, SnacFormatError: "bad answer_snac"}.get(type(err), "unreadable audio")
+                reason = f"{err.reason}: {err.detail}" if isinstance(err, BadRow) else f"{kind}: {err}"
+                report.skip(f"{row_id}#{i + 1}", reason)
             conversation["messages"].append(item)
         out.append(conversation)
     waves = list(pool.map(lambda a: _load(Row("", a[3]), codec.sample_rate), answers))
