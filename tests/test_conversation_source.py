@@ -80,6 +80,8 @@ def test_turns_last_and_history_loss(data):
     assert samples[0].history_loss and len(samples[0].history) == 1 and samples[1].history == []
     with pytest.raises(ValueError, match="turns must be 'all' or 'last'"):
         sources.conversations(data / "conv.jsonl", turns="first")
+    with pytest.raises(ValueError, match="history_loss must be true or false, got 'no'"):
+        sources.conversations(data / "conv.jsonl", history_loss="no")
     with pytest.raises(ValueError, match="task A1T1 is not available here"):
         sources.conversations(data / "conv.jsonl", tasks=["A1T1"])
 

@@ -83,8 +83,10 @@ def _absent(value) -> bool:
 
 def _parts(content) -> tuple[str | None, Any]:
     """``content`` -> (its text, an audio part's value): a string, one typed part, or a list of them."""
-    if content is None or isinstance(content, str):
-        return (content.strip() or None) if isinstance(content, str) else None, None
+    if content is None:
+        return None, None
+    if isinstance(content, str):
+        return content.strip() or None, None
     parts = [content] if isinstance(content, Mapping) else content
     if not isinstance(parts, (list, tuple)):
         raise BadRow("bad messages", f"content must be text or typed parts, got {type(content).__name__}")
@@ -190,12 +192,14 @@ def conversations(
     """
     if turns not in ("all", "last"):
         raise ValueError(f"turns must be 'all' or 'last', got {turns!r}")
+    if not isinstance(history_loss, bool):
+        raise ValueError(f"history_loss must be true or false, got {history_loss!r}")
     files = resolve_files(path, TABLE_EXTS)
     task_list = check_tasks(tasks, CONVERSATION_TASKS)
     check_columns(first_readable(files), [messages_column])
     read = partial(
         _conversation_samples, files=files, tasks=task_list, column=messages_column, last_only=turns == "last",
-        history_loss=bool(history_loss), batch_size=batch_size,
+        history_loss=history_loss, batch_size=batch_size,
     )  # fmt: skip
     return Source(name or stem(path), read, skips, max_skip_fraction)
 
