@@ -12,6 +12,8 @@ import io
 import json
 import math
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 import torchaudio.transforms as AT
 import whisper
 from whisper.model import AudioEncoder, ModelDimensions
+from whisper.tokenizer import get_tokenizer
 
 from omni_train.vocab import flatten_snac, unflatten_snac
 
@@ -59,6 +62,29 @@ class AudioError(ValueError):
 
 class TooLongAudio(AudioError):
     """Audio longer than Whisper's window under the 'drop' rule; data loaders count it as a skip."""
+
+
+class AudioModelError(ValueError):
+    """A Whisper or SNAC that cannot be loaded (an unreadable file, or one that is not what it must be)."""
+
+
+class DownloadFailed(AudioModelError):
+    """A Whisper or SNAC given by name (``small``, ``hubertsiuzdak/snac_24khz``) whose download failed.
+
+    Attributes:
+        key: ``"whisper"`` or ``"snac"``, the setting that named it, so that a command can advise
+            its own flag (`advice`).
+    """
+
+    def __init__(self, what: str, name: str, reason: BaseException, key: str, local: str) -> None:
+        self.what, self.name, self.key, self.local = what, name, key, local
+        self.reason = (str(reason).strip().splitlines() or [type(reason).__name__])[0][:160]
+        super().__init__(self.advice(""))
+
+    def advice(self, setting: str) -> str:
+        """The error, advising `setting` followed by a local path (``model.whisper=`` for omni-train)."""
+        return (f"cannot download {self.what} {self.name!r} ({self.reason}); without network, give a local copy "
+                f"instead of the name: {setting}{self.local}")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +223,73 @@ def log_mel(
 # Whisper encoder
 
 
+def load_whisper(
+    name_or_path: str | os.PathLike, device: str | torch.device | None = None, transcribes: bool = False
+) -> whisper.model.Whisper:
+    """`whisper.load_model`, with errors that say what to give instead.
+
+    Args:
+        name_or_path: a Whisper name (``small``: whisper downloads it once, to ~/.cache/whisper) or
+            an openai-whisper checkpoint file (``{"dims", "model_state_dict"}``, the whole model).
+        device: where to put it (default CPU).
+        transcribes: it will transcribe, so its text decoder must cover Whisper's tokenizer; an
+            encoder trained for omni-train (the demo's ``whisper.pt``) has a token table of 16.
+
+    Raises:
+        DownloadFailed: a name whose download failed.
+        FileNotFoundError: neither a file nor a Whisper name.
+        AudioModelError: a file that is not a whole openai-whisper model (unreadable, truncated, no
+            decoder), or one that cannot transcribe when `transcribes` asks for that.
+    """
+    name = os.fspath(name_or_path)
+    if name in whisper.available_models():
+        try:
+            model = whisper.load_model(name, device="cpu")
+        except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError; a bad checksum a RuntimeError
+            local = f"/path/to/{name}.pt (whisper keeps what it downloads in ~/.cache/whisper)"
+            raise DownloadFailed("Whisper", name, err, key="whisper", local=local) from err
+    else:
+        model = _whisper_file(name)
+    if transcribes:
+        need = get_tokenizer(multilingual=False).encoding.n_vocab  # the smallest Whisper tokenizer
+        if model.dims.n_vocab < need:
+            raise AudioModelError(
+                f"{name} cannot transcribe: its text decoder has {model.dims.n_vocab} tokens, Whisper's tokenizer "
+                f"{need}; it is an encoder for training (as the demo's whisper.pt is), not a speech recogniser: "
+                "give a whole Whisper (a name such as small, or its .pt file)"
+            )
+    return model.to(device or "cpu")
+
+
+def _whisper_file(path: str) -> whisper.model.Whisper:
+    """The file branch of `whisper.load_model`, one check at a time, each failure its own line."""
+    if not os.path.isfile(path):
+        names = ", ".join(whisper.available_models())
+        raise FileNotFoundError(f"Whisper checkpoint not found: {path} (nor is it a Whisper name: {names})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise AudioModelError(
+            f"cannot read Whisper checkpoint {path}: truncated, or not a PyTorch file ({reason})"
+        ) from err
+    if not isinstance(checkpoint, dict) or not {"dims", "model_state_dict"} <= checkpoint.keys():
+        raise AudioModelError(f"{path} is not an openai-whisper checkpoint: it needs 'dims' and 'model_state_dict'")
+    state = checkpoint["model_state_dict"]
+    if not any(k.startswith("decoder.") for k in state):
+        raise AudioModelError(
+            f"{path} holds only Whisper's encoder: openai-whisper files hold the whole model (encoder and "
+            "decoder weights with their dims), as whisper.load_model reads them"
+        )
+    try:
+        model = whisper.model.Whisper(ModelDimensions(**checkpoint["dims"]))
+        model.load_state_dict(state)
+    except (TypeError, RuntimeError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise AudioModelError(f"{path}: its weights do not fit its dims ({reason})") from err
+    return model
+
+
 class WhisperEncoder(nn.Module):
     """openai-whisper's `AudioEncoder`, frozen, encoding audio of any length up to 30 s.
 
@@ -241,7 +334,7 @@ class WhisperEncoder(nn.Module):
                 model name such as ``"small"``, which whisper downloads to its cache.
             device: where to put the encoder (default CPU).
         """
-        model = whisper.load_model(os.fspath(name_or_path), device="cpu")
+        model = load_whisper(name_or_path)
         encoder = cls(model.encoder, pad_to_30s=pad_to_30s)
         del model
         return encoder.to(device or "cpu")
@@ -367,14 +460,28 @@ class SnacCodec(nn.Module):
         """
         from snac import SNAC
 
-        path = Path(path_or_name)
+        path, name = Path(path_or_name), os.fspath(path_or_name)
         if path.is_dir():
             config = json.loads((path / "config.json").read_text())
             codec = cls.from_config(config)
-            state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+                raise AudioModelError(f"cannot read {path / 'pytorch_model.bin'}: truncated, or not a PyTorch file "
+                                      f"({reason})") from err  # fmt: skip
             codec.model.load_state_dict(state)
+        elif path.exists():
+            raise NotADirectoryError(f"SNAC is a folder (config.json and pytorch_model.bin), not a file: {name}")
+        elif not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", name):
+            raise FileNotFoundError(f"SNAC folder not found: {name} (nor is it a hub name such as "
+                                    "hubertsiuzdak/snac_24khz)")  # fmt: skip
         else:
-            codec = cls(SNAC.from_pretrained(os.fspath(path_or_name)))
+            try:
+                codec = cls(SNAC.from_pretrained(name))
+            except Exception as err:  # the hub client's many errors (offline, proxy, no such repo) mean one thing here
+                local = f"/path/to/{name.split('/')[-1]} (a folder holding its config.json and pytorch_model.bin)"
+                raise DownloadFailed("SNAC", name, err, key="snac", local=local) from err
         return codec.to(device or "cpu")
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ leaves a half-written checkpoint where a good one was.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 from collections.abc import Mapping
@@ -92,11 +93,21 @@ def _materialize(t: Any) -> torch.Tensor:
     return t._load_tensor() if hasattr(t, "_load_tensor") else t
 
 
+class CheckpointError(ValueError):
+    """A weights file that cannot be read (truncated, corrupt, not PyTorch's); the message names it."""
+
+
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:  # mmap: a 0.5B checkpoint is not read twice into memory
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # only zip-format files can be mmapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        try:  # mmap: a 0.5B checkpoint is not read twice into memory
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError:  # only zip-format files can be mmapped
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:  # a cut-off zip, a cut-off legacy pickle
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise CheckpointError(f"cannot read {path}: truncated, or not a PyTorch weights file ({reason})") from err
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of weights")
     if isinstance(state.get("model"), Mapping):
         state = state["model"]  # litgpt / Fabric training checkpoints wrap the weights
     return {k: _materialize(v) for k, v in state.items()}

@@ -324,7 +324,11 @@ def consistency(
 
 # ---- text retention ----------------------------------------------------------------------------
 def read_documents(path: str | Path, limit: int | None = None) -> list[str]:
-    """Held-out text: ``.jsonl`` rows with a ``text`` field, else plain text split into paragraphs at blank lines."""
+    """Held-out text: ``.jsonl`` rows with a ``text`` field, else plain text, one document a line.
+
+    A line is a document, as a jsonl row is: held-out text is usually kept that way, and a file of
+    lines read as one document would be scored across unrelated lines. Blank lines are skipped.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such text file")
@@ -335,7 +339,7 @@ def read_documents(path: str | Path, limit: int | None = None) -> list[str]:
                 raise ValueError(f"{path}, row {i}: needs a string 'text' field")  # noqa: TRY004 (bad data)
             docs.append(row["text"])
     else:
-        docs = [p.strip() for p in re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))]
+        docs = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise ValueError(f"{path}: no text in it")

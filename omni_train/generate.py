@@ -192,6 +192,7 @@ def decode_steps(
             input_pos=torch.arange(P, device=device) if kv_cache else None, with_audio=with_audio,
         )  # fmt: skip
         at = pos
+        column = None  # the ids step k - 1 chose: what the model reads at step k
         for k in range(steps):
             if k:
                 pos = pos + 1
@@ -316,11 +317,17 @@ def encode_history(tokenizer, history: Sequence[Turn] | None) -> list[tuple[list
     return [(ids(q), ids(a)) for q, a in history or []]
 
 
-def _inputs(model, encoder, tokenizer, audio, text, task, batch_parallel: bool, history, room: int):
+def _task(audio: AudioInput | None, task: Task | str | None) -> Task:
+    return Task(task or (Task.A1A2 if audio is not None else Task.T1A2))
+
+
+def _inputs(
+    model, encoder, tokenizer, audio: AudioInput | None, text: str | None, task, batch_parallel: bool, history, room: int
+):
     """The rows one question needs: (prompts, tasks, features, frames, steer, turns dropped to fit)."""
     if (audio is None) == (text is None):
         raise ValueError("give exactly one of audio and text")
-    task = Task(task or (Task.A1A2 if audio is not None else Task.T1A2))
+    task = _task(audio, task)
     if task.audio_in != (audio is not None):
         raise ValueError(f"task {task.value} takes {'audio' if task.audio_in else 'text'} input")
     if batch_parallel and task is not Task.A1A2:
@@ -375,9 +382,7 @@ def answer(
 
 
 # ---- streaming ----------------------------------------------------------------------------------
-def stream_decode(
-    codec: SnacCodec, frames: Iterable[torch.Tensor], chunk: int = 4, context: int = 3
-) -> Iterator[torch.Tensor]:
+class StreamDecoder:
     """Decode a growing answer to audio chunks as soon as their frames (and context) exist.
 
     Each chunk of `chunk` frames is decoded in a window with up to `context` frames on either side,
@@ -388,24 +393,94 @@ def stream_decode(
     perturbing one frame), hence the default of 3; the right context costs those frames of latency.
     Mini-Omni's stream decodes 4-frame chunks with no context, which clicks at chunk edges.
 
-    Args:
-        frames: successive ``(N_t, 7)`` tensors, each extending the previous (N_t non-decreasing).
+    Push-style, so a caller can interleave the chunks with whatever else it streams (text tokens);
+    `stream_decode` is the same over an iterable.
     """
-    spf, done, latest = codec.samples_per_frame, 0, None
+
+    def __init__(self, codec: SnacCodec, chunk: int = 4, context: int = 3) -> None:
+        if chunk < 1 or context < 0:
+            raise ValueError(f"chunk must be >= 1 and context >= 0, got {chunk} and {context}")
+        self.codec, self.chunk, self.context = codec, chunk, context
+        self.done = 0  # frames already decoded
+        self.latest: torch.Tensor | None = None
+
+    def push(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """The chunks that `frames` ``(N, 7)`` (extending the previous push) make ready."""
+        self.latest, chunks = frames, []
+        while frames.size(0) - self.done >= self.chunk + self.context:
+            chunks.append(self._window(self.done, self.done + self.chunk))
+            self.done += self.chunk
+        return chunks
+
+    def finish(self) -> list[torch.Tensor]:
+        """The rest, once no more frames (and so no more right context) will come."""
+        chunks = []
+        while self.latest is not None and self.done < self.latest.size(0):
+            stop = min(self.done + self.chunk, self.latest.size(0))
+            chunks.append(self._window(self.done, stop))
+            self.done = stop
+        return chunks
+
+    def _window(self, start: int, stop: int) -> torch.Tensor:
+        spf = self.codec.samples_per_frame
+        lo, hi = max(0, start - self.context), min(self.latest.size(0), stop + self.context)
+        wave = self.codec.decode(self.latest[lo:hi])  # ((hi - lo) * spf,)
+        return wave[(start - lo) * spf : (stop - lo) * spf]
+
+
+def stream_decode(
+    codec: SnacCodec, frames: Iterable[torch.Tensor], chunk: int = 4, context: int = 3
+) -> Iterator[torch.Tensor]:
+    """`StreamDecoder` over successive ``(N_t, 7)`` tensors, each extending the previous one."""
+    decoder = StreamDecoder(codec, chunk, context)
     for latest in frames:
-        while latest.size(0) - done >= chunk + context:
-            yield _window(codec, latest, done, done + chunk, context, spf)
-            done += chunk
-    while latest is not None and done < latest.size(0):  # the end: no more context will come
-        stop = min(done + chunk, latest.size(0))
-        yield _window(codec, latest, done, stop, context, spf)
-        done = stop
+        yield from decoder.push(latest)
+    yield from decoder.finish()
 
 
-def _window(codec: SnacCodec, frames: torch.Tensor, start: int, stop: int, context: int, spf: int) -> torch.Tensor:
-    lo, hi = max(0, start - context), min(frames.size(0), stop + context)
-    wave = codec.decode(frames[lo:hi])  # ((hi - lo) * spf,)
-    return wave[(start - lo) * spf : (stop - lo) * spf]
+def stream_events(
+    model: OmniGPT,
+    encoder: WhisperEncoder | None,
+    tokenizer,
+    codec: SnacCodec | None,
+    *,
+    audio: AudioInput | None = None,
+    text: str | None = None,
+    task: Task | str | None = None,
+    batch_parallel: bool = False,
+    history: Sequence[Turn] | None = None,
+    chunk: int = 4,
+    context: int = 3,
+    **kwargs,
+) -> Generator[int | torch.Tensor, None, Answer]:
+    """Yield the answer in decoding order: each text id (an int) and, for a spoken answer, its audio
+    chunks (``codec.sample_rate`` tensors); returns the `Answer`. Any task; arguments as `stream_answer`.
+
+    The ids are the answer's `text_tokens`, one a step until eot; a chunk comes as soon as
+    `StreamDecoder` has it, so text and speech arrive interleaved as the model makes them.
+    """
+    room = answer_room(model, kwargs.get("max_new_tokens", MAX_NEW_TOKENS))
+    prompts, tasks, features, frames, steer, dropped = _inputs(
+        model, encoder, tokenizer, audio, text, task, batch_parallel, history, room
+    )
+    speaks = tasks[0].audio_out
+    if speaks and codec is None:
+        raise ValueError(f"task {tasks[0].value} speaks: it needs a SNAC codec")
+    decoder = StreamDecoder(codec, chunk, context) if speaks else None
+    eot, text_steps, audio_steps, ended = model.config.vocab.eot, [], [], False
+    for t, a in decode_steps(model, prompts, tasks, features, frames, steer=steer, **kwargs):
+        token = int(t[0])
+        ended |= token == eot
+        if not ended:
+            yield token
+        text_steps.append(token)
+        audio_steps.append(a[0].cpu())
+        if decoder is not None:
+            yield from decoder.push(to_frames(torch.stack(audio_steps, dim=1)))  # (N, 7) frames completed so far
+    if decoder is not None:
+        yield from decoder.finish()
+    g = _finish(torch.tensor(text_steps), torch.stack(audio_steps, dim=1) if speaks else None, eot)
+    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames, dropped)
 
 
 def stream_answer(
@@ -425,25 +500,21 @@ def stream_answer(
 ) -> Generator[torch.Tensor, None, Answer]:
     """Yield the spoken answer as `codec.sample_rate` chunks while decoding; returns the `Answer`.
 
-    ``answer = yield from stream_answer(...)`` collects it; arguments as `answer` and `stream_decode`.
+    ``answer = yield from stream_answer(...)`` collects it; arguments as `answer` and `StreamDecoder`.
     """
-    room = answer_room(model, kwargs.get("max_new_tokens", MAX_NEW_TOKENS))
-    prompts, tasks, features, frames, steer, dropped = _inputs(
-        model, encoder, tokenizer, audio, text, task, batch_parallel, history, room
-    )
-    if not tasks[0].audio_out:
-        raise ValueError(f"task {tasks[0].value} has no spoken answer to stream")
-    text_steps, audio_steps = [], []
-
-    def growing_frames():
-        for t, a in decode_steps(model, prompts, tasks, features, frames, steer=steer, **kwargs):
-            text_steps.append(int(t[0]))
-            audio_steps.append(a[0].cpu())
-            yield to_frames(torch.stack(audio_steps, dim=1))  # (N, 7) frames completed so far
-
-    yield from stream_decode(codec, growing_frames(), chunk, context)
-    g = _finish(torch.tensor(text_steps), torch.stack(audio_steps, dim=1), model.config.vocab.eot)
-    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames, dropped)
+    if not _task(audio, task).audio_out:
+        raise ValueError(f"task {_task(audio, task).value} has no spoken answer to stream")
+    events = stream_events(
+        model, encoder, tokenizer, codec, audio=audio, text=text, task=task, batch_parallel=batch_parallel,
+        history=history, chunk=chunk, context=context, **kwargs,
+    )  # fmt: skip
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, torch.Tensor):
+            yield event
 
 
 # ---- conversations ------------------------------------------------------------------------------

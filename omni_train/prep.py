@@ -651,6 +651,7 @@ class Stats:
     seconds: float = 0.0
     audio_rows: int = 0
     unreadable_audio: int = 0
+    first_unreadable: str | None = None  # the first unreadable clip: its path, or the row and column
     tokens: Counter = field(default_factory=Counter)
     snac_frames: int = 0
     snac_rows: int = 0
@@ -671,9 +672,9 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
     if _is_conversations(p):
         return _conversation_stats(resolve_files(p, TABLE_EXTS), count, progress)
     out = Stats()
-    if is_librispeech(p):
-        rows: Iterator[tuple[dict, Path]] = (
-            ({"audio": str(s.question_audio.path), "text": s.answer_text}, p) for s in sources.librispeech(p)
+    if is_librispeech(p):  # the source's paths already start with `p`: no base folder to join
+        rows: Iterator[tuple[dict, Path | None]] = (
+            ({"audio": str(s.question_audio.path), "text": s.answer_text}, None) for s in sources.librispeech(p)
         )
         audio_cols, text_cols, snac_col = ["audio"], ["text"], None
     else:
@@ -685,9 +686,14 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
         out.rows += 1
         seconds = None
         for col in audio_cols:
-            d = _duration(values.get(col), base_dir)
+            audio = _audio_value(values.get(col), base_dir)
+            d = _duration(audio)
             if d is None:
-                out.unreadable_audio += values.get(col) is not None
+                if values.get(col) is not None:  # an empty value too: the row names a clip it does not have
+                    out.unreadable_audio += 1
+                    out.first_unreadable = out.first_unreadable or (
+                        str(audio) if isinstance(audio, Path) else f"row {out.rows}, {col}"
+                    )
                 continue
             out.seconds += d
             out.audio_rows += 1
@@ -726,7 +732,7 @@ def _conversation_stats(files: list[Path], count: Callable[[str], int], progress
                 if m is not None and m.text is not None:
                     out.tokens[role] += count(m.text)
             if t.user.audio is not None:
-                d = _duration(t.user.audio, base_dir)
+                d = _duration(_audio_value(t.user.audio, base_dir))
                 out.unreadable_audio += d is None
                 out.seconds += d or 0.0
                 out.audio_rows += d is not None
@@ -768,19 +774,24 @@ def _classify(f: Path) -> tuple[list[str], list[str], str | None]:
 _AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 
 
-def _duration(value, base_dir: Path | None) -> float | None:
-    """Seconds of an audio value from its header, or None when it is missing or unreadable."""
+def _audio_value(value, base_dir: Path | None) -> Path | bytes | None:
+    """A row's audio as a path (relative ones joined to `base_dir`) or bytes; None when it has none."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if value is None or value == "":
         return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    path = Path(value)
+    return base_dir / path if not path.is_absolute() and base_dir is not None else path
+
+
+def _duration(audio: Path | bytes | None) -> float | None:
+    """Seconds of audio from its header, or None when it is missing or unreadable."""
+    if audio is None:
+        return None
     try:
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return sf.info(io.BytesIO(bytes(value))).duration
-        path = Path(value)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return sf.info(str(path)).duration
+        return sf.info(io.BytesIO(audio) if isinstance(audio, bytes) else str(audio)).duration
     except (sf.SoundFileError, RuntimeError, OSError):
         return None
 
@@ -792,7 +803,8 @@ def format_stats(s: Stats, bins: int = 10, width: int = 40) -> str:
         lines.append(f"turns: {s.turns} answered (mean {s.turns / max(s.rows, 1):.2f} a conversation)")
     if s.audio_rows or s.unreadable_audio:
         lines.append(f"audio: {s.seconds / 3600:.4f} hours in {s.audio_rows} clips"
-                     + (f" ({s.unreadable_audio} unreadable)" if s.unreadable_audio else ""))
+                     + (f" ({s.unreadable_audio} unreadable, the first {s.first_unreadable})"
+                        if s.unreadable_audio else ""))
     for col, n in s.tokens.items():
         unit = "conversation" if s.length_unit == "turns" else "row"
         lines.append(f"text tokens ({col}): {n} (mean {n / max(s.rows, 1):.1f} a {unit})")

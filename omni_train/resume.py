@@ -177,6 +177,12 @@ class RunLock:
             os.close(self._fd)  # closing the descriptor drops the lock
             self._fd = None
 
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
 
 class RunLocked(RuntimeError):
     """Another omni-train process holds the run directory."""

@@ -22,6 +22,7 @@ import signal
 import time
 import warnings
 from collections.abc import Collection
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,46 +76,39 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
     """
     check(cfg)
     run_dir = Path(cfg.run_dir)
-    lock = RunLock(run_dir) if rank() == 0 else None  # one omni-train a run folder
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if cfg.resume == "auto" and summary_path.exists() else {}
-    summary.setdefault("stages", {})
-    start = time.perf_counter()
+    with RunLock(run_dir) if rank() == 0 else nullcontext():  # one omni-train a run folder
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if cfg.resume == "auto" and summary_path.exists() else {}
+        summary.setdefault("stages", {})
+        start = time.perf_counter()
 
-    previous = Path(cfg.init_from) if cfg.init_from else None
-    chosen = requested_model  # checked against init_from; the run's own stages were made from this config
-    for i, stage in enumerate(cfg.run_stages):
-        if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
-            log.info("stage %s already finished in %s; skipping it", stage, run_dir / stage)
-            previous, chosen = run_dir / stage / "model", ()
-            continue
-        if previous is None and stage != "alignment":
-            raise ConfigError(f"stage={stage} starts from a trained model: set init_from=<run>/alignment/model (or a Mini-Omni dir)")
-        bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
-        if rank() == 0 and not summary["stages"]:  # the first stage of this run: the config as it is used
-            model = OmegaConf.to_object(cfg.model)
-            save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
-        if i == 0 and cfg.eval.asr and "wer_before" not in summary and rank() == 0:
-            summary["wer_before"], summary["wer_before_stage"] = held_out_wer(bundle, cfg, f"before {stage}"), stage
-        result = run_stage(cfg, stage, bundle, run_dir, first=not summary["stages"])
-        summary["stages"][stage] = result.summary
-        previous, chosen = result.model_dir, ()
-        if rank() == 0:
+        previous = Path(cfg.init_from) if cfg.init_from else None
+        chosen = requested_model  # checked against init_from; the run's own stages were made from this config
+        for i, stage in enumerate(cfg.run_stages):
+            if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
+                log.info("stage %s already finished in %s; skipping it", stage, run_dir / stage)
+                previous, chosen = run_dir / stage / "model", ()
+                continue
+            if previous is None and stage != "alignment":
+                raise ConfigError(f"stage={stage} starts from a trained model: set init_from=<run>/alignment/model (or a Mini-Omni dir)")
+            bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
+            if rank() == 0 and not summary["stages"]:  # the first stage of this run: the config as it is used
+                model = OmegaConf.to_object(cfg.model)
+                save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
+            if i == 0 and cfg.eval.asr and "wer_before" not in summary and rank() == 0:
+                summary["wer_before"], summary["wer_before_stage"] = held_out_wer(bundle, cfg, f"before {stage}"), stage
+            result = run_stage(cfg, stage, bundle, run_dir, first=not summary["stages"])
+            summary["stages"][stage] = result.summary
+            previous, chosen = result.model_dir, ()
+            if rank() == 0:
+                write_json(summary_path, summary)
+
+        if previous is not None and rank() == 0:
+            final_checks(cfg, build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=()), summary)
+            summary["wall_time_s"] = round(time.perf_counter() - start + summary.get("wall_time_s", 0.0), 1)
+            summary["final_model"] = str(previous)
             write_json(summary_path, summary)
-
-    if previous is not None and rank() == 0:
-        final = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
-        if cfg.eval.asr:
-            summary["wer_after"] = held_out_wer(final, cfg, f"after {cfg.run_stages[-1]}", summary)
-            summary["wer_after_stage"] = cfg.run_stages[-1]
-        if cfg.eval.speak:
-            summary["spoken_answer"] = evaluate.speak(final, cfg.eval, run_dir / "answer.wav")
-        summary["wall_time_s"] = round(time.perf_counter() - start + summary.get("wall_time_s", 0.0), 1)
-        summary["final_model"] = str(previous)
-        write_json(summary_path, summary)
-    if lock is not None:
-        lock.release()
-    return summary
+        return summary
 
 
 def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, first: bool = True) -> StageResult:
@@ -171,6 +165,15 @@ def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, f
         log.info("stage %s: %d steps in %.0f s; model saved in %s", stage, trainer.global_step, wall, stage_dir / "model")
     trainer.strategy.barrier()
     return StageResult(stage, stage_dir / "model", summary)
+
+
+def final_checks(cfg: DictConfig, final: ModelBundle, summary: dict) -> None:
+    """What the run's last model does: held-out WER (``eval.asr``) and a spoken answer (``eval.speak``)."""
+    if cfg.eval.asr:
+        summary["wer_after"] = held_out_wer(final, cfg, f"after {cfg.run_stages[-1]}", summary)
+        summary["wer_after_stage"] = cfg.run_stages[-1]
+    if cfg.eval.speak:
+        summary["spoken_answer"] = evaluate.speak(final, cfg.eval, Path(cfg.run_dir) / "answer.wav")
 
 
 def held_out_wer(bundle: ModelBundle, cfg: DictConfig, when: str, summary: dict | None = None) -> float:

@@ -47,6 +47,7 @@ def test_padding_benchmark_prints_both_fractions():
         ("data_path.py", ["--tiny"], ["samples per CPU-second", "demand"]),
         ("scaling.py", ["--tiny"], ["GPU-h", "finetune"]),
         ("gpu_mfu.py", ["--device", "cpu", "--tiny"], ["omni", "plain"]),
+        ("serve_latency.py", ["--tiny"], ["first audio, streamed", "real-time factor"]),
     ],
 )
 def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch, capsys):

@@ -18,6 +18,7 @@ from omni_train.generate import (
     sample,
     stream_answer,
     stream_decode,
+    stream_events,
     to_frames,
     transcribe,
 )
@@ -251,3 +252,33 @@ def test_stream_answer_yields_the_answer_chunk_by_chunk(model, encoder, tokenize
     torch.testing.assert_close(torch.cat(chunks), codec.decode(whole.frames), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="no spoken answer"):
         next(stream_answer(model, encoder, tokenizer, codec, audio=audio, task="A1T2"))
+
+
+def test_stream_events_interleave_text_ids_and_audio_chunks(model, encoder, tokenizer, codec, monkeypatch):
+    text_calls = script(monkeypatch, model, "text_head", model.config.vocab.eot, at_step=30)  # 30 text ids
+    audio_calls = script(monkeypatch, model, "audio_head", EOA, at_step=25)  # 24 frames
+    (audio,) = clips(0.5)
+    whole = answer(model, encoder, tokenizer, audio=audio, max_new_tokens=40)
+    text_calls.clear(), audio_calls.clear()
+    events = []
+    stream = stream_events(model, encoder, tokenizer, codec, audio=audio, max_new_tokens=40, chunk=2, context=8)
+    while True:
+        try:
+            events.append(next(stream))
+        except StopIteration as stop:
+            streamed = stop.value
+            break
+    ids = [e for e in events if isinstance(e, int)]
+    chunks = [e for e in events if isinstance(e, torch.Tensor)]
+    assert ids == whole.text_tokens == streamed.text_tokens and len(ids) == 30
+    assert streamed.audio_tokens == whole.audio_tokens and len(chunks) == 12
+    torch.testing.assert_close(torch.cat(chunks), codec.decode(whole.frames), atol=1e-5, rtol=1e-4)
+    # the first chunk (step 16, as in stream_answer) comes while the text still runs: ids 17..29 follow it
+    first_chunk = next(i for i, e in enumerate(events) if isinstance(e, torch.Tensor))
+    assert sum(isinstance(e, int) for e in events[first_chunk:]) == 30 - 17
+
+    text_calls.clear()
+    expected = answer(model, encoder, tokenizer, audio=audio, task="A1T2", max_new_tokens=40)
+    text_calls.clear()  # a written answer: only ids, and no codec needed
+    written = list(stream_events(model, encoder, tokenizer, None, audio=audio, task="A1T2", max_new_tokens=40))
+    assert written == expected.text_tokens and len(written) == 30

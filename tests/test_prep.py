@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -187,6 +188,20 @@ def test_stats(tmp_path, snac_dir, libri, capsys):
     frames = sum(math.ceil(s * 24000 / 32) for s in SECONDS)
     assert "rows: 5" in out and f"SNAC frames (answer_snac): {frames} in 5 rows" in out
     assert "length histogram (tokens):" in out
+
+
+def test_stats_reads_a_folder_given_by_a_relative_path(libri, capsys, monkeypatch, tmp_path):
+    root, utts = libri
+    monkeypatch.chdir(root.parent)
+    main(["stats", root.name])  # was "0 clips (5 unreadable)": each path joined to the root twice
+    assert "in 5 clips\n" in capsys.readouterr().out
+    manifest = tmp_path / "m.jsonl"  # relative paths in a manifest are the manifest folder's
+    clip = Path("..") / utts[0][1].relative_to(tmp_path.parent)
+    rows = [{"audio": "nope.wav", "text": "gone"}, {"audio": str(clip), "text": "here"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path.parent)
+    main(["stats", f"{tmp_path.name}/m.jsonl"])
+    assert f"in 1 clips (1 unreadable, the first {tmp_path.name}/nope.wav)" in capsys.readouterr().out
 
 
 def test_missing_paths_are_one_line_errors(tmp_path, snac_dir, libri):

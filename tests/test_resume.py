@@ -74,7 +74,7 @@ def config(*overrides: str):
 
 def omni_train(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI in its own session, so a signal to its process group reaches nothing else."""
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HYDRA_FULL_ERROR": "1", **(env or {})}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "HYDRA_FULL_ERROR": "1", **(env or {})}
     cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False,
                           start_new_session=True)

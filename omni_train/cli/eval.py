@@ -1,16 +1,26 @@
-"""omni-eval: the paper's numbers for a checkpoint, and a run's loss curves.
+"""omni-eval: the paper's numbers for a checkpoint, the field's spoken-dialogue benchmarks, one report.
 
-    omni-eval asr --checkpoint CKPT --librispeech /data/LibriSpeech --out asr.json
+    omni-eval asr --checkpoint CKPT --librispeech /data/LibriSpeech --out RUN/eval/asr.json
     omni-eval consistency --checkpoint CKPT --whisper large-v3 --librispeech /data/LibriSpeech --splits test-clean
-    omni-eval consistency --checkpoint CKPT --whisper whisper.pt --questions questions.txt --task T1A2
+    omni-eval consistency --checkpoint CKPT --whisper small.pt --questions questions.txt --task T1A2
     omni-eval retention --base checkpoints/Qwen/Qwen2-0.5B --checkpoint CKPT --text heldout.jsonl
+    omni-eval spoken-qa --checkpoint CKPT --whisper large-v3 --data llama-questions triviaqa --out RUN/eval/sqa.json
+    omni-eval voicebench --checkpoint CKPT --data /data/voicebench --out-dir RUN/eval/voicebench
+    omni-eval voicebench --checkpoint CKPT --data /data/voicebench --subsets commoneval --judge-url URL/v1 --out-dir ...
+    omni-eval speech --checkpoint CKPT --data llama-questions --mos utmos.pt --max-items 50 --out RUN/eval/speech.json
+    omni-eval report RUN                                   # RUN/eval_report.md, .json, .png
     omni-eval plot outputs/RUN --out loss.png
     omni-eval dialogue --checkpoint CKPT --conversations heldout.jsonl --task T1T2
 
+Task codes: the input modality (1) and the answer's (2); A = audio, T = text. A1T1 is ASR; A1T2 a
+spoken question answered in text; A1A2 a spoken question answered in speech (and text); T1A2 a
+written question answered in speech; T1T2 text to text.
+
 The checkpoint's Whisper encoder and SNAC come from the checkpoint (``omni_audio.json``, written by
-omni-train) unless --encoder / --snac name others. ``consistency``'s --whisper is a different
-model: the full openai-whisper (a name, which whisper downloads, or a local checkpoint file) that
-transcribes the spoken answers. Missing files and bad input end with one line and exit status 2.
+omni-train) unless --encoder / --snac name others. ``--whisper`` is a different model: the full
+openai-whisper (a name, which whisper downloads, or a local checkpoint file) that transcribes the
+spoken answers: a whole Whisper, not an encoder trained for omni-train such as the demo's
+whisper.pt. Missing files and bad input end with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -19,18 +29,20 @@ import argparse
 import json
 import sys
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 
 import torch
-import whisper
 from litgpt.tokenizer import Tokenizer
 
 from omni_train import evaluate
-from omni_train.audio import SnacCodec, WhisperEncoder
+from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
 from omni_train.data import sources
 from omni_train.data.sources.conversations import CONVERSATION_TASKS
-from omni_train.tasks import Task
+from omni_train.evals import report as eval_report
+from omni_train.evals import speech_quality, spoken_qa, voicebench
+from omni_train.tasks import Task, describe_tasks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,7 +60,11 @@ def _model_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="omni-eval", description=__doc__.splitlines()[0])
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the examples' lines
+    parser = argparse.ArgumentParser(
+        prog="omni-eval", description=__doc__.splitlines()[0], formatter_class=raw,
+        epilog="examples:\n" + "\n".join(__doc__.splitlines()[2:]),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("asr", help="LibriSpeech WER in the paper's table form")
@@ -68,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     questions.add_argument("--librispeech", type=Path, help="LibriSpeech utterances as questions")
     p.add_argument("--splits", nargs="+", help="with --librispeech (default: the splits found)")
     p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
-                   help="default: A1A2 for spoken questions, T1A2 for written ones")  # fmt: skip
+                   help=f"default: A1A2 for spoken questions, T1A2 for written ones. {describe_tasks()}")  # fmt: skip
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     p.add_argument("--max-items", type=int, help="answer only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
@@ -79,10 +95,70 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     _model_args(p, encoder=False)
     p.add_argument("--base", type=Path, required=True, help="the base LLM: a litgpt or Hugging Face checkpoint folder")
     p.add_argument("--base-name", help="litgpt config name of the base (when its folder does not tell)")
-    p.add_argument("--text", type=Path, required=True, help="held-out text: plain text or jsonl with a 'text' field")
+    p.add_argument("--text", type=Path, required=True,
+                   help="held-out text: plain text, one document a line (blank lines skipped), or .jsonl with a "
+                        "'text' field a row")  # fmt: skip
     p.add_argument("--max-documents", type=int)
     p.add_argument("--max-length", type=int, default=1024, help="tokens a window (capped by the models' length)")
     p.add_argument("--out", type=Path, help="write the numbers as JSON too")
+
+    p = sub.add_parser("spoken-qa", help="spoken QA accuracy (Llama Questions, Web Questions, TriviaQA): A1T2 and A1A2",
+                       description=spoken_qa.__doc__, formatter_class=raw)
+    _model_args(p)
+    p.add_argument("--data", nargs="+", required=True,
+                   help=f"sets: {', '.join(spoken_qa.SETS)} (their hub copies), a hub name, a folder in HF's parquet "
+                        "layout, a .parquet or a .jsonl (audio/source_wav, question/source_text, answers/target_text)")
+    p.add_argument("--split", help="the split to read (default: the only one in a folder; the set's own for hub names)")
+    tasks = [t.value for t in spoken_qa.TASKS]
+    p.add_argument("--tasks", nargs="+", choices=tasks, default=tasks,
+                   help="A1T2: answer in text; A1A2: answer in speech, transcribed by --whisper (default: both)")
+    p.add_argument("--whisper", help="openai-whisper model that transcribes the A1A2 answers: name or file")
+    p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
+    p.add_argument("--max-items", type=int, help="answer only the first N questions of each set")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--out", type=Path, default=Path("spoken_qa_results.json"), help="per-question results (JSON)")
+
+    p = sub.add_parser("voicebench", help="VoiceBench: rule-scored subsets, and answers for its GPT judge",
+                       description=voicebench.__doc__, formatter_class=raw)
+    _model_args(p)
+    p.add_argument("--data", required=True,
+                   help=f"a local snapshot of {voicebench.HUB} (ROOT/<subset>/<split>-*.parquet), or that hub name")
+    p.add_argument("--subsets", nargs="+", choices=list(voicebench.EVALUATORS), default=list(voicebench.RULE_SCORED),
+                   help=f"default: the rule-scored {' '.join(voicebench.RULE_SCORED)}")
+    p.add_argument("--splits", nargs="+", help="only these splits of one subset (default: all: mmsu's 12 areas, ...)")
+    p.add_argument("--max-items", type=int, help="answer only the first N rows of each split")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--name", help="model name in the answer files (default: the checkpoint folder's name)")
+    p.add_argument("--out-dir", type=Path, default=Path("voicebench"),
+                   help="answers as VoiceBench's main.py writes them (NAME-SUBSET-SPLIT-audio.jsonl); voicebench.json")
+    p.add_argument("--judge-url", help="an OpenAI-compatible endpoint to judge the open-ended subsets (.../v1)")
+    p.add_argument("--judge-model", default="gpt-4o-mini", help="the judge model (VoiceBench uses gpt-4o-mini)")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's API key")
+
+    p = sub.add_parser("speech", help="time to first audio, real-time factor and MOS of streamed spoken answers",
+                       description=speech_quality.__doc__, formatter_class=raw)
+    _model_args(p)
+    questions = p.add_mutually_exclusive_group(required=True)
+    questions.add_argument("--data", help="spoken questions: a spoken-qa set (name, hub, folder, .parquet, .jsonl)")
+    questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
+    p.add_argument("--split", help="with --data: the split to read")
+    p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
+                   help="default: A1A2 for spoken questions, T1A2 for written ones")  # fmt: skip
+    p.add_argument("--mos", type=Path, help="MOS predictor: a TorchScript file, 16 kHz wave (B, T) -> scores (B,)")
+    p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
+    p.add_argument("--max-items", type=int, default=20, help="answer the first N questions (default 20)")
+    p.add_argument("--warmup", type=int, default=1, help="unmeasured answers first (default 1)")
+    p.add_argument("--chunk", type=int, default=4, help="SNAC frames a streamed chunk")
+    p.add_argument("--context", type=int, default=3, help="SNAC frames of context either side of a chunk")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--save-audio", type=Path, help="write each spoken answer's wav into this folder")
+    p.add_argument("--out", type=Path, default=Path("speech_results.json"), help="per-answer results (JSON)")
+
+    p = sub.add_parser("report", help="every omni-eval result under a folder in one table, with the published rows")
+    p.add_argument("run_dir", type=Path, help="a run (or any folder) holding omni-eval result JSON files")
+    p.add_argument("--out-dir", type=Path, help="where eval_report.{md,json,png} go (default: RUN_DIR)")
 
     add_dialogue_parser(sub)
 
@@ -120,6 +196,14 @@ def _load_encoder(args) -> WhisperEncoder:
     pad = (audio_sources(args.checkpoint) or {}).get("pad_to_30s", False)
     with _loading(name):
         return WhisperEncoder.from_pretrained(name, device=args.device, pad_to_30s=pad)
+
+
+def _load_whisper(args):
+    """The user's whole Whisper that transcribes spoken answers (--whisper)."""
+    try:
+        return load_whisper(args.whisper, device=args.device, transcribes=True)
+    except DownloadFailed as e:
+        raise EvalError(e.advice("--whisper ")) from None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -167,11 +251,10 @@ def run_consistency(args) -> dict:
             raise EvalError(_missing(args.librispeech, missing))
         questions = evaluate.librispeech_questions(list(splits.values()), args.max_items)
     task = Task(args.task or (Task.A1A2 if all(q.audio for q in questions) else Task.T1A2))
+    judge = _load_whisper(args)  # first: the judge is the model most often missing
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
     codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
-    with _loading(args.whisper):
-        judge = whisper.load_model(args.whisper, device=args.device)
     result = evaluate.consistency(
         model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers"
     )
@@ -212,6 +295,121 @@ def run_retention(args) -> dict:
     print(f"| {args.checkpoint}, text as the base reads it | {ppl['llm_path']:.3f} | {ratio['llm_path']:.3f} |")
     print(f"| {args.checkpoint}, text as a T1T2 answer | {ppl['t1t2_answer']:.3f} | {ratio['t1t2_answer']:.3f} |")
     return result
+
+
+def run_spoken_qa(args) -> dict:
+    tasks = [Task(t) for t in dict.fromkeys(args.tasks)]
+    if Task.A1A2 in tasks and not args.whisper:
+        raise EvalError("A1A2 answers are spoken: pass --whisper (a model to transcribe them), or --tasks A1T2")
+    sets = [spoken_qa.read_set(source, args.split) for source in args.data]  # every set opens before any model loads
+    model, tokenizer = _load_model(args)
+    encoder = _load_encoder(args)
+    codec = judge = None
+    if Task.A1A2 in tasks:
+        codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+        judge = _load_whisper(args)
+    rule = "normalised answer contained in the normalised response"
+    out = {"command": "spoken-qa", "checkpoint": str(args.checkpoint), "whisper": args.whisper,
+           "tasks": [t.value for t in tasks], "rule": rule, "sets": {}}
+    for name, source, items, total in sets:
+        result = spoken_qa.evaluate_set(
+            model, encoder, tokenizer, items, codec=codec, judge=judge, tasks=tasks, limit=args.max_items,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, total=total, desc=name,
+        )  # fmt: skip
+        out["sets"][name] = {"source": source, **result}
+        _write_json(args.out, out)  # after every set: a long evaluation keeps what it finished
+        print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in result["accuracy"].items()) + f" of {result['n']}",
+              file=sys.stderr)  # fmt: skip
+    out["table"] = spoken_qa.table({str(args.checkpoint): out["sets"]})
+    _write_json(args.out, out)
+    print(out["table"])
+    print(f"per-question results: {args.out}", file=sys.stderr)
+    return out
+
+
+def run_voicebench(args) -> dict:
+    judged = [s for s in args.subsets if s not in voicebench.RULE_SCORED]
+    key = voicebench.judge_key(args.judge_key_env) if args.judge_url and judged else None
+    if args.judge_url and not judged:
+        raise EvalError(f"--judge-url judges {', '.join(set(voicebench.EVALUATORS) - set(voicebench.RULE_SCORED))}; "
+                        "none of them is in --subsets")  # fmt: skip
+    if args.splits and len(args.subsets) > 1:
+        raise EvalError("--splits names the splits of one subset: pass one --subsets with it")
+    plan = {s: voicebench.subset_splits(args.data, s, args.splits) for s in args.subsets}
+    model, tokenizer = _load_model(args)
+    encoder = _load_encoder(args)
+    name = args.name or args.checkpoint.resolve().name
+    out = {"command": "voicebench", "checkpoint": str(args.checkpoint), "data": str(args.data), "task": "A1T2",
+           "subsets": {}}
+    for subset, splits in plan.items():
+        kind, answered = voicebench.EVALUATORS[subset], {}
+        for split, files in splits.items():
+            rows = voicebench.read_rows(args.data, subset, split, files)
+            answered[split] = voicebench.answer_rows(
+                model, encoder, tokenizer, rows, args.max_items, args.batch_size, args.max_new_tokens,
+                total=voicebench.split_size(files), desc=f"{subset}/{split}",
+            )  # fmt: skip
+        rows = [r for split_rows in answered.values() for r in split_rows]
+        paths = {split: args.out_dir / voicebench.jsonl_name(name, subset, split) for split in answered}
+        for split, path in paths.items():  # the answers as VoiceBench's main.py writes them, before any scoring
+            voicebench.write_jsonl(path, answered[split])
+        result = {"evaluator": kind, "n": len(rows), "files": [str(p) for p in paths.values()]}
+        if kind not in ("open", "qa"):
+            result["scores"] = voicebench.score(subset, rows)  # also marks each row (choice, refused, follow_*)
+        elif key is not None:
+            result["scores"] = voicebench.judge(rows, kind, args.judge_url, key, args.judge_model, f"judge {subset}")
+            result["judge"] = {"url": args.judge_url, "model": args.judge_model}
+        else:
+            result["scores"] = {}
+            result["note"] = "not judged: run VoiceBench's api_judge.py on the files, or pass --judge-url"
+        if "judge" in result:
+            for split, path in paths.items():  # the judge's replies, as VoiceBench's api_judge.py names its output
+                voicebench.write_jsonl(path.with_name("result-" + path.name), answered[split])
+        out["subsets"][subset] = result
+        _write_json(args.out_dir / "voicebench.json", out)
+        shown = ", ".join(f"{k} {v}" for k, v in result["scores"].items()) or result.get("note", "")
+        print(f"{subset}: {shown} ({result['n']} rows)", file=sys.stderr)
+    out["table"] = voicebench.table({str(args.checkpoint): out["subsets"]})
+    _write_json(args.out_dir / "voicebench.json", out)
+    print(out["table"])
+    print(f"answers and scores: {args.out_dir}", file=sys.stderr)
+    return out
+
+
+def run_speech(args) -> dict:
+    if args.data:
+        _, _, items, _ = spoken_qa.read_set(args.data, args.split)
+        questions = list(islice(items, args.max_items))
+    else:
+        questions = evaluate.read_questions(args.questions)[: args.max_items]
+    task = Task(args.task or (Task.A1A2 if all(q.audio for q in questions) else Task.T1A2))
+    mos = speech_quality.MosPredictor(args.mos, args.device) if args.mos else None
+    model, tokenizer = _load_model(args)
+    encoder = _load_encoder(args) if task.audio_in else None
+    codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+    result = speech_quality.measure(
+        model, encoder, tokenizer, codec, questions, task=task, mos=mos, warmup=args.warmup, chunk=args.chunk,
+        context=args.context, max_new_tokens=args.max_new_tokens, save_dir=args.save_audio, desc="answers",
+    )  # fmt: skip
+    result = {"command": "speech", "checkpoint": str(args.checkpoint), "mos": str(args.mos) if args.mos else None,
+              "device": str(args.device), **result}  # fmt: skip
+    result["table"] = speech_quality.table({str(args.checkpoint): result})
+    _write_json(args.out, result)
+    print(result["table"])
+    print(f"per-answer results: {args.out}", file=sys.stderr)
+    return result
+
+
+def run_report(args) -> dict:
+    report = eval_report.build(args.run_dir)
+    out_dir = args.out_dir or args.run_dir
+    _write_json(out_dir / "eval_report.json", report)
+    (out_dir / "eval_report.md").write_text(report["markdown"], encoding="utf-8")
+    panels = eval_report.plot(report, out_dir / "eval_report.png")
+    print(report["markdown"])
+    made = ["eval_report.md", "eval_report.json"] + (["eval_report.png"] if panels else [])
+    print(f"wrote {', '.join(str(out_dir / m) for m in made)} from {len(report['files'])} results", file=sys.stderr)
+    return report
 
 
 def run_plot(args) -> list[dict]:
@@ -255,15 +453,14 @@ def run_dialogue(args) -> dict:
         print(f"omni-eval dialogue: note: {without} conversations end with no {kind} question; they are not asked",
               file=sys.stderr)  # fmt: skip
     samples = pool[: args.max_items]
+    judge = _load_whisper(args) if task.audio_out and args.whisper else None  # first: the most often missing
+    if task.audio_out and not args.whisper:
+        print("omni-eval dialogue: note: without --whisper only the text answers are scored", file=sys.stderr)
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
-    codec = judge = None
-    if task.audio_out and args.whisper:
+    codec = None
+    if judge is not None:
         codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
-        with _loading(args.whisper):
-            judge = whisper.load_model(args.whisper, device=args.device)
-    elif task.audio_out:
-        print("omni-eval dialogue: note: without --whisper only the text answers are scored", file=sys.stderr)
     result = evaluate.dialogue(
         model, encoder, tokenizer, samples, task, history=not args.no_history, codec=codec, judge=judge,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers",
@@ -279,7 +476,8 @@ def run_dialogue(args) -> dict:
 
 
 COMMANDS = {
-    "asr": run_asr, "consistency": run_consistency, "retention": run_retention, "plot": run_plot,
+    "asr": run_asr, "consistency": run_consistency, "retention": run_retention, "spoken-qa": run_spoken_qa,
+    "voicebench": run_voicebench, "speech": run_speech, "report": run_report, "plot": run_plot,
     "dialogue": run_dialogue,
 }  # fmt: skip
 

@@ -18,6 +18,8 @@ Whisper comes from --whisper (an openai-whisper checkpoint file, or a name such 
 whisper downloads), else from what the checkpoint was trained with (``omni_audio.json``, written by
 omni-train: a copied file or a name, and whether Whisper's input was padded to 30 s); SNAC likewise
 from --snac or the checkpoint. Neither is read unless needed: Whisper for --audio, SNAC for --out.
+A file that cannot be used (missing, empty, corrupt audio; an unreadable checkpoint; a question
+longer than the model's context) ends with one line and exit status 2, as a usage error does.
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from litgpt.tokenizer import Tokenizer
 
-from omni_train.audio import SnacCodec, WhisperEncoder, save_wav
+from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, save_wav
 from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.data.samples import Turn
 from omni_train.data.sources import BadRow, read_conversation, to_audio
 from omni_train.generate import Conversation
-from omni_train.tasks import Task
+from omni_train.tasks import Task, describe_tasks
 from omni_train.vocab import EOA
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,8 +48,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="omni-infer", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[2:]),
-    )  # fmt: skip
+        epilog="examples:\n" + "\n".join(__doc__.splitlines()[2:]),
+    )
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory")
     question = parser.add_mutually_exclusive_group()
     question.add_argument("--audio", type=Path, help="spoken question (any format libsndfile reads)")
@@ -54,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history", type=Path, help="a conversation the question continues (chat convention)")
     parser.add_argument("--history-row", type=int, help="which conversation of a --history file of several (from 1)")
     parser.add_argument("--interactive", action="store_true", help="questions from the terminal, one conversation")
-    parser.add_argument("--task", choices=[t.value for t in Task], help="default: A1A2 for --audio, T1A2 for --text")
+    parser.add_argument("--task", choices=[t.value for t in Task],
+                        help=f"default: A1A2 for --audio, T1A2 for --text. {describe_tasks()}")  # fmt: skip
     parser.add_argument("--out", type=Path,
                         help="write the spoken answer here (wav); without it no audio is decoded. "
                              "--interactive: a folder for turn-NN.wav (default: omni-infer-turns)")  # fmt: skip
@@ -73,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=list(DTYPES), help="default: the checkpoint's")
     parser.add_argument("--json", action="store_true", help="print one JSON line: text, text_tokens, audio_tokens")
     args = parser.parse_args(argv)
+    asked = args.audio is not None or args.text is not None  # an empty --text is asked, and refused in main()
 
     args.turns, args.base_dir = [], None  # the --history file's answered turns (`Exchange`s)
     if args.history_row is not None and args.history is None:
@@ -83,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--history: {e}")
         if args.turns[-1].assistant is None:  # the file's own last question
-            if args.audio or args.text or args.interactive:
+            if asked or args.interactive:
                 parser.error(f"--history {args.history} ends with a question: drop --audio/--text/--interactive")
             last = args.turns.pop().user
             speak = last.audio is not None and (last.text is None or args.task is None or Task(args.task).audio_in)
@@ -92,11 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 args.text = None if speak else last.text
             except BadRow as bad:
                 parser.error(f"--history {args.history}: its last question: {bad.reason} {bad.detail}".strip())
-    if args.interactive and (args.audio or args.text):
+    if args.interactive and asked:
         parser.error("--interactive reads its questions from the terminal; drop --audio/--text")
-    if not (args.audio or args.text or args.interactive):
+    if not (args.audio is not None or args.text is not None or args.interactive):
         parser.error("give a question: --audio or --text (or --history ending with one, or --interactive)")
 
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     saved = audio_sources(args.checkpoint) or {}
     if args.pad_to_30s is None:
         args.pad_to_30s = saved.get("pad_to_30s", False)
@@ -129,19 +136,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def fail(message: str) -> NoReturn:
+    """One line and exit status 2, as omni-eval and argparse's usage errors end."""
+    print(f"omni-infer: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.text is not None and not args.text.strip():
+        fail("--text is empty: there is no question to answer")
+    given = isinstance(args.audio, Path)  # not the one a --history file ends with (that file checked it)
+    if given and not args.audio.is_file():
+        fail(f"no such audio file: {args.audio}")
+    if given and args.audio.stat().st_size == 0:
+        fail(f"the audio file is empty (0 bytes): {args.audio}")
+    try:
+        run(args)
+    except DownloadFailed as e:
+        fail(e.advice(f"--{e.key} "))
+    except (OSError, ValueError) as e:  # AudioError, CheckpointError, a prompt longer than the model's context
+        fail(str(e))
+
+
+def run(args: argparse.Namespace) -> None:
     try:
         model, _ = load_checkpoint(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
         tokenizer = Tokenizer(args.checkpoint)
         encoder = load_encoder(args) if args.audio or any(t.user.text is None for t in args.turns) else None
         codec = SnacCodec.from_pretrained(args.snac, device=args.device) if args.out else None
-        model.eval()
-        torch.manual_seed(args.seed)
-        history = history_from(args.turns, args.base_dir, encoder, model, tokenizer)
-        conversation = Conversation(model, encoder, tokenizer, history)
-    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as e:
-        sys.exit(f"omni-infer: error: {e}")
+    except RuntimeError as e:  # a state dict that does not fit its config, an unknown device
+        fail((str(e).strip().splitlines() or [type(e).__name__])[0])
+    model.eval()
+    torch.manual_seed(args.seed)
+    # a history turn with speech only is transcribed here: its missing file is one line too (main() catches it)
+    history = history_from(args.turns, args.base_dir, encoder, model, tokenizer)
+    conversation = Conversation(model, encoder, tokenizer, history)
     knobs = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.interactive:
         interact(conversation, codec, args, knobs)

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 import hydra
@@ -36,6 +37,7 @@ log = logging.getLogger("omni_train")
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from omni_train.atomic import DiskFull
+    from omni_train.audio import AudioModelError, DownloadFailed
     from omni_train.config import ConfigError
     from omni_train.data.skips import TooManySkips
     from omni_train.resume import Preempted, RunLocked
@@ -66,8 +68,9 @@ def _main(cfg: DictConfig) -> None:
 
     try:
         summary = train(cfg, requested_model_keys())
-    except (ConfigError, TooManySkips, TooManyBadSteps, RunLocked, DiskFull, FileNotFoundError, NotADirectoryError) as err:
-        stop(f"omni-train: error: {err}", 1)
+    except (ConfigError, AudioModelError, TooManySkips, TooManyBadSteps, RunLocked, DiskFull, FileNotFoundError,
+            NotADirectoryError) as err:
+        stop(f"omni-train: error: {err.advice(f'model.{err.key}=') if isinstance(err, DownloadFailed) else err}", 1)
     except Preempted as err:  # status 128 + signal says "stopped, resumable"
         stop(f"omni-train: {err}; continue with: {resume_command(err.run_dir)}", err.exit_code)
     except KeyboardInterrupt:  # Ctrl-C before a stage's training started: nothing to save yet
@@ -138,7 +141,17 @@ def main() -> None:
     register()
     SECRETS.add_overrides(sys.argv[1:])
     protect(SECRETS)  # Hydra's own errors echo the overrides
+    if {"--help", "-h"} & set(sys.argv[1:]):  # Hydra's help lists the config groups; first, what a command looks like
+        print(help_intro())
     _main()
+
+
+def help_intro() -> str:
+    """The module's examples and the task codes that ``stages.STAGE.tasks`` and a source's ``tasks`` take."""
+    from omni_train.tasks import describe_tasks
+
+    tasks = textwrap.fill(describe_tasks(), width=100, initial_indent="    ", subsequent_indent="    ")
+    return f"{__doc__.strip()}\n\nTasks (stages.STAGE.tasks, data.sources.NAME.tasks):\n{tasks}\n"
 
 
 if __name__ == "__main__":
