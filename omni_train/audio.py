@@ -7,6 +7,7 @@ Mini-Omni: Whisper gives 50 frames a second and a clip of ``ms`` milliseconds fi
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import json
@@ -97,6 +98,11 @@ def _describe(src: AudioSource) -> str:
     return f"<{len(src)} bytes>" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
 
 
+# OSErrors that say nothing about the file being read (too many open files, a stale network mount,
+# no memory): they stop the run as what they are instead of being counted as unreadable audio.
+_NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ESTALE, errno.ENOMEM, errno.EIO}
+
+
 def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
     """Decode a whole file to mono float32 at `sample_rate`.
 
@@ -123,6 +129,8 @@ def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
             declared, rate = f.frames, f.samplerate
             data = f.read(dtype="float32", always_2d=True)  # (S, channels)
     except (sf.SoundFileError, RuntimeError, OSError) as e:
+        if isinstance(e, TimeoutError) or getattr(e, "errno", None) in _NOT_THE_FILES_FAULT:
+            raise  # the machine's trouble, not a bad row: counting it as one would hide it
         raise AudioError(f"cannot decode audio {name}: {e}") from e
     # libsndfile returns what it can of a cut-off mp3; the header's frame count exposes that. The
     # slack covers mp3 encoder delay/padding, whose accounting differs between encoders.
@@ -175,6 +183,12 @@ def whisper_frames(num_samples: int, sample_rate: int = WHISPER_SAMPLE_RATE, max
     return min(int(duration_ms / 20) + 1, int(max_seconds * 50))
 
 
+def whisper_max_samples(max_seconds: float = MAX_SECONDS) -> int:
+    """The longest 16-kHz clip `log_mel` keeps whole; a longer one is cut or dropped (its ``too_long``)."""
+    # the longest clip whose Mini-Omni T fits: int((S - 1) / 320) + 1 == 50 * max_seconds
+    return SAMPLES_PER_FRAME * int(max_seconds * 50) - 1
+
+
 def log_mel(
     audio_16k: torch.Tensor,
     n_mels: int = 80,
@@ -205,9 +219,7 @@ def log_mel(
     if too_long not in ("cut", "drop"):
         raise ValueError(f"too_long must be 'cut' or 'drop', got {too_long!r}")
     audio_16k = torch.as_tensor(audio_16k, dtype=torch.float32).reshape(-1)
-    max_frames = int(max_seconds * 50)
-    # the longest clip whose Mini-Omni T fits: int((S - 1) / 320) + 1 == max_frames
-    max_samples = SAMPLES_PER_FRAME * max_frames - 1
+    max_samples = whisper_max_samples(max_seconds)
     if audio_16k.numel() > max_samples:
         if too_long == "drop":
             raise TooLongAudio(f"audio of {audio_16k.numel() / WHISPER_SAMPLE_RATE:.2f} s exceeds {max_seconds} s")

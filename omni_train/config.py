@@ -61,7 +61,7 @@ class DataConfig:
     pad_to_multiple_of: int = 8
     max_seq_length: int = 2048  # longer samples are skipped and counted
     too_long: str = "cut"  # audio over 30 s: cut or drop
-    max_skip_fraction: Optional[float] = 0.01  # stop once a source skips more than this share
+    max_skip_fraction: Optional[float] = 0.01  # stop once a source skips more than this share; null: only count
 
 
 @dataclass

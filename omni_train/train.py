@@ -158,6 +158,7 @@ def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, f
             "loss": history.first_last(),
             "bad_steps": module.bad_steps,  # non-finite loss or gradient: skipped
             "skipped_samples": skips.final.as_dict() if skips.final else {},  # per source: counts, reasons, examples
+            "cut_samples": {s: n for s, n in sorted(skips.final.cuts.items()) if n} if skips.final else {},  # to 30 s
             "model_dir": str(stage_dir / "model"),
             "resumed_from": ckpt_path,
         }

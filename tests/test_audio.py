@@ -1,3 +1,4 @@
+import errno
 import io
 import json
 import math
@@ -109,6 +110,24 @@ def test_unreadable_audio_raises_audio_error_naming_the_source(tmp_path):
     with pytest.raises(AudioError, match="empty"):
         load_audio(empty.getvalue(), 16000)
     assert issubclass(AudioError, ValueError)
+
+
+@pytest.mark.parametrize("err", [OSError(errno.EMFILE, "Too many open files"), TimeoutError("read timed out")])
+def test_the_machines_trouble_is_not_counted_as_a_bad_file(tmp_path, monkeypatch, err):
+    """A bad row costs a sample; running out of file handles or a hung mount must stop the run as itself."""
+    path = tmp_path / "fine.wav"
+    sf.write(path, tone(0.5, 16000), 16000)
+
+    def failing(*args, **kwargs):
+        raise err
+
+    monkeypatch.setattr(sf, "SoundFile", failing)
+    with pytest.raises(type(err)) as caught:
+        load_audio(path, 16000)
+    assert not isinstance(caught.value, AudioError)
+    monkeypatch.setattr(sf, "SoundFile", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOENT, "No such file")))
+    with pytest.raises(AudioError, match="fine.wav"):  # a missing file is the row's fault: counted
+        load_audio(path, 16000)
 
 
 def test_truncated_mp3_is_an_error():

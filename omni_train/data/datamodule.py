@@ -25,17 +25,26 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from omni_train.audio import WHISPER_SAMPLE_RATE, AudioError, TooLongAudio, load_audio, log_mel, whisper_frames
+from omni_train.audio import (
+    WHISPER_SAMPLE_RATE,
+    AudioError,
+    TooLongAudio,
+    load_audio,
+    log_mel,
+    whisper_frames,
+    whisper_max_samples,
+)
 from omni_train.config import DataConfig
 from omni_train.data.collator import Batch, OmniCollator, drop_oldest_turns, sequence_length
 from omni_train.data.sampler import Mixture, bucket_batches, resumable_buckets
 from omni_train.data.samples import Encoded, Sample
-from omni_train.data.skips import SkipCounter
+from omni_train.data.skips import SkipCounter, TooManySkips
 from omni_train.data.sources import Source
 from omni_train.distributed import gather_objects, group
 from omni_train.vocab import Vocab
 
 log = logging.getLogger(__name__)
+MAX_STREAK = 1000  # a training source that makes no sample from this many attempts in a row stops the run
 
 
 class SkipSample(Exception):
@@ -53,7 +62,8 @@ class SampleEncoder:
         vocab: the layout; text ids must stay below its base vocabulary.
         n_mels: 80 for Whisper up to large-v2, 128 for large-v3.
         pad_to_30s: Mini-Omni's padded Whisper input instead of the audio's own length.
-        too_long: audio over 30 s is ``cut`` to 30 s or ``drop``ped (a counted skip).
+        too_long: audio over 30 s is ``cut`` to 30 s (counted as a cut: `Encoded.cut_from_s`) or
+            ``drop``ped (a counted skip).
         max_seq_length: longer samples are skipped (counted), never truncated into wrong layouts; a
             conversation first drops its oldest earlier turns (counted too), never the current one.
     """
@@ -93,6 +103,8 @@ class SampleEncoder:
                 reason = "audio too long" if isinstance(err, TooLongAudio) else "unreadable audio"
                 raise SkipSample(reason, str(err)) from err
             enc.audio_frames = whisper_frames(audio.numel())
+            if audio.numel() > whisper_max_samples():  # not dropped above: log_mel cut it
+                enc.cut_from_s = audio.numel() / WHISPER_SAMPLE_RATE
         else:
             enc.question_ids = self.text_ids(sample.question_text, "question text")
         if sample.task.audio_out and sample.answer_frames.size(0) == 0:
@@ -136,16 +148,18 @@ class OmniStream(IterableDataset):
 
     def _encoded(self, samples) -> Iterator[Encoded]:
         for sample in samples:
+            skips = self._skips.get(sample.source)
             try:
                 enc = self.encoder(sample)
             except SkipSample as skip:
-                skips = self._skips.get(sample.source)
                 if skips is None:
                     raise
                 skips.skip(sample.source, sample.row, skip.reason, skip.detail, sample.task.value)
                 continue
-            if enc.dropped_turns and sample.source in self._skips:
-                self._skips[sample.source].drop_turns(sample.source, enc.dropped_turns)
+            if enc.dropped_turns and skips is not None:
+                skips.drop_turns(sample.source, enc.dropped_turns)
+            if enc.cut_from_s is not None and skips is not None:
+                skips.cut(sample.source, sample.row, f"{enc.cut_from_s:.1f} s of audio cut to Whisper's 30 s")
             yield enc
 
     def __iter__(self) -> Iterator[Batch]:
@@ -162,7 +176,9 @@ class OmniStream(IterableDataset):
             )
             pairs: Iterable[tuple[list[Encoded], dict | None]] = ((batch, None) for batch in batches)
         else:
-            streams = {name: (lambda p, s=s: s) for name, s in shards.items()}
+            for s in shards.values():  # the mixture restarts each source for ever: one that makes nothing must stop it
+                s.max_streak = MAX_STREAK
+            streams = {name: partial(_training_pass, s) for name, s in shards.items()}
             seed = self.seed + index
             mixture = Mixture(streams, self.weights, seed)
             resume = self.resume.get(index)
@@ -181,19 +197,37 @@ class OmniStream(IterableDataset):
             yield out
 
 
+def _training_pass(src: Source, n: int) -> Iterator[Sample]:
+    """One pass over a training source for `Mixture` (which restarts it forever): a pass that makes no
+    sample at all is one line naming the source and why, whatever max_skip_fraction says."""
+    made = False
+    for sample in src:
+        made = True
+        yield sample
+    if made:
+        return
+    if src.skips.n_seen(src.name) == 0:
+        index, count = src.shard
+        raise TooManySkips(
+            f"{src.name}: its shard {index} of {count} (one per rank and loader worker) holds no rows: "
+            "the source has fewer rows than there are shards; lower data.num_workers"
+        )
+    raise TooManySkips(f"{src.name}: a whole pass over its rows made no sample; {src.skips.summary(src.name)}")
+
+
 @contextmanager
 def _uncounted(sources: Iterable[Source], counters: list[SkipCounter]):
-    """Fast-forwarding re-reads rows that were counted, and judged against max_skip_fraction, before
-    the restart: read them without either."""
-    limits = [(src, src.max_skip_fraction) for src in sources]
+    """Fast-forwarding re-reads rows that were counted, and judged against max_skip_fraction and
+    max_streak, before the restart: read them without either."""
+    limits = [(src, src.max_skip_fraction, src.max_streak) for src in sources]
     saved = [(c, copy.deepcopy(vars(c))) for c in counters]
-    for src, _ in limits:
-        src.max_skip_fraction = None
+    for src, _, _ in limits:
+        src.max_skip_fraction = src.max_streak = None
     try:
         yield
     finally:
-        for src, limit in limits:
-            src.max_skip_fraction = limit
+        for src, fraction, streak in limits:
+            src.max_skip_fraction, src.max_streak = fraction, streak
         for c, state in saved:
             vars(c).clear()
             vars(c).update(state)
@@ -226,7 +260,8 @@ class OmniDataModule(L.LightningDataModule):
     """Hydra-configurable data for one stage: training mixture, validation sources, loader settings.
 
     A run stops with `TooManySkips` once more than `max_skip_fraction` of a source's samples were
-    skipped (bad rows, unreadable audio, over-long samples); None only counts them.
+    skipped (bad rows, unreadable audio, over-long samples); None only counts them. Whatever it says,
+    a training source that makes no sample for `MAX_STREAK` attempts in a row stops the run too.
 
     Exact resume. Each (rank, loader worker) reads its own shard of the data; every training batch
     carries the state its shard's stream continues from (`Batch.position`), taken at the start of

@@ -75,3 +75,4 @@ class Encoded:
     history: list[tuple[list[int], list[int]]] = field(default_factory=list)
     history_loss: bool = False
     dropped_turns: int = 0
+    cut_from_s: float | None = None  # the question audio's length when it was cut to Whisper's 30 s

@@ -12,11 +12,18 @@ stage's totals: a ``train/skipped`` metric, a log line per source at the end, th
 
 The unit is a *sample attempt*: a row that should give two tasks (say A1A2 and A1T2) is two attempts,
 and a broken ``answer_snac`` skips only the one that needs audio, so `fraction` stays in ``[0, 1]``.
+A shard lost whole (a row group that fails midway, a later shard without a needed column) counts
+every row it held.
+
+Besides skips, the counter keeps *cuts*: clips longer than Whisper's 30 s window, cut to it
+(``data.too_long=cut``). A cut sample is trained on, so it is no skip, but the user should know how
+much audio never reached the model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -44,14 +51,21 @@ class Skip:
 
 
 class TooManySkips(RuntimeError):
-    """More samples were skipped than the configured fraction allows: usually a config or data mistake."""
+    """More samples were skipped than the configured fraction allows, or a source makes none at all:
+    usually a config or data mistake."""
 
     def __init__(self, message: str) -> None:
         # PyTorch re-raises a DataLoader worker's error as ``type(err)(its traceback as text)``; the
         # user needs only our sentence, the text after the traceback's last "TooManySkips: "
-        if message.startswith("Caught TooManySkips"):
-            message = message.rsplit("TooManySkips: ", 1)[-1].strip()
+        name = type(self).__name__
+        if message.startswith(f"Caught {name}"):
+            message = message.rsplit(f"{name}: ", 1)[-1].strip()
         super().__init__(message)
+
+
+class UnreadableData(TooManySkips):
+    """Data a reader cannot get past, so that skipping cannot help: the run stops with one line
+    naming the data (e.g. the datasets library's JSON reader stops at a byte that is not UTF-8)."""
 
 
 class SkipCounter:
@@ -66,22 +80,37 @@ class SkipCounter:
         self.skipped: Counter[tuple[str, str]] = Counter()  # (source, reason) -> samples skipped
         self.examples: list[Skip] = []
         self.dropped_turns: Counter[str] = Counter()  # source -> earlier conversation turns left out to fit
+        self.cuts: Counter[str] = Counter()  # source -> samples whose audio was cut to Whisper's window
+        # kept for judging, per process (a snapshot or a merge need neither):
+        self.streak: Counter[str] = Counter()  # source -> skips since its last sample was kept (see `Source`)
+        self.bulk: Counter[str] = Counter()  # source -> rows beyond the first of skips that lost many at once
 
     def seen(self, source: str, n: int = 1) -> None:
         """Count `n` sample attempts of `source` (call it for every attempt, skipped or not)."""
         self.attempts[source] += n
 
-    def skip(self, source: str, row: str | int, reason: str, detail: str = "", task: str | None = None) -> None:
-        """Count one skipped attempt; the first few per (source, reason) are kept and the first is logged."""
+    def skip(
+        self, source: str, row: str | int, reason: str, detail: str = "", task: str | None = None, n: int = 1
+    ) -> None:
+        """Count `n` skipped attempts of one row (n > 1: a whole shard or row group); the first few
+        per (source, reason) are kept as examples and the first is logged."""
         key = (source, reason)
-        self.skipped[key] += 1
+        first = self.skipped[key] == 0
+        self.skipped[key] += n
+        self.streak[source] += 1
+        self.bulk[source] += n - 1
         example = Skip(source, row, reason, detail, task)
-        if self._keep(example) and self.skipped[key] == 1:
+        if self._keep(example) and first:
             log.warning("skipping %s (further skips of this kind are only counted)", example)
 
     def drop_turns(self, source: str, n: int) -> None:
         """Count `n` earlier turns of a conversation left out to fit max_seq_length (the sample was kept)."""
         self.dropped_turns[source] += n
+    def cut(self, source: str, row: str | int, detail: str) -> None:
+        """Count one sample whose audio was cut to Whisper's window; the first per source is logged."""
+        self.cuts[source] += 1
+        if self.cuts[source] == 1:
+            log.warning("cutting %s row %r: %s (further cuts are only counted)", source, row, detail)
 
     def _keep(self, example: Skip) -> bool:
         """Keep the first `max_examples` distinct rows per (source, reason); a stream reads its bad rows again each pass."""
@@ -102,24 +131,41 @@ class SkipCounter:
         seen = self.n_seen(source)
         return self.n_skipped(source) / seen if seen else 0.0
 
-    def check(self, max_fraction: float, source: str | None = None, min_seen: int = 0) -> None:
+    def check(self, max_fraction: float, source: str | None = None, early: bool = False) -> None:
         """Raise `TooManySkips` if more than `max_fraction` of the attempts were skipped.
 
         Args:
             max_fraction: the largest tolerated share of skipped attempts, in ``[0, 1]``.
             source: check one source; by default each source is checked on its own, so that a
                 small, entirely broken source is not hidden by a large healthy one.
-            min_seen: do not judge a source on fewer attempts than this (the first row alone
-                should not decide).
+            early: the attempts so far are a sample of the data, not all of it (mid-pass): stop
+                only once the share is over `max_fraction` by more than chance (`clearly_over`),
+                so that a healthy source whose first rows happen to hold a few bad ones runs on.
+                Rows lost in bulk (a broken shard) count as one attempt here; the end of the
+                pass judges them at their full weight.
         """
         sources = [source] if source is not None else sorted(self.attempts)
         for src in sources:
             seen, frac = self.n_seen(src), self.fraction(src)
-            if seen >= max(min_seen, 1) and frac > max_fraction:
+            if early:
+                over = clearly_over(self.n_skipped(src) - self.bulk[src], seen - self.bulk[src], max_fraction)
+            else:
+                over = seen >= 1 and frac > max_fraction
+            if over:
+                so_far = " so far" if early else ""
                 raise TooManySkips(
-                    f"{src}: skipped {self.n_skipped(src):,} of {seen:,} samples ({frac:.1%}), "
+                    f"{src}: skipped {self.n_skipped(src):,} of {seen:,} samples{so_far} ({frac:.1%}), "
                     f"more than the allowed {max_fraction:.1%}; {self.summary(src)}"
                 )
+
+    def check_streak(self, max_streak: int, source: str) -> None:
+        """Raise `TooManySkips` once `max_streak` attempts in a row of `source` gave no sample: whatever
+        the fraction allows (even none set), a source that makes nothing would stall the run."""
+        if self.streak[source] >= max_streak:
+            raise TooManySkips(
+                f"{source}: the last {self.streak[source]:,} samples in a row were skipped, none made "
+                f"({self.n_skipped(source):,} of {self.n_seen(source):,} skipped in all); {self.summary(source)}"
+            )
 
     def merge(self, *others: SkipCounter) -> SkipCounter:
         """Add the counts of `others` (e.g. DataLoader workers') into this counter; returns self."""
@@ -127,6 +173,7 @@ class SkipCounter:
             self.attempts.update(other.attempts)
             self.skipped.update(other.skipped)
             self.dropped_turns.update(other.dropped_turns)
+            self.cuts.update(other.cuts)
             for example in other.examples:
                 self._keep(example)
         return self
@@ -135,13 +182,14 @@ class SkipCounter:
         return SkipCounter(self.max_examples).merge(self)
 
     def as_dict(self) -> dict:
-        """Plain counts per source (for summary.json and checkpoints): seen, skipped, reasons, examples."""
+        """Plain counts per source (for summary.json and checkpoints): seen, skipped, reasons, examples, cut."""
         out = {}
-        for src in sorted(set(self.attempts) | {s for s, _ in self.skipped}):
+        for src in sorted(set(self.attempts) | {s for s, _ in self.skipped} | set(self.cuts)):
             out[src] = {
                 "seen": self.n_seen(src),
                 "skipped": self.n_skipped(src),
                 "fraction": round(self.fraction(src), 6),
+                "cut": self.cuts[src],  # trained on, its audio cut to Whisper's 30 s
                 "reasons": {r: n for (s, r), n in sorted(self.skipped.items()) if s == src},
                 "examples": [
                     {"row": e.row, "reason": e.reason, "detail": e.detail, "task": e.task}
@@ -160,6 +208,7 @@ class SkipCounter:
         for src, c in counts.items():
             counter.attempts[src] += c["seen"]
             counter.dropped_turns[src] += c.get("dropped_turns", 0)
+            counter.cuts[src] += c.get("cut", 0)  # checkpoints older than the cut count have none
             for reason, n in c["reasons"].items():
                 counter.skipped[(src, reason)] += n
             for e in c["examples"]:
@@ -176,6 +225,24 @@ class SkipCounter:
 
     def __repr__(self) -> str:
         return f"SkipCounter(seen={self.n_seen()}, skipped={self.n_skipped()})"
+
+
+def clearly_over(skipped: int, seen: int, limit: float, odds: float = 1e-3) -> bool:
+    """Whether `skipped` of `seen` is more than a `limit` share by more than chance.
+
+    A source whose rows are bad at exactly `limit` shows this many skips with probability under
+    `odds` (Chernoff's bound on the binomial tail, ``exp(-n KL(k/n || limit))``). A plain
+    "fraction over limit after N attempts" would stop healthy sources: with 1% allowed and 0.5% of
+    rows bad, 2 of the first 100 are bad for one source in eleven. Here 11 bad of 18 stop a 1%
+    limit at once, all bad at the second attempt, 2% bad after ~1,800 attempts.
+    """
+    if seen <= 0 or skipped <= limit * seen:
+        return False
+    if limit <= 0:
+        return True
+    p = skipped / seen
+    kl = p * math.log(p / limit) + ((1 - p) * math.log((1 - p) / (1 - limit)) if p < 1 else 0.0)
+    return seen * kl > -math.log(odds)
 
 
 class SkipReport(L.Callback):
@@ -224,6 +291,11 @@ class SkipReport(L.Callback):
                     log.warning(
                         "%s: skipped %d of %d samples (%.2f%%); %s",
                         src, total.n_skipped(src), total.n_seen(src), 100 * total.fraction(src), total.summary(src),
+                    )
+                if total.cuts[src]:
+                    log.warning(
+                        "%s: cut the audio of %d of %d samples to Whisper's 30 s (data.too_long=drop skips them)",
+                        src, total.cuts[src], total.n_seen(src),
                     )
 
     def state_dict(self) -> dict:

@@ -24,7 +24,13 @@ The reader contract (what a new source must do; `omni_train.data.sources.tables`
    this for missing, empty or malformed values), which is counted under that reason with the row's
    id. ``row`` names where to look: ``"<file name>:<row>"`` for parquet (0-based) and JSONL (line
    number, 1-based), the utterance id for LibriSpeech, the index in the split for HF datasets.
-   A row may give several samples, one per configured task; they share its row id.
+   A row may give several samples, one per configured task; they share its row id. A `BadRow`
+   that stands for many rows (a lost shard or row group) says how many (``rows=``), so the skip
+   fraction weighs it right. Read text as bytes and decode a line at a time (`files.text_line`),
+   so that a byte that is not UTF-8 costs its line, not the run.
+5. **Limits**: `Source.make` stops the run (`TooManySkips`) once the skips are clearly over the
+   source's ``max_skip_fraction``, or (in training) nothing was made for `Source.max_streak`
+   attempts in a row.
 
 `conversations` reads multi-turn dialogues (a ``messages`` column in the chat convention): each
 answered turn is a sample whose earlier turns are its history.
@@ -36,7 +42,7 @@ folders for the training source, omni-prep and the evaluations alike.
 
 from omni_train.data.sources.base import BadRow, MissingColumnError, Row, Source, check_tasks, to_audio, to_frames
 from omni_train.data.sources.conversations import conversations, read_conversation
-from omni_train.data.sources.files import TABLE_EXTS, first_object, read_rows, resolve_files
+from omni_train.data.sources.files import TABLE_EXTS, first_object, read_rows, resolve_files, text_line
 from omni_train.data.sources.hf import hf_asr
 from omni_train.data.sources.librispeech import AUDIO_EXTS, Utterance, is_librispeech, librispeech, utterances
 from omni_train.data.sources.tables import asr_manifest, moss_audioqa, open_orca, slam_s2s_jsonl, voice_assistant
@@ -62,6 +68,7 @@ __all__ = [
     "read_rows",
     "resolve_files",
     "slam_s2s_jsonl",
+    "text_line",
     "to_audio",
     "to_frames",
     "utterances",

@@ -32,11 +32,12 @@ class BadRow(Exception):
     Args:
         reason: short and stable ("missing audio file", "bad answer_snac"): counts are kept by it.
         detail: the specific problem (a path, a parser's message).
+        rows: how many rows it stands for: more than one where a whole shard or row group is lost.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", rows: int = 1) -> None:
         super().__init__(reason)
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.rows = reason, detail, rows
 
 
 class Source:
@@ -49,12 +50,20 @@ class Source:
             shard `owns` and builds each sample through `make`.
         skips: where skips are counted (shared between sources if you pass one); a fresh one by default.
         max_skip_fraction: raise `TooManySkips` once more than this share of the attempted samples
-            was skipped (checked every `check_every` attempts once that many were seen, and at the
-            end of each pass). None: only count.
+            was skipped: mid-pass as soon as the share is over it by more than chance (judged at
+            each skip, `SkipCounter.check`'s ``early``), and exactly at the end of each pass.
+            None: only count.
         shard: ``(index, count)``: this source reads every `count`-th unit from `index`.
+
+    Whatever `max_skip_fraction` says, `max_streak` attempts in a row that give no sample stop the
+    run with `TooManySkips` naming the reasons. The training stream sets it (its mixture restarts a
+    source for ever, so one that makes nothing would stall the run with no step and no output);
+    a one-pass reader (validation, omni-prep) ends anyway and leaves it None. An attempt gives a
+    sample when its consumer keeps it: one the `SampleEncoder` skips later (unreadable audio, too
+    long) adds to the streak too.
     """
 
-    check_every = 1000
+    max_streak: int | None = None
 
     def __init__(
         self,
@@ -75,7 +84,11 @@ class Source:
         self.cache: dict = {}  # per-process state a reader may keep between passes (e.g. a code map)
 
     def __iter__(self) -> Iterator[Sample]:
-        yield from self._read(self)
+        for sample in self._read(self):
+            streak = self.skips.streak[self.name]
+            yield sample
+            if self.skips.streak[self.name] == streak:  # the consumer kept it (its own skips count here too)
+                self.skips.streak[self.name] = 0
         if self.max_skip_fraction is not None:
             self.skips.check(self.max_skip_fraction, self.name)
 
@@ -90,7 +103,7 @@ class Source:
             raise ValueError(f"shard index must be in [0, {count}), got {index}")
         mine, total = self.shard
         shard = Source(self.name, self._read, self.skips, self.max_skip_fraction, (mine + total * index, total * count))
-        shard.cache = self.cache
+        shard.cache, shard.max_streak = self.cache, self.max_streak
         return shard
 
     def owns(self, unit: int) -> bool:
@@ -98,16 +111,21 @@ class Source:
         return unit % self.shard[1] == self.shard[0]
 
     def make(self, row: str | int, task: Task, build: Callable[[], Sample]) -> Sample | None:
-        """Count one attempt and run `build`; a `BadRow` becomes a counted skip and gives None."""
+        """Count one attempt and run `build`; a `BadRow` becomes a counted skip (of as many rows as
+        it stands for) and gives None. Raises `TooManySkips`, before the attempt, when the skips so
+        far are too many."""
+        if self.skips.streak[self.name]:  # a skip since the last kept sample: the only time the share rises
+            if self.max_streak is not None:
+                self.skips.check_streak(self.max_streak, self.name)
+            if self.max_skip_fraction is not None:
+                self.skips.check(self.max_skip_fraction, self.name, early=True)
         self.skips.seen(self.name)
         try:
-            sample = build()
+            return build()
         except BadRow as bad:
-            self.skips.skip(self.name, row, bad.reason, bad.detail, task.value)
-            sample = None
-        if self.max_skip_fraction is not None and self.skips.n_seen(self.name) % self.check_every == 0:
-            self.skips.check(self.max_skip_fraction, self.name, min_seen=self.check_every)
-        return sample
+            self.skips.seen(self.name, bad.rows - 1)
+            self.skips.skip(self.name, row, bad.reason, bad.detail, task.value, n=bad.rows)
+            return None
 
     def __repr__(self) -> str:
         shard = "" if self.shard == (0, 1) else f", shard={self.shard}"

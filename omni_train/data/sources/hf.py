@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
-from omni_train.data.skips import SkipCounter
+from omni_train.data.skips import SkipCounter, UnreadableData
 from omni_train.data.sources.base import MissingColumnError, Row, Source, check_tasks
 from omni_train.data.sources.files import TABLE_EXTS, PathLike, existing, is_glob, resolve_files, stem
 from omni_train.data.sources.tables import asr_sample
@@ -97,12 +97,20 @@ def _hf_asr_samples(src, spec, audio_column, text_column, id_column, base_dir, b
         rows = zip(row_ids, _iter_hf_rows(ds, columns, batch_size))
     else:
         rows = ((i, v) for i, v in enumerate(_iter_hf_rows(ds, columns, batch_size)) if src.owns(i))
-    for i, values in rows:
-        r = Row(values, base_dir)
-        row = values.get(id_column) if id_column and values.get(id_column) is not None else i
-        sample = src.make(row, Task.A1T1, partial(asr_sample, r, audio_column, text_column, src.name, row))
-        if sample is not None:
-            yield sample
+    try:
+        for i, values in rows:
+            r = Row(values, base_dir)
+            row = values.get(id_column) if id_column and values.get(id_column) is not None else i
+            sample = src.make(row, Task.A1T1, partial(asr_sample, r, audio_column, text_column, src.name, row))
+            if sample is not None:
+                yield sample
+    except UnicodeDecodeError as err:  # the datasets JSON reader cannot skip a line: name the data, not a traceback
+        where = spec[1][0] if len(spec[1]) == 1 else f"{len(spec[1])} files from {spec[1][0]}"
+        raise UnreadableData(
+            f"{src.name}: {where}: not UTF-8 (byte 0x{err.object[err.start]:02x}: {err.reason}); "
+            "the datasets library reads no further: fix the file, or read JSONL with asr_manifest, "
+            "which skips such lines and counts them"
+        ) from None
 
 
 def _iter_hf_rows(ds, columns: list[str], batch_size: int) -> Iterator[dict]:

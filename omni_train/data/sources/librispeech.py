@@ -29,6 +29,7 @@ from omni_train.data.sources.files import (
     first_readable,
     read_rows,
     resolve_files,
+    text_line,
 )
 from omni_train.data.sources.tables import asr_sample
 from omni_train.tasks import Task
@@ -39,11 +40,16 @@ AUDIO_EXTS = (".flac", ".wav")  # LibriSpeech ships flac; converted copies are o
 
 @dataclass(frozen=True)
 class Utterance:
-    """One transcript line: the utterance id, its folder and its text."""
+    """One transcript line: the utterance id, its folder and its text.
+
+    A line that cannot be read (`utterances` with ``bad_lines=True``) has its ``file:line`` as `id`,
+    no text, and `error` saying why.
+    """
 
     id: str
     folder: Path
     text: str
+    error: str | None = None
 
     @property
     def audio(self) -> Path | None:
@@ -51,11 +57,23 @@ class Utterance:
         return next((p for e in AUDIO_EXTS if (p := self.folder / (self.id + e)).is_file()), None)
 
 
-def utterances(root: PathLike) -> Iterator[Utterance]:
-    """Every transcript line under `root` (searched recursively), in sorted file order; no audio is opened."""
+def utterances(root: PathLike, bad_lines: bool = False) -> Iterator[Utterance]:
+    """Every transcript line under `root` (searched recursively), in sorted file order; no audio is opened.
+
+    A line that is not UTF-8 is logged (``file:line`` and the byte) and passed over; with
+    `bad_lines` it comes back as an `Utterance` with its `error` set, for the caller to count.
+    """
     for trans in sorted(Path(root).rglob("*.trans.txt")):
-        with open(trans, encoding="utf-8") as f:
-            for line in f:
+        with open(trans, "rb") as f:  # bytes, decoded a line at a time: a bad byte costs its line, not the scan
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = text_line(raw)
+                except BadRow as bad:
+                    if bad_lines:
+                        yield Utterance(f"{trans.name}:{lineno}", trans.parent, "", f"{trans}:{lineno}: {bad.detail}")
+                    else:
+                        log.warning("skipping %s:%d: not UTF-8 (%s)", trans, lineno, bad.detail)
+                    continue
                 utt, _, text = line.strip().partition(" ")
                 if utt:
                     yield Utterance(utt, trans.parent, text)
@@ -109,7 +127,7 @@ def librispeech(
 
 def _samples(src: Source, root, tasks, code_files, id_column, snac_column) -> Iterator[Sample]:
     # this shard's utterances, each one unit; the transcripts are small, the audio is opened later
-    mine = [u for unit, u in enumerate(utterances(root)) if src.owns(unit)]
+    mine = [u for unit, u in enumerate(utterances(root, bad_lines=True)) if src.owns(unit)]
     codes = None
     if code_files is not None:
         key = ("codes", src.shard)
@@ -117,8 +135,11 @@ def _samples(src: Source, root, tasks, code_files, id_column, snac_column) -> It
             src.cache[key] = _load_code_map(code_files, id_column, snac_column, {u.id for u in mine})
         codes = src.cache[key]
     for u in mine:
-        audio = u.audio or u.folder / (u.id + AUDIO_EXTS[0])  # a missing file is the sample's counted skip
-        r = Row({"text": u.text, "audio": str(audio)})
+        if u.error is not None:  # an unreadable transcript line: each of its tasks' attempts is a counted skip
+            r = Row({}, error=BadRow("not UTF-8", u.error))
+        else:
+            audio = u.audio or u.folder / (u.id + AUDIO_EXTS[0])  # a missing file is the sample's counted skip
+            r = Row({"text": u.text, "audio": str(audio)})
         for task in tasks:
             if task is Task.A1T1:
                 build = partial(asr_sample, r, "audio", "text", src.name, u.id)
