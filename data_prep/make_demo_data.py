@@ -1,6 +1,6 @@
 """Make the bundled demo data set (``omni_train/demo_data``) by speaking template sentences with espeak-ng.
 
-    python data_prep/make_demo_data.py --out omni_train/demo_data [--seed 0]
+    python data_prep/make_demo_data.py --out omni_train/demo_data [--seed 0] [--snac DIR]
 
 Needs the Debian package ``espeak-ng`` (``apt-get install espeak-ng``); the demo itself does not,
 because the repository ships the result. The output is deterministic given ``--seed`` (same
@@ -11,14 +11,17 @@ espeak-ng, libsndfile and torch versions). It writes:
   "speaker" is one espeak voice variant; every utterance also gets its own speed and pitch jitter.
   The sentences come from ~110 words and a dozen templates, so a tiny model can learn them in
   minutes; held-out sentences are new combinations of words that all occur in training.
+- ``asr/train_tts.parquet``: ``id, answer_snac``, every training sentence read by the assistant's
+  voice, in SNAC codes: the TTS targets (T1A2) that ``sources.librispeech(..., tts_snac=...)`` reads.
 - ``textqa.jsonl``: Open-Orca's columns (id, system_prompt, question, response).
 - ``voice_assistant.parquet``: VoiceAssistant-400K's columns (split_name, index, round, question,
   question_audio, answer, answer_snac), the question spoken, the spoken answer as SNAC codes.
-- ``snac/``: the tiny SNAC codec (SNAC's own ``config.json`` + ``pytorch_model.bin``) that made
-  ``answer_snac``. Nothing is downloaded, so it has random weights, except that its codebooks are
-  set to clusters of its encoder outputs on this very audio (otherwise a random encoder maps
-  nearly every frame to one code). Its decoder is untrained: decoded demo speech is not intelligible.
+- ``snac/``: the codec of all those codes, copied from ``--snac``: the tiny SNAC trained on the
+  demo's training speech by ``data_prep/train_demo_snac.py`` (by default the one already in ``OUT/snac``).
 - ``README.md``.
+
+The tokenizer, the Whisper encoder and its CTC head, and the base LLM are made from this output by
+the other ``data_prep/train_demo_*.py`` scripts (see the README written here).
 
 Audio is 16 kHz mono FLAC whose samples are rounded to ``--bits`` significant bits (FLAC stores the
 unused low bits for free), which keeps the whole set within a few MB.
@@ -45,7 +48,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import soundfile as sf
 import torch
-import torch.nn.functional as F
 import torchaudio.functional as AF
 
 from omni_train.audio import SnacCodec
@@ -198,7 +200,10 @@ SPEAKERS = [
     Voice(107, "en-us+m4", 175, 50),
     Voice(108, "en-gb-x-rp+m5", 170, 45),
 ]
-ASSISTANT = Voice(0, "en-us+f1", 175, 50)  # VoiceAssistant answers: one fixed voice, no jitter
+# VoiceAssistant answers: one fixed voice, no jitter. It is speaker 107's voice, so that the demo's
+# recogniser (trained on asr/train) can judge the model's spoken answers: on held-out sentences its
+# CER is 3.3% in this voice and 19.2% in the unheard en-us+f1 (which spoke the answers before).
+ASSISTANT = Voice(0, "en-us+m4", 175, 50)
 
 
 def jitter(rng: random.Random, voice: Voice) -> Voice:
@@ -238,61 +243,6 @@ def flac_bytes(audio_16k: torch.Tensor, bits: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, pcm, ASR_RATE, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# The tiny SNAC codec
-
-TINY_SNAC = dict(
-    sampling_rate=SNAC_RATE,
-    encoder_dim=2,  # latent_dim = 2 * 2**4 = 32 (snac_24khz: 48 -> 768)
-    encoder_rates=[2, 4, 8, 8],  # hop 512, as snac_24khz: 2048 samples (~85 ms) per coarse frame
-    latent_dim=None,
-    decoder_dim=32,  # snac_24khz: 1024
-    decoder_rates=[8, 8, 4, 2],
-    attn_window_size=None,
-    codebook_size=4096,
-    codebook_dim=4,  # snac_24khz: 8
-    vq_strides=[4, 2, 1],
-    noise=True,
-    depthwise=True,
-)
-
-
-def make_snac(seed: int, clips_24k: list[torch.Tensor], centers: int = 256) -> SnacCodec:
-    """A random tiny SNAC whose codebooks are fitted, level by level, to its own encoder outputs.
-
-    A randomly initialised encoder + codebook sends nearly every frame to one code. Here each
-    level's (normalised, projected) residuals on this data are clustered into ``centers`` groups
-    (spherical k-means, as SNAC's distance is a cosine one) and every codebook row is set to one of
-    the centres, chosen at random. The codes then follow the sound (alike frames, alike codes)
-    while staying few enough for a tiny model to learn some of them: SNAC's argmax picks a centre's
-    first row, so ``centers`` codes a level are in use, scattered over the low part of [0, 4096).
-    """
-    torch.manual_seed(seed)
-    codec = SnacCodec.from_config(TINY_SNAC)
-    model = codec.model
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        residuals = [model.encoder(model.preprocess(c.reshape(1, 1, -1))) for c in clips_24k]  # (1, D, T) each
-        for q in model.quantizer.quantizers:
-            vecs = []
-            for r in residuals:
-                z = F.avg_pool1d(r, q.stride, q.stride) if q.stride > 1 else r
-                vecs.append(F.normalize(q.in_proj(z)[0].T, dim=1))  # (T / stride, codebook_dim)
-            vecs = torch.cat(vecs)  # (M, codebook_dim)
-            k = min(centers, len(vecs))
-            means = vecs[torch.randperm(len(vecs), generator=gen)[:k]]  # (k, codebook_dim)
-            for _ in range(20):
-                assign = (vecs @ means.T).argmax(dim=1)  # (M,)
-                sums = torch.zeros_like(means).index_add_(0, assign, vecs)
-                used = torch.bincount(assign, minlength=k) > 0
-                means = torch.where(used[:, None], F.normalize(sums, dim=1), means)
-            rows = torch.randint(k, (q.codebook_size,), generator=gen)
-            rows[torch.randperm(q.codebook_size, generator=gen)[:k]] = torch.arange(k)  # every centre has a row
-            q.codebook.weight.copy_(means[rows])
-            residuals = [r - q(r)[0] for r in residuals]
-    return codec
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,37 +290,57 @@ sees a big dog", so that a tiny model can learn it in minutes.
 | path | what | count |
 |---|---|---|
 | `asr/train/` | LibriSpeech layout: `<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac` and `<speaker>-<chapter>.trans.txt` | {n_train} utterances |
+| `asr/train_tts.parquet` | `id`, `answer_snac`: every training sentence read by the assistant's voice, in `snac/` codes; the TTS targets (T1A2) of `sources.librispeech(..., tts_snac=...)` | {n_train} rows |
 | `asr/heldout/` | the same; new combinations of the training words (same speakers, other chapters) | {n_heldout} utterances |
 | `textqa.jsonl` | Open-Orca's columns: `id`, `system_prompt`, `question`, `response` | {n_qa} pairs |
 | `voice_assistant.parquet` | VoiceAssistant-400K's columns: `split_name`, `index`, `round`, `question`, `question_audio` (HF Audio: FLAC bytes + path), `answer`, `answer_snac` | {n_va} rows |
-| `snac/` | the SNAC codec of `answer_snac` (SNAC's `config.json` + `pytorch_model.bin`) | |
+| `snac/` | a tiny SNAC 24 kHz codec trained on the demo's training speech (`data_prep/train_demo_snac.py`; SNAC's `config.json` + `pytorch_model.bin`) | {snac_params} parameters |
 | `tokenizer/` | a byte-level BPE over the demo texts, one token a word (`data_prep/train_demo_tokenizer.py`) | 905 tokens |
-| `whisper.pt` | a tiny Whisper encoder (openai-whisper's checkpoint layout) pretrained with CTC on `asr/train` only (`data_prep/train_demo_whisper.py`) | |
+| `whisper.pt` | a tiny Whisper encoder (openai-whisper's checkpoint layout) pretrained with CTC on `asr/train` only (`data_prep/train_demo_whisper.py`), the stand-in for whisper-small | |
+| `whisper_ctc.pt` | its CTC head (characters): with `whisper.pt`, the demo's speech recogniser (`omni_train.demo_asr`), 3.7% CER on `asr/heldout` | |
+| `llm/` | the `tiny-qwen2` base LLM (litgpt layout, fp16), pretrained as a plain language model on the training text only: `asr/train` transcripts, text QA, VoiceAssistant questions and answers (`data_prep/train_demo_llm.py`; held-out transcript perplexity 3.8) | 1.1 M parameters |
 
 - Audio: 16 kHz mono FLAC, {min_s:.1f}-{max_s:.1f} s, samples rounded to {bits} significant bits to
   keep the set small. A "speaker" is an espeak-ng voice variant ({n_speakers} of them); every
   utterance also varies speed and pitch a little. Transcripts are uppercase, like LibriSpeech.
 - Answers (text QA and voice assistant) are one short sentence, e.g. "what is two plus three" ->
-  "two plus three is five". VoiceAssistant answers were spoken by one fixed voice, resampled to
-  24 kHz and encoded with the codec in `snac/` into frames of 7 codes ("# c0 c1 c2 c3 c4 c5 c6 # ...").
-- The codec is a tiny **untrained** SNAC 24 kHz (3 codebooks of 4096, strides 4, 2, 1; hop 512 as
-  the real one), built from a fixed seed because no pretrained weights can be downloaded here. Only
-  its codebooks were set (to 256 clusters of its own encoder outputs on this audio, so that codes vary
-  with the sound); its decoder
-  is random, so speech decoded from demo outputs is not intelligible. Replace it with
-  `hubertsiuzdak/snac_24khz` for real work.
+  "two plus three is five". VoiceAssistant answers and the TTS targets are spoken by one fixed
+  voice, {assistant} (speaker 107's voice without its jitter, so that the recogniser knows it),
+  resampled to 24 kHz and encoded with the codec in `snac/` into frames of 7 codes
+  ("# c0 c1 c2 c3 c4 c5 c6 # ...").
+- The codec is `snac.SNAC` in the 24 kHz model's frame layout (3 codebooks of 4096, strides 4, 2, 1;
+  hop 512, so about 11.7 frames of 7 codes a second) with far fewer channels, trained from scratch
+  (no pretrained weights can be downloaded here) on the training sentences and the assistant's
+  answers, all spoken by the assistant's voice, with SNAC's reconstruction losses (multi-scale mel,
+  waveform, codebook and commitment; no adversarial term). 1200 steps of 8 windows of 0.34 s,
+  seed 0: 28 minutes on one thread of a loaded 2-core CPU (9.4 CPU minutes). Only the first 512
+  codes of each codebook are used, so that a tiny model can learn them. It keeps the timing,
+  loudness and voicing of speech but not yet its formants (every vowel comes out as about the
+  same one), so the demo's recogniser cannot read it (CER on the 40 held-out sentences,
+  `data_prep/eval_demo_snac.py`):
 
-- The demo's base LLM is random (nothing can be downloaded), but Mini-Omni hears through a
-  *pretrained* Whisper. `whisper.pt` stands in for it at toy scale: trained to transcribe the
-  training split (CTC, characters), never shown `asr/heldout`, so the held-out WER the demo reports
-  measures what the LLM learned to read from its features.
+  | speech | original | codec round trip |
+  |---|---|---|
+  | `asr/heldout` (8 voices) | 3.7% | 78.8% |
+  | the same sentences in the assistant's voice | 3.3% | 80.2% |
+
+  Replace it with `hubertsiuzdak/snac_24khz` for real work.
+- Mini-Omni hears through a *pretrained* Whisper. `whisper.pt` stands in for it at toy scale:
+  trained to transcribe the training split (CTC, characters), never shown `asr/heldout`, so the
+  held-out WER the demo reports measures what the LLM learned to read from its features.
 
 Regenerate (needs `apt-get install espeak-ng`; deterministic for a given seed and the same
-espeak-ng, libsndfile and torch versions), then the tokenizer and the encoder (about a minute):
+espeak-ng, libsndfile and torch versions): the codec first (it is read from `snac/` before the
+folder is rewritten; skip this to keep the shipped one), then the data, the tokenizer, the encoder
+(its head alone: `--head-only`), the base LLM and the codec's CER:
 
+    python data_prep/train_demo_snac.py --out omni_train/demo_data/snac --seed {seed}
     python data_prep/make_demo_data.py --out omni_train/demo_data --seed {seed} --train {n_train}
     python data_prep/train_demo_tokenizer.py
     python data_prep/train_demo_whisper.py
+    python data_prep/train_demo_llm.py
+    python data_prep/eval_demo_snac.py
+    python data_prep/make_german_data.py   # de/: make_demo_data.py rewrites the whole folder
 """
 
 
@@ -388,6 +358,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--va", type=int, default=40, help="VoiceAssistant rows (4 of them identity)")
     parser.add_argument("--bits", type=int, default=9, help="significant bits kept per sample (<= 16)")
     parser.add_argument("--workers", type=int, default=4, help="espeak-ng processes at a time")
+    parser.add_argument("--snac", type=Path, default=None,
+                        help="the trained codec that encodes the spoken answers (default: OUT/snac, as it was "
+                             "before OUT is rewritten; data_prep/train_demo_snac.py makes it)")
     args = parser.parse_args(argv)
     if shutil.which("espeak-ng") is None:
         sys.exit("espeak-ng not found: apt-get install espeak-ng")
@@ -396,6 +369,11 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     rng = random.Random(args.seed)
     out: Path = args.out
+    snac_dir = args.snac or out / "snac"
+    if not (snac_dir / "config.json").is_file():
+        sys.exit(f"{snac_dir}: no SNAC codec there; train one first: "
+                 f"python data_prep/train_demo_snac.py --out {snac_dir}")
+    codec = SnacCodec.from_pretrained(snac_dir)  # read before OUT (which may hold it) is cleared
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -419,11 +397,13 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(s, jitter(rng, v)) for s, (_, v) in zip(train + heldout, train_ids + heldout_ids)]
     jobs += [(q, jitter(rng, rng.choice(SPEAKERS))) for _, q, _ in va]
     jobs += [(a, ASSISTANT) for _, _, a in va]
+    jobs += [(s, ASSISTANT) for s in train]  # the TTS targets: the assistant reads every training sentence
     print(f"speaking {len(jobs)} utterances with espeak-ng ...", flush=True)
     spoken = speak_all(jobs, args.workers)
     n_asr = len(train) + len(heldout)
     asr_16k = [resample(a, r, ASR_RATE) for a, r in spoken[: n_asr + len(va)]]
-    answers_24k = [resample(a, r, SNAC_RATE) for a, r in spoken[n_asr + len(va) :]]
+    answers_24k = [resample(a, r, SNAC_RATE) for a, r in spoken[n_asr + len(va) : n_asr + 2 * len(va)]]
+    tts_24k = [resample(a, r, SNAC_RATE) for a, r in spoken[n_asr + 2 * len(va) :]]
     seconds = [a.numel() / ASR_RATE for a in asr_16k]  # the stored audio: ASR and VA questions
 
     # 3. ASR folders
@@ -439,11 +419,12 @@ def main(argv: list[str] | None = None) -> None:
             row = {"id": f"demo.{i}", "system_prompt": system, "question": q, "response": a}
             f.write(json.dumps(row) + "\n")
 
-    # 5. the codec: codebooks from all the audio at 24 kHz, saved, then reloaded to encode with
-    print("building the tiny SNAC codec ...", flush=True)
-    clips_24k = answers_24k + [resample(a, r, SNAC_RATE) for a, r in spoken[:n_asr + len(va)]]
-    make_snac(args.seed, clips_24k).save_pretrained(out / "snac")
-    codec = SnacCodec.from_pretrained(out / "snac")
+    # 5. the codec, then the spoken answers and the TTS targets in its codes (one clip at a time: exact codes)
+    codec.save_pretrained(out / "snac")
+    print("encoding the assistant's speech with the codec ...", flush=True)
+    codes = [format_answer_snac(codec.encode(a)) for a in tts_24k]
+    tts = pa.table({"id": [u for u, _ in train_ids], "answer_snac": codes})
+    pq.write_table(tts, out / "asr" / "train_tts.parquet", compression="zstd")
 
     # 6. VoiceAssistant parquet
     rows = {name: [] for name in voice_assistant_schema().names}
@@ -464,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "README.md").write_text(README.format(
         seed=args.seed, vocab=len(words), n_train=len(train), n_heldout=len(heldout), n_qa=len(textqa),
         n_va=len(va), min_s=min(seconds), max_s=max(seconds), bits=args.bits, n_speakers=len(SPEAKERS),
+        assistant=ASSISTANT.name, snac_params=f"{sum(p.numel() for p in codec.model.parameters()) / 1e6:.2f} M",
     ))
 
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -474,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def check(out: Path, n_train: int, n_heldout: int, n_qa: int, n_va: int) -> None:
-    """Read everything back: transcripts match the files, audio decodes at 16 kHz, SNAC strings parse."""
+    """Read everything back: transcripts match the files, audio decodes at 16 kHz, SNAC strings parse,
+    every training utterance has TTS codes."""
     for split, n in (("train", n_train), ("heldout", n_heldout)):
         root = out / "asr" / split
         flacs = sorted(root.rglob("*.flac"))
@@ -489,6 +472,9 @@ def check(out: Path, n_train: int, n_heldout: int, n_qa: int, n_va: int) -> None
                 assert info.samplerate == ASR_RATE and info.channels == 1, (path, info)
                 listed.append(path)
         assert sorted(listed) == flacs and len(flacs) == n, (split, len(listed), len(flacs), n)
+    tts = pq.read_table(out / "asr" / "train_tts.parquet").to_pylist()
+    assert sorted(r["id"] for r in tts) == sorted(p.stem for p in (out / "asr" / "train").rglob("*.flac"))
+    assert all(parse_answer_snac(r["answer_snac"]).size(0) >= 1 for r in tts)
     assert sum(1 for _ in open(out / "textqa.jsonl")) == n_qa
     table = pq.read_table(out / "voice_assistant.parquet")
     assert table.num_rows == n_va

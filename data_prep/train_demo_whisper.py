@@ -1,6 +1,6 @@
 """Pretrain the demo's tiny Whisper encoder (``omni_train/demo_data/whisper.pt``) with CTC.
 
-    python data_prep/train_demo_whisper.py [--data omni_train/demo_data] [--steps 400]
+    python data_prep/train_demo_whisper.py [--data omni_train/demo_data] [--steps 400] [--head-only]
 
 Mini-Omni hears through a pretrained whisper-small: the LLM learns to read features that already
 encode speech. No Whisper weights can be downloaded here, and a randomly initialised encoder
@@ -10,7 +10,12 @@ Whisper's pretraining at toy scale: openai-whisper's own `AudioEncoder` (through
 character CTC head on the demo's *training* split only (``asr/train``; ``asr/heldout`` is never
 seen), then saved in openai-whisper's checkpoint layout (``dims`` + ``model_state_dict``, the
 unused text decoder random), so `whisper.load_model` and ``model.whisper`` take it like any other
-Whisper file. Prints the held-out character error rate of the CTC head as a sanity check.
+Whisper file. The CTC head is kept beside it (``whisper_ctc.pt``): with the encoder it is the
+demo's speech recogniser (`omni_train.demo_asr`), which scores spoken answers. Prints the held-out
+character error rate of the CTC head as a sanity check.
+
+``--head-only`` keeps an existing ``whisper.pt`` as it is and fits only a new CTC head to its frozen
+features (the shipped encoder predates saving heads; its own head was not kept).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import torch.nn.functional as F
 import whisper
 
 from omni_train.audio import WhisperEncoder, load_audio, log_mel, whisper_frames
+from omni_train.demo_asr import CTC_HEAD_FILE, DemoRecognizer, cer, save_ctc_head
+from omni_train.evaluate import librispeech_utterances
 
 DIMS = dict(
     n_mels=80, n_audio_ctx=1500, n_audio_state=128, n_audio_head=4, n_audio_layer=2,
@@ -58,26 +65,12 @@ def features(encoder: WhisperEncoder, mels, frames) -> torch.Tensor:
     return encoder._encode_masked(mels, frames, int(frames.max()))  # with gradients (forward is no_grad)
 
 
-def greedy_cer(encoder, head, data) -> float:
-    errors = total = 0
-    with torch.no_grad():
-        mels, frames, targets = batch(data)
-        best = head(features(encoder, mels, frames)).argmax(-1)  # (B, F)
-        for b, t in enumerate(targets):
-            path = best[b, : frames[b]].tolist()
-            hyp = [c for i, c in enumerate(path) if c != 0 and (i == 0 or c != path[i - 1])]
-            errors += _edit_distance(hyp, t.tolist())
-            total += len(t)
-    return 100.0 * errors / total
-
-
-def _edit_distance(a: list, b: list) -> int:
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
+def heldout_cer(encoder: WhisperEncoder, head: nn.Linear, root: Path) -> float:
+    """CER in percent of the recogniser (encoder + head) on a LibriSpeech-layout folder."""
+    utts = librispeech_utterances(root)
+    recognizer = DemoRecognizer(encoder, head, ALPHABET)
+    hyps = recognizer.transcribe([load_audio(path, 16_000) for _, path, _ in utts])
+    return cer([text for _, _, text in utts], hyps, ALPHABET)
 
 
 def main() -> None:
@@ -87,16 +80,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head-only", action="store_true", help="fit only a CTC head to the existing whisper.pt")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    train, heldout = utterances(args.data / "asr" / "train"), utterances(args.data / "asr" / "heldout")
-    model = whisper.model.Whisper(whisper.model.ModelDimensions(**DIMS))
-    encoder = WhisperEncoder(model.encoder)
-    encoder.encoder.requires_grad_(True)
-    head = nn.Linear(DIMS["n_audio_state"], len(ALPHABET) + 1)
-    params = [*encoder.encoder.parameters(), *head.parameters()]
+    train = utterances(args.data / "asr" / "train")
+    if args.head_only:
+        encoder = WhisperEncoder.from_pretrained(args.data / "whisper.pt")  # frozen: features without gradients
+    else:
+        model = whisper.model.Whisper(whisper.model.ModelDimensions(**DIMS))
+        encoder = WhisperEncoder(model.encoder)
+        encoder.encoder.requires_grad_(True)
+    head = nn.Linear(encoder.width, len(ALPHABET) + 1)
+    params = [*head.parameters()] if args.head_only else [*encoder.encoder.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.1)
     start = time.time()
@@ -111,12 +108,15 @@ def main() -> None:
         sched.step()
         if step % 50 == 0 or step == args.steps:
             print(f"step {step}: ctc {loss.item():.3f} ({time.time() - start:.0f} s)", flush=True)
-    print(f"held-out CER of the CTC head: {greedy_cer(encoder, head, heldout):.1f}%")
-
-    state = {k: v.half() for k, v in model.state_dict().items()}  # fp16 halves the file; loads as fp32
-    out = args.data / "whisper.pt"
-    torch.save({"dims": DIMS, "model_state_dict": state}, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if not args.head_only:
+        state = {k: v.half() for k, v in model.state_dict().items()}  # fp16 halves the file; loads as fp32
+        out = args.data / "whisper.pt"
+        torch.save({"dims": DIMS, "model_state_dict": state}, out)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        encoder = WhisperEncoder.from_pretrained(out)  # the head is scored (and kept) with the fp16-rounded encoder
+    save_ctc_head(args.data / CTC_HEAD_FILE, head, ALPHABET)
+    print(f"wrote {args.data / CTC_HEAD_FILE}")
+    print(f"held-out CER of the CTC head: {heldout_cer(encoder, head, args.data / 'asr' / 'heldout'):.1f}%")
 
 
 if __name__ == "__main__":

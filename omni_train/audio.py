@@ -241,8 +241,11 @@ def load_whisper(
     """`whisper.load_model`, with errors that say what to give instead.
 
     Args:
-        name_or_path: a Whisper name (``small``: whisper downloads it once, to ~/.cache/whisper) or
-            an openai-whisper checkpoint file (``{"dims", "model_state_dict"}``, the whole model).
+        name_or_path: a Whisper name (``small``: whisper downloads it once, to ~/.cache/whisper), an
+            openai-whisper checkpoint file (``{"dims", "model_state_dict"}``, the whole model), or a
+            Hugging Face ``WhisperForConditionalGeneration`` folder (``config.json`` and
+            ``model.safetensors`` or ``pytorch_model.bin``, as ``save_pretrained`` writes it; e.g.
+            a Whisper fine-tuned on the user's language), renamed into openai-whisper's modules.
         device: where to put it (default CPU).
         transcribes: it will transcribe, so its text decoder must cover Whisper's tokenizer; an
             encoder trained for omni-train (the demo's ``whisper.pt``) has a token table of 16.
@@ -260,6 +263,8 @@ def load_whisper(
         except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError; a bad checksum a RuntimeError
             local = f"/path/to/{name}.pt (whisper keeps what it downloads in ~/.cache/whisper)"
             raise DownloadFailed("Whisper", name, err, key="whisper", local=local) from err
+    elif os.path.isdir(name):
+        model = _whisper_hf_folder(Path(name))
     else:
         model = _whisper_file(name)
     if transcribes:
@@ -302,6 +307,88 @@ def _whisper_file(path: str) -> whisper.model.Whisper:
     return model
 
 
+# Hugging Face's module names -> openai-whisper's, applied in order to every key of a
+# WhisperForConditionalGeneration (transformers' convert_openai_to_hf.py maps the other way).
+_HF_TO_OPENAI = [
+    (r"^model\.", ""),
+    (r"\.layers\.", ".blocks."),
+    (r"\.(self|encoder)_attn\.q_proj\.", r".\1_attn.query."),
+    (r"\.(self|encoder)_attn\.k_proj\.", r".\1_attn.key."),
+    (r"\.(self|encoder)_attn\.v_proj\.", r".\1_attn.value."),
+    (r"\.(self|encoder)_attn\.out_proj\.", r".\1_attn.out."),
+    (r"\.(self|encoder)_attn_layer_norm\.", r".\1_attn_ln."),
+    (r"\.self_attn", ".attn"),
+    (r"\.encoder_attn", ".cross_attn"),
+    (r"\.fc1\.", ".mlp.0."),
+    (r"\.fc2\.", ".mlp.2."),
+    (r"\.final_layer_norm\.", ".mlp_ln."),
+    (r"^encoder\.layer_norm\.", "encoder.ln_post."),
+    (r"^decoder\.layer_norm\.", "decoder.ln."),
+    (r"\.embed_positions\.weight$", ".positional_embedding"),
+    (r"\.embed_tokens\.", ".token_embedding."),
+]
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def _whisper_hf_folder(folder: Path) -> whisper.model.Whisper:
+    """A Hugging Face Whisper folder as an openai-whisper `Whisper`: dims from ``config.json``,
+    weights renamed (`_HF_TO_OPENAI`); ``proj_out`` is dropped (openai-whisper ties it to the
+    token embedding). Half-precision weights are loaded into float32, as openai-whisper files are."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise AudioModelError(f"{folder}: no config.json; a Hugging Face Whisper folder holds config.json and weights")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AudioModelError(f"{config_file}: not JSON ({err})") from err
+    if not isinstance(config, dict) or config.get("model_type") != "whisper":
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise AudioModelError(f"{config_file}: model_type is {kind!r}, not 'whisper'")
+    keys = {"n_mels": "num_mel_bins", "n_audio_ctx": "max_source_positions", "n_audio_state": "d_model",
+            "n_audio_head": "encoder_attention_heads", "n_audio_layer": "encoder_layers", "n_vocab": "vocab_size",
+            "n_text_ctx": "max_target_positions", "n_text_state": "d_model",
+            "n_text_head": "decoder_attention_heads", "n_text_layer": "decoder_layers"}  # fmt: skip
+    if missing := [hf for hf in keys.values() if not isinstance(config.get(hf), int)]:
+        raise AudioModelError(f"{config_file}: no {', '.join(dict.fromkeys(missing))}")
+    dims = ModelDimensions(**{ours: config[hf] for ours, hf in keys.items()})
+    state = {}
+    for key, tensor in _hf_state(folder).items():
+        for pattern, new in _HF_TO_OPENAI:
+            key = re.sub(pattern, new, key)
+        if key != "proj_out.weight":
+            state[key] = tensor.float()
+    if not any(k.startswith("decoder.") for k in state):
+        raise AudioModelError(f"{folder} holds only Whisper's encoder: give a WhisperForConditionalGeneration folder")
+    model = whisper.model.Whisper(dims)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        reason = " ".join(str(err).split())[:200]
+        raise AudioModelError(f"{folder}: its weights do not fit its config.json ({reason})") from err
+    return model
+
+
+def _hf_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face folder: one safetensors file, shards named by its index, or a .bin."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    name = next((n for n in HF_WEIGHTS if (folder / n).is_file()), None)
+    if name is None:
+        raise AudioModelError(f"{folder}: no weights ({' or '.join(HF_WEIGHTS)})")
+    path = folder / name
+    try:
+        if name == "model.safetensors":
+            return load_file(path)
+        if name.endswith(".index.json"):
+            shards = dict.fromkeys(json.loads(path.read_text())["weight_map"].values())
+            return {k: v for shard in shards for k, v in load_file(folder / shard).items()}
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, KeyError, pickle.UnpicklingError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise AudioModelError(f"cannot read {path}: truncated or not a weights file ({reason})") from err
+
+
 class WhisperEncoder(nn.Module):
     """openai-whisper's `AudioEncoder`, frozen, encoding audio of any length up to 30 s.
 
@@ -342,8 +429,9 @@ class WhisperEncoder(nn.Module):
         """Load with `whisper.load_model` and keep only the encoder.
 
         Args:
-            name_or_path: an openai-whisper checkpoint file (``{"dims", "model_state_dict"}``), or a
-                model name such as ``"small"``, which whisper downloads to its cache.
+            name_or_path: an openai-whisper checkpoint file (``{"dims", "model_state_dict"}``), a
+                model name such as ``"small"``, which whisper downloads to its cache, or a Hugging
+                Face Whisper folder (`load_whisper`).
             device: where to put the encoder (default CPU).
         """
         model = load_whisper(name_or_path)

@@ -35,7 +35,7 @@ from omni_train.checkpoints import (
     omni_from_base,
     validate_tokenizer,
 )
-from omni_train.config import ConfigError, DataConfig, ModelConfig, StageConfig, plain
+from omni_train.config import ConfigError, DataConfig, LoraConfig, ModelConfig, StageConfig, plain
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.model import OmniConfig, OmniGPT
 from omni_train.resume import AtomicCheckpointIO
@@ -58,7 +58,11 @@ def build_model(
       checkpoint. It holds the model, its tokenizer and the Whisper/SNAC it was trained with, so the
       config's ``model.*`` must agree with it: every key in `requested` (all of them when None) is
       compared with what was loaded, and a conflict is a `ConfigError` naming both values.
+
+    With ``model.lora.r > 0`` the model then gets fresh LoRA layers (`OmniGPT.add_lora`), whatever
+    its origin: a stage starts from the previous stage's merged weights plus new LoRA matrices.
     """
+    check_lora(m)
     if start is None:
         whisper_src = m.whisper
         if m.whisper_dims:
@@ -79,7 +83,26 @@ def build_model(
         bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start))
         check_requested(m, bundle, requested)
         bundle.encoder = WhisperEncoder.from_pretrained(bundle.whisper, pad_to_30s=bundle.pad_to_30s)
+    if m.lora.r:
+        lora = m.lora if isinstance(m.lora, LoraConfig) else LoraConfig(**plain(m.lora))
+        bundle.model.add_lora(lora, seed=seed)
     return bundle
+
+
+def check_lora(m: ModelConfig) -> None:
+    """Refuse LoRA settings that cannot mean what they say, every problem at once."""
+    lora, problems = m.lora, []
+    if lora.r < 0:
+        problems.append(f"model.lora.r={lora.r}: a rank is >= 0 (0: LoRA off)")
+    if lora.r and lora.alpha <= 0:
+        problems.append(f"model.lora.alpha={lora.alpha}: the update is scaled by alpha / r, so alpha must be > 0")
+    if not 0 <= lora.dropout < 1:
+        problems.append(f"model.lora.dropout={lora.dropout}: a probability in [0, 1)")
+    targets = ("query", "key", "value", "projection", "mlp", "head")
+    if lora.r and not any(getattr(lora, t) for t in targets):
+        problems.append(f"model.lora.r={lora.r} but none of model.lora.{{{','.join(targets)}}} is true: nothing to adapt")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def base_config(m: ModelConfig) -> Config:

@@ -26,7 +26,7 @@ from litgpt.tokenizer import Tokenizer
 
 from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, load_audio, save_wav
 from omni_train.config import DEMO_DATA
-from omni_train.evaluate import librispeech_utterances, wer
+from omni_train.evaluate import error_rate, librispeech_utterances, mel_picture, scoring
 from omni_train.generate import answer, transcribe
 from omni_train.tasks import Task
 
@@ -82,27 +82,6 @@ def evaluating(model: torch.nn.Module):
             m.training = mode
 
 
-def mel_picture(wave: torch.Tensor, sample_rate: int, title: str, n_mels: int = 80):
-    """A matplotlib figure (Agg, no display) of the log-mel spectrogram of a mono wave."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torchaudio.functional as AF
-
-    n_fft, hop = 1024, 256
-    wave = torch.nn.functional.pad(wave.float(), (0, max(0, n_fft - wave.numel())))  # stft needs one window
-    power = torch.stft(wave, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs() ** 2
-    fbank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate)  # (freqs, mels)
-    mel = torch.log10((fbank.T @ power).clamp(min=1e-10))  # (n_mels, frames)
-    fig, ax = plt.subplots(figsize=(6, 2.5), dpi=100)
-    ax.imshow(mel.numpy(), origin="lower", aspect="auto", interpolation="nearest",
-              extent=(0, wave.numel() / sample_rate, 0, n_mels))  # fmt: skip
-    ax.set(xlabel="seconds", ylabel="mel bin", title=title)
-    fig.tight_layout()
-    return fig
-
-
 class SampleLogger(L.Callback):
     """Every `every_n_steps` steps and at the end of a stage, on rank 0: answers to fixed questions.
 
@@ -126,6 +105,8 @@ class SampleLogger(L.Callback):
         wer: a LibriSpeech-layout folder for ``val/wer``; None: no WER.
         wer_max_utterances: its first N utterances (None: all).
         wer_batch_size: utterances decoded at once.
+        language: of the held-out speech: its normaliser, and ``val/cer`` instead of ``val/wer`` for
+            languages written without spaces (`omni_train.evaluate.scoring`).
     """
 
     def __init__(
@@ -140,7 +121,10 @@ class SampleLogger(L.Callback):
         wer: str | None = None,
         wer_max_utterances: int | None = 50,
         wer_batch_size: int = 16,
+        language: str = "en",
     ) -> None:
+        self.metric = scoring(language).metric  # an unknown language fails before training
+        self.language = language
         for key, task, spoken in (("speech_task", speech_task, True), ("text_task", text_task, False)):
             if task not in Task.__members__ or Task(task).audio_in != spoken:
                 allowed = [t.value for t in Task if t.audio_in == spoken]
@@ -171,8 +155,8 @@ class SampleLogger(L.Callback):
                 self._wer_waves = [load_audio(path, WHISPER_SAMPLE_RATE) for _, path, _ in self.wer_utterances]
             hyps = transcribe(module.model, module.encoder, self._tokenizer(module), self._wer_waves,
                               batch_size=self.wer_batch_size, max_new_tokens=self.max_new_tokens)  # fmt: skip
-        score = wer([text for _, _, text in self.wer_utterances], hyps)
-        module.log("val/wer", score, rank_zero_only=True, batch_size=len(hyps))
+        score = error_rate([text for _, _, text in self.wer_utterances], hyps, self.language)
+        module.log(f"val/{self.metric}", score, rank_zero_only=True, batch_size=len(hyps))
 
     # ---- generation -----------------------------------------------------------------------------
     def _usable(self, trainer) -> bool:

@@ -132,7 +132,8 @@ def _write_files(
 
 
 def _write_model(directory: Path, model: OmniGPT, tokenizer_dir: str | Path) -> None:
-    _write_files(directory, model.state_dict(), asdict(model.config), tokenizer_dir)
+    # a LoRA model is written merged: the folder loads as a plain OmniGPT, with no LoRA code
+    _write_files(directory, model.merged_state_dict(), asdict(model.config), tokenizer_dir)
 
 
 def _write_checkpoint(
@@ -481,6 +482,7 @@ def load_omni(
 # ---- the audio models a checkpoint was trained with -------------------------------------------
 AUDIO_FILE = "omni_audio.json"  # in a model dir: which Whisper and SNAC the model was trained with
 WHISPER_FILE = "whisper.pt"
+WHISPER_HF_DIR = "whisper"  # a Hugging Face Whisper folder's config and weights, copied
 SNAC_DIR = "snac"
 
 
@@ -490,6 +492,12 @@ def save_audio_models(model_dir: Path, whisper_src: str, snac_src: str, pad_to_3
     if Path(whisper_src).is_file():
         shutil.copyfile(whisper_src, model_dir / WHISPER_FILE)
         entry["whisper"] = WHISPER_FILE
+    elif Path(whisper_src).is_dir():  # Hugging Face layout: config and weights, not a fine-tune's other files
+        (model_dir / WHISPER_HF_DIR).mkdir()
+        for f in Path(whisper_src).iterdir():
+            if f.name == "config.json" or re.fullmatch(r"(model|pytorch_model).*\.(safetensors|bin|json)", f.name):
+                shutil.copyfile(f, model_dir / WHISPER_HF_DIR / f.name)
+        entry["whisper"] = WHISPER_HF_DIR
     if Path(snac_src).is_dir():
         shutil.copytree(snac_src, model_dir / SNAC_DIR, dirs_exist_ok=True)
         entry["snac"] = SNAC_DIR
@@ -514,6 +522,22 @@ def audio_sources(model_dir: str | Path) -> dict | None:
         if key in entry and (model_dir / entry[key]).exists():
             entry[key] = str(model_dir / entry[key])
     return entry
+
+
+LORA_FILE = "lora.pth"  # in a model dir of a LoRA run: the LoRA matrices alone
+LORA_INFO = "lora.json"  # what they are: settings, and the model they apply to
+
+
+def save_lora(model_dir: Path, model: OmniGPT, base: str) -> None:
+    """Put a LoRA model's matrices alone beside its merged weights, with the model they apply to.
+
+    ``lora.pth`` holds the ``lora_A``/``lora_B`` tensors, named as in the unmerged model; added to
+    `base` (``B @ A * alpha / r``, litgpt's merge rule) they give the backbone of ``lit_model.pth``,
+    whose adapters and new vocabulary rows, trained in full, are in ``lit_model.pth`` only.
+    """
+    torch.save({k: v.detach().to("cpu") for k, v in model.lora_state_dict().items()}, model_dir / LORA_FILE)
+    info = {"applies_to": base, "merged_into": WEIGHTS_FILE, **asdict(model.lora)}
+    (model_dir / LORA_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
 @dataclass
@@ -542,10 +566,16 @@ class ModelBundle:
     origin: str = ""  # where the model came from, for messages
 
     def save(self, out_dir: str | Path, model: OmniGPT | None = None) -> Path:
-        """Write our format with the tokenizer and audio models, atomically (`model`: e.g. gathered from shards)."""
+        """Write our format with the tokenizer and audio models, atomically (`model`: e.g. gathered from shards).
+
+        A LoRA model is written merged, and its LoRA matrices alone beside it (`save_lora`).
+        """
+        model = model or self.model
         with atomic_dir(out_dir) as tmp:
-            _write_model(tmp, model or self.model, self.tokenizer_dir)
+            _write_model(tmp, model, self.tokenizer_dir)
             save_audio_models(tmp, self.whisper, self.snac, self.pad_to_30s)
+            if model.lora is not None:
+                save_lora(tmp, model, self.origin)
         return Path(out_dir)
 
 
@@ -647,7 +677,7 @@ def export_mini_omni(model: OmniGPT, out_dir: str | Path, tokenizer_dir: str | P
         ValueError: if the config uses a litgpt-0.5 feature 0.4 cannot express (nothing is written).
     """
     config = mini_omni_config(model.config)
-    state = to_mini_omni_state_dict(model.state_dict(), model.config)
+    state = to_mini_omni_state_dict(model.merged_state_dict(), model.config)
     return _write_checkpoint(out_dir, state, config, tokenizer_dir)
 
 

@@ -25,6 +25,28 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraConfig:
+    """LoRA on the base LLM (litgpt's `litgpt.lora` layers): low-rank matrices train in place of its weights.
+
+    With ``r > 0`` the base LLM's weights, including the base vocabulary's rows of ``wte`` and
+    ``lm_head``, never move; each stage's rule trains the LoRA matrices where it would train the LLM,
+    and the new vocabulary rows (omni specials, audio) as full rows in tensors of their own.
+    """
+
+    r: int = 0  # rank of the update B @ A of each chosen projection; 0: off (the LLM trains in full)
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.05  # on the input of the LoRA branch, while training
+    # which projections of every block get an update (QLoRA, arXiv 2305.14314: all of them, to match
+    # full fine-tuning), and whether the text rows of lm_head get one too
+    query: bool = True
+    key: bool = True
+    value: bool = True
+    projection: bool = True
+    mlp: bool = True
+    head: bool = False
+
+
+@dataclass
 class ModelConfig:
     """The base LLM, and the Whisper encoder and SNAC codec around it."""
 
@@ -35,10 +57,11 @@ class ModelConfig:
     asr_adapter: str = "llamamlp"  # Whisper adapter: llamamlp (Mini-Omni's) or mlp (one Linear)
     post_adapter: bool = False  # False: audio logits from lm_head (Mini-Omni's release); True: TTS adapter
     post_adapter_layers: int = 6
-    whisper: str = "small"  # an openai-whisper model name or checkpoint file
+    whisper: str = "small"  # an openai-whisper name or checkpoint file, or a Hugging Face Whisper folder
     whisper_dims: Dict[str, int] = field(default_factory=dict)  # if set: a random Whisper of these ModelDimensions
     pad_to_30s: bool = False  # Mini-Omni's padded Whisper input (slower; see WhisperEncoder)
     snac: str = "hubertsiuzdak/snac_24khz"  # a SNAC directory (config.json + pytorch_model.bin) or hub name
+    lora: LoraConfig = field(default_factory=LoraConfig)  # off by default (lora.r=0)
 
 
 @dataclass
@@ -52,6 +75,7 @@ class DataConfig:
     """
 
     root: str = "data"  # the folder the data/ presets look in (${data.root}/LibriSpeech, ...)
+    language: str = "en"  # of the speech and text: held-out scoring (normaliser; CER for zh, ja, th, ...)
     sources: Dict[str, Any] = field(default_factory=dict)
     val: Dict[str, Any] = field(default_factory=dict)
     max_tokens: int = 16384  # per rank and step: rows x padded length
@@ -92,7 +116,8 @@ class EvalConfig:
 
     asr: Optional[str] = None  # a LibriSpeech-layout folder: WER before the first and after the last stage
     asr_max_utterances: Optional[int] = None
-    speak: Optional[str] = None  # a question answered in speech at the end, written to answer.wav
+    speak: Optional[str] = None  # a question answered in speech at the end, written to answer.wav (+ answer.png)
+    speak_recognizer: Optional[str] = None  # a whisper.pt with its CTC head beside: the spoken answer's CER vs its text
     max_new_tokens: int = 64
 
 

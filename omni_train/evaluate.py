@@ -9,7 +9,9 @@
 - the per-task loss curves of a run's stages on one figure (`plot_losses`);
 - a spoken answer written to wav (`speak`, for training runs).
 
-WER follows the paper's practice: Whisper's English text normaliser on both sides, then jiwer.
+Scoring follows the paper's practice, by language (`scoring`): Whisper's English text normaliser on
+both sides for English, its basic normaliser for any other language, then jiwer's WER; languages
+written without spaces between words (Chinese, Japanese, Thai, ...) are scored by characters (CER).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +33,16 @@ import yaml
 from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 from tqdm import tqdm
-from whisper.normalizers import EnglishTextNormalizer
+from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from omni_train.audio import WHISPER_SAMPLE_RATE, AudioError, SnacCodec, load_audio, save_wav
 from omni_train.checkpoints import ModelBundle
 from omni_train.config import EvalConfig
 from omni_train.data.collator import build_prompt, drop_oldest_turns
 from omni_train.data.samples import Encoded, Sample
-from omni_train.data.sources import utterances
+from omni_train.data.sources import clips, utterances
+from omni_train.demo_asr import DemoRecognizer, normalize
 from omni_train.generate import (
     Answer,
     answer,
@@ -68,13 +73,65 @@ def librispeech_utterances(root: str | Path, limit: int | None = None) -> list[t
     return out[:limit]
 
 
-def wer(references: list[str], hypotheses: list[str]) -> float:
-    """Word error rate in percent, after Whisper's English normaliser (an empty reference is skipped)."""
-    pairs = [(_normalize(r), _normalize(h)) for r, h in zip(references, hypotheses)]
+def corpus_utterances(layout: str, path: str | Path, limit: int | None = None) -> tuple[list[tuple[str, Path, str]], int]:
+    """(clip id, audio file, transcript) of the first `limit` usable clips of a corpus in one of
+    `omni_train.data.sources.LAYOUTS` (e.g. a Common Voice ``test.tsv``), and how many clips were left
+    out (an unreadable line, a missing audio file or an empty text: the reader names each one)."""
+    out, left_out = [], 0
+    for c in clips(layout, path):
+        if c.error is None and c.audio.is_file() and c.text:
+            out.append((c.id, c.audio, c.text))
+        else:
+            left_out += 1
+    if not out:
+        raise FileNotFoundError(f"{path}: no {layout} clip with audio and text")
+    return out[:limit], left_out
+
+
+# Written without spaces between words: a "word" is not a unit there, so these are scored by
+# characters, as Whisper's paper scores its Chinese, Japanese, Thai, Lao and Burmese sets.
+NO_SPACES = frozenset({"zh", "yue", "ja", "th", "lo", "my", "km", "bo"})
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How transcripts of one language are compared: the normaliser and the metric ("wer" or "cer")."""
+
+    language: str
+    metric: str
+    normalize: Callable[[str], str]
+
+
+def scoring(language: str = "en") -> Scoring:
+    """The scoring of `language`, a Whisper language code or name (``de``, ``German``, ``zh``).
+
+    English gets Whisper's English normaliser (spellings, numbers, contractions); every other
+    language its basic one (lower case, brackets and punctuation removed). Note the basic one also
+    turns combining marks into spaces (Whisper's own choice), which splits words in scripts such as
+    Devanagari; the CER languages lose their spaces after normalising, so there it drops the marks.
+    """
+    code = str(language).strip().lower()
+    code = TO_LANGUAGE_CODE.get(code, code)
+    if code not in LANGUAGES:
+        raise ValueError(f"unknown language {language!r}: give a Whisper language code or name (en, de, zh, ...)")
+    if code == "en":
+        return Scoring(code, "wer", _normalize)
+    basic = BasicTextNormalizer()
+    if code in NO_SPACES:
+        return Scoring(code, "cer", lambda text: "".join(basic(text).split()))
+    return Scoring(code, "wer", basic)
+
+
+def error_rate(references: list[str], hypotheses: list[str], language: str = "en") -> float:
+    """The language's error rate in percent (WER, or CER for `NO_SPACES` languages) after its
+    normaliser on both sides; an empty reference is skipped."""
+    score = scoring(language)
+    pairs = [(score.normalize(r), score.normalize(h)) for r, h in zip(references, hypotheses)]
     pairs = [(r, h) for r, h in pairs if r.strip()]
     if not pairs:
         raise ValueError("no non-empty references to score")
-    return 100.0 * jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+    measure = jiwer.cer if score.metric == "cer" else jiwer.wer
+    return 100.0 * measure([r for r, _ in pairs], [h for _, h in pairs])
 
 
 # ---- ASR: LibriSpeech WER in the paper's table ---------------------------------------------------
@@ -145,29 +202,48 @@ def transcribe_files(
 @torch.inference_mode()
 def asr_split(
     model: OmniGPT, encoder, tokenizer, folder: str | Path, limit: int | None = None, batch_size: int = 16,
-    max_new_tokens: int = 256, desc: str | None = None,
+    max_new_tokens: int = 256, desc: str | None = None, language: str = "en", layout: str | None = None,
 ) -> dict:  # fmt: skip
-    """Greedy ASR of one LibriSpeech-layout folder: its WER and every utterance's id, reference and hypothesis."""
-    utts = librispeech_utterances(folder, limit)
+    """Greedy ASR of one LibriSpeech-layout folder (or a corpus in `layout`): its error rate and every
+    utterance's id, reference and hypothesis.
+
+    Returns:
+        ``{"folder", "language", "metric": "wer" or "cer", <metric>: percent, "n", "utterances"}``
+        (the metric by `scoring(language)`), and with `layout` ``"left_out"``: the clips not scored.
+    """
+    metric = scoring(language).metric
+    left_out = None
+    if layout is None:
+        utts = librispeech_utterances(folder, limit)
+    else:
+        utts, left_out = corpus_utterances(layout, folder, limit)
     paths = [path for _, path, _ in utts]
     hyps = transcribe_files(model, encoder, tokenizer, paths, batch_size, max_new_tokens, desc)
     refs = [text for _, _, text in utts]
     utterances = [{"id": u, "ref": r, "hyp": h} for (u, _, _), r, h in zip(utts, refs, hyps)]
-    return {"folder": str(folder), "wer": round(wer(refs, hyps), 2), "n": len(utts), "utterances": utterances}
+    out = {"folder": str(folder), "language": scoring(language).language, "metric": metric,
+           metric: round(error_rate(refs, hyps, language), 2), "n": len(utts), "utterances": utterances}  # fmt: skip
+    if left_out is not None:
+        out["left_out"] = left_out
+    return out
 
 
-def wer_table(results: dict[str, dict[str, float]], published: bool = True) -> str:
+def wer_table(results: dict[str, dict[str, float]], published: bool = True, metric: str = "wer") -> str:
     """A markdown table in the paper's form: a row a model, a column a split, '-' where there is no number.
 
     Args:
         results: ``{model name: {split: WER %}}``; splits beyond the paper's four get columns too.
         published: put the published rows (DESIGN.md) first, marked as published.
+        metric: what the numbers are ("wer" or "cer"), named in the header.
     """
     extra = [s for r in results.values() for s in r if s not in SPLITS]
-    splits = [*SPLITS, *dict.fromkeys(extra)]
+    # the paper's four splits only where they are wanted: another language's set has none of them
+    splits = [s for s in SPLITS if published or any(s in r for r in results.values())]
+    splits += list(dict.fromkeys(extra))
     rows = {f"{name} (published)": r for name, r in PUBLISHED.items()} if published else {}
     rows.update(results)
-    lines = ["| model | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    head = "model" if metric == "wer" else f"model ({metric.upper()} %)"  # the paper's table is WER
+    lines = [f"| {head} | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
     for name, r in rows.items():
         published_row = name.endswith("(published)")  # its numbers as the papers print them
         cells = ["-" if s not in r else str(r[s]) if published_row else f"{r[s]:.2f}" for s in splits]
@@ -176,29 +252,69 @@ def wer_table(results: dict[str, dict[str, float]], published: bool = True) -> s
 
 
 @torch.inference_mode()
-def asr_wer(bundle: ModelBundle, cfg: EvalConfig, batch_size: int = 16) -> dict:
-    """WER of a model on the folder `cfg.asr` (the run's checks before and after training)."""
+def asr_wer(bundle: ModelBundle, cfg: EvalConfig, batch_size: int = 16, language: str = "en") -> dict:
+    """Error rate (WER, or CER for `NO_SPACES` languages) of a model on the folder `cfg.asr` (the
+    run's checks before and after training): ``{"metric", <metric>, "n", "examples"}``."""
     model = bundle.model.eval().to(DEVICE)
     encoder = bundle.encoder.to(DEVICE)
     tokenizer = Tokenizer(bundle.tokenizer_dir)
-    result = asr_split(model, encoder, tokenizer, cfg.asr, cfg.asr_max_utterances, batch_size, cfg.max_new_tokens)
-    return {"wer": result["wer"], "n": result["n"], "examples": result["utterances"]}
+    result = asr_split(
+        model, encoder, tokenizer, cfg.asr, cfg.asr_max_utterances, batch_size, cfg.max_new_tokens, language=language
+    )
+    metric = result["metric"]
+    return {"metric": metric, metric: result[metric], "n": result["n"], "examples": result["utterances"]}
+
+
+def mel_picture(wave: torch.Tensor, sample_rate: int, title: str, n_mels: int = 80):
+    """A matplotlib figure (Agg, no display) of the log-mel spectrogram of a mono wave."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_fft, hop = 1024, 256
+    wave = torch.nn.functional.pad(wave.float(), (0, max(0, n_fft - wave.numel())))  # stft needs one window
+    power = torch.stft(wave, n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs() ** 2
+    fbank = AF.melscale_fbanks(n_fft // 2 + 1, 0.0, sample_rate / 2, n_mels, sample_rate)  # (freqs, mels)
+    mel = torch.log10((fbank.T @ power).clamp(min=1e-10))  # (n_mels, frames)
+    fig, ax = plt.subplots(figsize=(6, 2.5), dpi=100)
+    ax.imshow(mel.numpy(), origin="lower", aspect="auto", interpolation="nearest",
+              extent=(0, wave.numel() / sample_rate, 0, n_mels))  # fmt: skip
+    ax.set(xlabel="seconds", ylabel="mel bin", title=title)
+    fig.tight_layout()
+    return fig
 
 
 @torch.inference_mode()
 def speak(bundle: ModelBundle, cfg: EvalConfig, out: Path) -> dict:
-    """Answer `cfg.speak` (text in, text and speech out: T1A2) and write the speech to `out`."""
+    """Answer `cfg.speak` (text in, text and speech out: T1A2); write the speech to `out` and its mel picture beside it.
+
+    With `cfg.speak_recognizer` the speech is transcribed by that `DemoRecognizer` and scored (CER)
+    against the text answer: does the model say what it writes?
+    """
     model = bundle.model.eval().to(DEVICE)
     tokenizer = Tokenizer(bundle.tokenizer_dir)
     reply = answer(model, None, tokenizer, text=cfg.speak, task="T1A2", max_new_tokens=cfg.max_new_tokens * 4)
     codec = SnacCodec.from_pretrained(bundle.snac, device=DEVICE)
-    seconds = 0.0
-    if reply.frames.size(0):
-        audio = codec.decode(reply.frames)
-        save_wav(out, audio, codec.sample_rate)
-        seconds = audio.numel() / codec.sample_rate
-    return {"question": cfg.speak, "text": reply.text, "frames": int(reply.frames.size(0)),
-            "seconds": round(seconds, 2), "wav": str(out) if seconds else None}
+    result = {"question": cfg.speak, "text": reply.text, "frames": int(reply.frames.size(0)), "seconds": 0.0,
+              "wav": None}  # fmt: skip
+    if not reply.frames.size(0):
+        return result
+    audio = codec.decode(reply.frames).cpu()
+    save_wav(out, audio, codec.sample_rate)
+    picture = mel_picture(audio, codec.sample_rate, f"{cfg.speak!r} -> {reply.text!r}"[:80])
+    picture.savefig(out.with_suffix(".png"))
+    import matplotlib.pyplot as plt  # mel_picture has chosen the Agg backend
+
+    plt.close(picture)  # pyplot keeps every figure until it is closed
+    seconds = round(audio.numel() / codec.sample_rate, 2)
+    result |= {"seconds": seconds, "wav": str(out), "mel_png": str(out.with_suffix(".png"))}
+    if cfg.speak_recognizer:
+        recognizer = DemoRecognizer.load(cfg.speak_recognizer)
+        if normalize(reply.text, recognizer.alphabet):  # no CER against an empty text
+            transcript, score = recognizer.score(audio, reply.text, codec.sample_rate)
+            result |= {"heard": transcript, "cer": round(score, 1)}
+    return result
 
 
 # ---- speech-text consistency -------------------------------------------------------------------
@@ -278,14 +394,14 @@ def spoken_answers(
     return out
 
 
-def transcribe_speech(judge, wave: torch.Tensor, sample_rate: int) -> str:
-    """What an openai-whisper model (`whisper.load_model`) hears in `wave`: greedy, English, no prompt."""
+def transcribe_speech(judge, wave: torch.Tensor, sample_rate: int, language: str = "en") -> str:
+    """What an openai-whisper model (`whisper.load_model`) hears in `wave`: greedy, in `language`, no prompt."""
     wave = AF.resample(wave.detach().float().cpu().reshape(-1), sample_rate, WHISPER_SAMPLE_RATE)
     if wave.numel() == 0:
         return ""
     cuda = next(judge.parameters()).device.type == "cuda"
     result = judge.transcribe(
-        wave.numpy(), language="en", temperature=0.0, condition_on_previous_text=False, fp16=cuda, verbose=None
+        wave.numpy(), language=scoring(language).language, temperature=0.0, condition_on_previous_text=False, fp16=cuda, verbose=None
     )
     return result["text"].strip()
 
@@ -294,15 +410,20 @@ def transcribe_speech(judge, wave: torch.Tensor, sample_rate: int) -> str:
 def consistency(
     model: OmniGPT, encoder, tokenizer, codec: SnacCodec, judge, questions: list[Question],
     task: Task | str = Task.A1A2, batch_size: int = 8, max_new_tokens: int = 1024, desc: str | None = None,
+    language: str = "en",
 ) -> dict:  # fmt: skip
-    """Speech-text consistency: WER of `judge`'s transcript of each spoken answer against its text answer.
+    """Speech-text consistency: WER (CER for `NO_SPACES` languages) of `judge`'s transcript of each
+    spoken answer, transcribed as `language`, against its text answer.
 
     The text answer is the reference. An answer whose text normalises to nothing is listed but not
-    scored (``"wer": None``); one with text but no speech scores 100.
+    scored (``None``); one with text but no speech scores 100.
 
     Returns:
-        ``{"wer": corpus WER % or None, "n", "scored", "items": [{id, question, text, transcript, seconds, wer}]}``.
+        ``{"language", "metric": "wer" or "cer", <metric>: corpus % or None, "n", "scored",
+        "items": [{id, question, text, transcript, seconds, <metric>}]}``.
     """
+    score = scoring(language)
+    metric = score.metric
     task = Task(task)
     if not task.audio_out:
         raise ValueError(f"task {task.value} has no spoken answer; consistency needs A1A2 or T1A2")
@@ -310,16 +431,18 @@ def consistency(
     items = []
     for q, a in zip(questions, answers):
         wave = codec.decode(a.frames.to(codec.device)) if a.frames.size(0) else torch.zeros(0)
-        transcript = transcribe_speech(judge, wave, codec.sample_rate)
-        scored = bool(_normalize(a.text).strip())
+        transcript = transcribe_speech(judge, wave, codec.sample_rate, score.language)
+        scored = bool(score.normalize(a.text).strip())
         items.append({
             "id": q.id, "question": str(q.audio) if task.audio_in else q.text, "text": a.text,
             "transcript": transcript, "seconds": round(wave.numel() / codec.sample_rate, 2),
-            "wer": round(wer([a.text], [transcript]), 2) if scored else None,
+            metric: round(error_rate([a.text], [transcript], language), 2) if scored else None,
         })  # fmt: skip
-    scored = [i for i in items if i["wer"] is not None]
-    total = round(wer([i["text"] for i in scored], [i["transcript"] for i in scored]), 2) if scored else None
-    return {"wer": total, "n": len(items), "scored": len(scored), "items": items}
+    scored = [i for i in items if i[metric] is not None]
+    texts, transcripts = [i["text"] for i in scored], [i["transcript"] for i in scored]
+    total = round(error_rate(texts, transcripts, language), 2) if scored else None
+    return {"language": score.language, "metric": metric, metric: total, "n": len(items), "scored": len(scored),
+            "items": items}  # fmt: skip
 
 
 # ---- text retention ----------------------------------------------------------------------------
@@ -566,22 +689,22 @@ def dialogue(
             item = {
                 "id": s.row, "history": [list(t) for t in s.history[e.dropped_turns :]] if history else [],
                 "question": _question(s, task), "reference": s.answer_text,
-                "text": text, "right": same_answer(s.answer_text, text), "wer": round(wer([s.answer_text], [text]), 2),
+                "text": text, "right": same_answer(s.answer_text, text), "wer": round(error_rate([s.answer_text], [text]), 2),
             }  # fmt: skip
             if task.audio_out and codec is not None and judge is not None:
                 wave = codec.decode(g.frames.to(codec.device)) if g.frames.size(0) else torch.zeros(0)
                 item["transcript"] = transcribe_speech(judge, wave, codec.sample_rate)
-                item["spoken_wer"] = round(wer([s.answer_text], [item["transcript"]]), 2)
+                item["spoken_wer"] = round(error_rate([s.answer_text], [item["transcript"]]), 2)
             items.append(item)
     if not items:
         raise ValueError("no conversation to score")
     right = sum(i["right"] for i in items)
     spoken = [i for i in items if "transcript" in i]
-    spoken_wer = wer([i["reference"] for i in spoken], [i["transcript"] for i in spoken]) if spoken else None
+    spoken_wer = error_rate([i["reference"] for i in spoken], [i["transcript"] for i in spoken]) if spoken else None
     return {
         "task": task.value, "history": history, "n": len(items), "right": right,
         "accuracy": round(100.0 * right / len(items), 2),
-        "wer": round(wer([i["reference"] for i in items], [i["text"] for i in items]), 2),
+        "wer": round(error_rate([i["reference"] for i in items], [i["text"] for i in items]), 2),
         "spoken_wer": None if spoken_wer is None else round(spoken_wer, 2),
         "items": items,
     }  # fmt: skip

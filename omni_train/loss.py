@@ -25,9 +25,14 @@ def _rows_per_chunk(chunk_size: int, vocab: int) -> int:
     return max(1, min(chunk_size, MAX_CHUNK_LOGITS // max(1, vocab)))
 
 
-def _logits(h, weight, bias, softcap):
-    """fp32 logits of one chunk, ``(chunk, V)``, and tanh of the soft cap (for its derivative)."""
-    z = F.linear(h, weight, bias).float()
+def _logits(h, pieces, softcap):
+    """fp32 logits of one chunk, ``(chunk, V)``, and tanh of the soft cap (for its derivative).
+
+    `pieces` are ``(weight, bias)`` row blocks of the range, in order; several only where a range
+    crosses from one tensor of a head into the next (a LoRA model's base rows, then its new rows).
+    """
+    z = torch.cat([F.linear(h, w, b) for w, b, _, _ in pieces], dim=1) if len(pieces) > 1 else F.linear(h, *pieces[0][:2])
+    z = z.float()
     if softcap is None:
         return z, None
     t = torch.tanh(z / softcap)
@@ -38,6 +43,17 @@ def _cast(x: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     return None if x is None else x.to(dtype)
 
 
+def _blocks_of(start: int, stop: int, sizes: list[int]) -> list[tuple[int, int, int]]:
+    """The row blocks that rows ``[start, stop)`` of a head fall in: ``(block, first row, last row + 1)`` in it."""
+    out, offset = [], 0
+    for i, size in enumerate(sizes):
+        lo, hi = max(start, offset), min(stop, offset + size)
+        if lo < hi:
+            out.append((i, lo - offset, hi - offset))
+        offset += size
+    return out
+
+
 class _HeadCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of row ranges of one head, chunk by chunk, gradients made in the forward.
 
@@ -46,39 +62,54 @@ class _HeadCrossEntropy(torch.autograd.Function):
     full-size gradient per slice. Each output is a mean, so its gradient is a scalar times what
     the forward can compute already, chunk by chunk, while the chunk's logits exist: the backward
     only scales, and logits are computed once (a checkpointed loss computes them twice).
+
+    The head's rows may be split over several tensors (row blocks, in order): a LoRA model keeps
+    the base vocabulary's frozen rows and the trained new rows apart, and only the blocks that train
+    get a gradient buffer, of their own size.
     """
 
     @staticmethod
-    def forward(ctx, weight, bias, ranges, chunk_size, softcap, grad_enabled, *tensors):
+    def forward(ctx, n_blocks, ranges, chunk_size, softcap, grad_enabled, *tensors):
         n = len(ranges)
-        hs, targets = tensors[:n], tensors[n:]
+        weights, biases = tensors[:n_blocks], tensors[n_blocks : 2 * n_blocks]
+        hs, targets = tensors[2 * n_blocks : 2 * n_blocks + n], tensors[2 * n_blocks + n :]
         device = hs[0].device.type
         # the matmul dtype: autocast's (bf16-mixed) or the head's own
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weights[0].dtype
         # needs_input_grad is True under no_grad too: validation must not pay for gradients
-        need = [grad_enabled and x for x in ctx.needs_input_grad]
-        need_w, need_b = need[0], bias is not None and need[1]
+        need = [grad_enabled and x for x in ctx.needs_input_grad[5:]]
+        need_w = need[:n_blocks]
+        need_b = [b is not None and x for b, x in zip(biases, need[n_blocks : 2 * n_blocks])]
         # accumulated in the matmul dtype, in place (bf16 under bf16-mixed, like autograd's own sum
         # over chunks), and cast to the weight's dtype once at the end
-        grad_w = torch.zeros_like(weight, dtype=dtype) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
+        grad_ws = [torch.zeros_like(w, dtype=dtype) if nw else None for w, nw in zip(weights, need_w)]
+        grad_bs = [torch.zeros_like(b) if nb else None for b, nb in zip(biases, need_b)]
+        sizes = [w.size(0) for w in weights]
         means, losses, correct, grad_hs = [], [], [], []
         for k, (h, t, (start, stop)) in enumerate(zip(hs, targets, ranges)):
-            w, b = _cast(weight[start:stop], dtype), _cast(None if bias is None else bias[start:stop], dtype)
+            # (block, rows in it, columns of the range's logits) for each block the range covers
+            pieces, col = [], 0
+            for i, lo, hi in _blocks_of(start, stop, sizes):
+                w = _cast(weights[i][lo:hi], dtype)
+                b = None if biases[i] is None else _cast(biases[i][lo:hi], dtype)
+                pieces.append((w, b, i, (lo, hi, col)))
+                col += hi - lo
             K = h.size(0)
-            need_h = need[6 + k]
+            need_h = need[2 * n_blocks + k]
             grad_h = torch.empty_like(h) if need_h else None
             loss = torch.empty(K, dtype=torch.float32, device=h.device)
             ok = torch.empty(K, dtype=torch.bool, device=h.device)
-            step = _rows_per_chunk(chunk_size, stop - start)
-            for i in range(0, K, step):
-                part = slice(i, i + step)
+            # a range over two blocks joins its pieces' logits: half the positions keep the peak
+            step = _rows_per_chunk(chunk_size, (stop - start) * (2 if len(pieces) > 1 else 1))
+            any_w = any(need_w[i] for _, _, i, _ in pieces) or any(need_b[i] for _, _, i, _ in pieces)
+            for c in range(0, K, step):
+                part = slice(c, c + step)
                 hp, tp = h[part].to(dtype), t[part]
-                z, tanh = _logits(hp, w, b, softcap)  # (chunk, V) fp32
+                z, tanh = _logits(hp, pieces, softcap)  # (chunk, V) fp32
                 lse = torch.logsumexp(z, -1, keepdim=True)
                 loss[part] = (lse - z.gather(1, tp[:, None])).squeeze(1)
                 ok[part] = z.argmax(-1) == tp
-                if not (need_h or need_w or need_b):
+                if not (need_h or any_w):
                     continue
                 # d mean / d z = (softmax(z) - onehot(t)) / K, made in the logits' own buffer
                 z = z.sub_(lse).exp_()
@@ -86,21 +117,26 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 z.div_(K)
                 if tanh is not None:
                     z.mul_(1 - tanh * tanh)  # through the soft cap
-                if need_b:
-                    grad_b[start:stop] += z.sum(0).to(grad_b.dtype)
+                for _, _, i, (lo, hi, col) in pieces:
+                    if need_b[i]:
+                        grad_bs[i][lo:hi] += z[:, col : col + hi - lo].sum(0).to(grad_bs[i].dtype)
                 z = z.to(dtype)
                 if need_h:
-                    grad_h[part] = z @ w
-                if need_w:
-                    grad_w[start:stop].addmm_(z.T, hp)  # in place: no (V, C) temporary
+                    w0, _, _, (lo0, hi0, _) = pieces[0]
+                    grad_h[part] = z[:, : hi0 - lo0] @ w0 if len(pieces) > 1 else z @ w0
+                    for w, _, _, (lo, hi, col) in pieces[1:]:
+                        grad_h[part] += z[:, col : col + hi - lo] @ w
+                for _, _, i, (lo, hi, col) in pieces:
+                    if need_w[i]:  # in place: no (V, C) temporary
+                        grad_ws[i][lo:hi].addmm_(z[:, col : col + hi - lo].T if len(pieces) > 1 else z.T, hp)
             means.append(loss.mean())
             losses.append(loss)
             correct.append(ok)
             grad_hs.append(grad_h)
-        if need_w and grad_w.dtype != weight.dtype:
-            grad_w = grad_w.to(weight.dtype)
-        ctx.ranges, ctx.grad_hs, ctx.used = ranges, grad_hs, False
-        ctx.save_for_backward(grad_w, grad_b)
+        grad_ws = [g if g is None or g.dtype == w.dtype else g.to(w.dtype) for g, w in zip(grad_ws, weights)]
+        ctx.spans = [_blocks_of(start, stop, sizes) for start, stop in ranges]
+        ctx.n_blocks, ctx.grad_hs, ctx.used = n_blocks, grad_hs, False
+        ctx.save_for_backward(*grad_ws, *grad_bs)
         ctx.mark_non_differentiable(*losses, *correct)
         return (*means, *losses, *correct)
 
@@ -109,21 +145,24 @@ class _HeadCrossEntropy(torch.autograd.Function):
         if ctx.used:
             raise RuntimeError("the chunked loss scales its stored gradients in place: backward through it once")
         ctx.used = True
-        grad_w, grad_b = ctx.saved_tensors
+        n_blocks = ctx.n_blocks
+        saved = ctx.saved_tensors
+        grad_ws, grad_bs = saved[:n_blocks], saved[n_blocks:]
         grad_hs = []
-        for (start, stop), g, grad_h in zip(ctx.ranges, grads[: len(ctx.ranges)], ctx.grad_hs):
+        for spans, g, grad_h in zip(ctx.spans, grads[: len(ctx.spans)], ctx.grad_hs):
             g = 0.0 if g is None else g
-            for buf in (grad_w, grad_b):
-                if buf is not None:
-                    buf[start:stop] *= g
+            for i, lo, hi in spans:
+                for buf in (grad_ws[i], grad_bs[i]):
+                    if buf is not None:
+                        buf[lo:hi] *= g
             grad_hs.append(None if grad_h is None else grad_h.mul_(g))
         ctx.grad_hs = None
-        return (grad_w, grad_b, None, None, None, None, *grad_hs, *[None] * len(ctx.ranges))
+        return (None, None, None, None, None, *grad_ws, *grad_bs, *grad_hs, *[None] * len(ctx.spans))
 
 
 def head_cross_entropy(
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
+    weight: torch.Tensor | tuple[torch.Tensor, ...],
+    bias: torch.Tensor | tuple[torch.Tensor | None, ...] | None,
     segments: list[tuple[torch.Tensor, torch.Tensor, int, int]],
     chunk_size: int = 2048,
     softcap: float | None = None,
@@ -131,7 +170,9 @@ def head_cross_entropy(
     """Mean cross-entropy of several row ranges of one head, each against its own hidden states.
 
     Args:
-        weight: ``(V, C)`` the whole head; bias ``(V,)`` or None.
+        weight: ``(V, C)`` the whole head, or its rows as blocks ``(V_i, C)``, in order (what
+            `OmniGPT.head_weight` gives for a LoRA model's ``lm_head``); bias ``(V,)``, blocks
+            ``(V_i,)`` like the weight's, or None.
         segments: ``(h, targets, start, stop)``: ``(K, C)`` hidden states of trained positions,
             ``(K,)`` targets in ``[0, stop - start)``, scored against rows ``[start, stop)``; the
             row ranges of one call must not overlap.
@@ -144,12 +185,21 @@ def head_cross_entropy(
     segments = [s for s in segments if s[0].size(0)]
     if not segments:
         return []
+    weights = (weight,) if isinstance(weight, torch.Tensor) else tuple(weight)
+    if bias is None or isinstance(bias, torch.Tensor):
+        biases = (bias,) if len(weights) == 1 else (None,) * len(weights)
+        if bias is not None and len(weights) > 1:
+            raise ValueError("a head given as row blocks needs its bias as blocks too")
+    else:
+        biases = tuple(bias)
     ranges = tuple((start, stop) for _, _, start, stop in segments)
     ordered = sorted(ranges)
     if any(a[1] > b[0] for a, b in itertools.pairwise(ordered)):
         raise ValueError(f"row ranges of one head must not overlap, got {ranges}")
     hs, targets = (s[0] for s in segments), (s[1] for s in segments)
-    out = _HeadCrossEntropy.apply(weight, bias, ranges, chunk_size, softcap, torch.is_grad_enabled(), *hs, *targets)
+    out = _HeadCrossEntropy.apply(
+        len(weights), ranges, chunk_size, softcap, torch.is_grad_enabled(), *weights, *biases, *hs, *targets
+    )
     n = len(segments)
     return list(zip(out[:n], out[n : 2 * n], out[2 * n :]))
 

@@ -16,12 +16,15 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from litgpt import lora as litgpt_lora
 from litgpt.config import Config
+from litgpt.lora import LoRALinear, lora_filter
 from litgpt.model import GPT, Block, batched_index_select, do_softcapping
 
+from omni_train.config import LoraConfig
 from omni_train.vocab import N_AUDIO_LAYERS, N_LAYERS, TEXT_LAYER, Vocab
 
-Part = Literal["adapter", "post_adapter", "tables", "llm"]
+Part = Literal["adapter", "post_adapter", "tables", "llm", "lora", "new_rows", "base"]
 
 
 @dataclass
@@ -92,10 +95,84 @@ class WhisperMLP(nn.Module):
         return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
 
 
+def _rows(blocks: torch.Tensor | tuple[torch.Tensor, ...], start: int, stop: int) -> torch.Tensor:
+    """Rows ``[start, stop)`` of a tensor, or of row blocks taken together (joined only where the range crosses)."""
+    if isinstance(blocks, torch.Tensor):
+        return blocks[start:stop]
+    pieces, offset = [], 0
+    for block in blocks:
+        lo, hi = max(start, offset), min(stop, offset + block.size(0))
+        if lo < hi:
+            pieces.append(block[lo - offset : hi - offset])
+        offset += block.size(0)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+class NewRowsEmbedding(nn.Module):
+    """``wte`` of a LoRA model: the base vocabulary's rows (``weight``, frozen) and the new rows, the
+    omni specials and audio codes (``new``, trained in full), in tensors of their own.
+
+    Training the new rows then needs no gradient, optimizer state or mask over the base rows,
+    which are most of the table (Qwen2: 151,936 of 181,120 rows).
+    """
+
+    def __init__(self, base_rows: torch.Tensor, new_rows: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(base_rows)  # (V_base, C)
+        self.new = nn.Parameter(new_rows)  # (padded_vocab_size - V_base, C)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of ids ``(...)`` -> ``(..., C)``."""
+        n_base = self.weight.size(0)
+        out = F.embedding(ids.clamp(max=n_base - 1), self.weight)
+        is_new = ids >= n_base
+        return out.index_put((is_new,), F.embedding(ids[is_new] - n_base, self.new))
+
+
+class NewRowsHead(LoRALinear):
+    """``lm_head`` of a LoRA model: litgpt's `LoRALinear` over the base vocabulary's rows (with a
+    low-rank update when ``lora.head``), and the new rows (``new``, ``new_bias``) in a tensor of
+    their own, trained in full: the audio rows are new, there is no base for a low-rank update."""
+
+    def __init__(self, in_features: int, n_base: int, n_new: int, bias: bool, lora: LoraConfig) -> None:
+        super().__init__(
+            in_features, n_base, r=lora.r if lora.head else 0, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias=bias
+        )
+        self.new = nn.Parameter(torch.empty(n_new, in_features))
+        self.new_bias = nn.Parameter(torch.empty(n_new)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C)`` -> logits over the whole table ``(..., padded_vocab_size)``."""
+        return torch.cat([super().forward(x), F.linear(x, self.new, self.new_bias)], dim=-1)
+
+
+def _lora_config(config: OmniConfig, lora: LoraConfig) -> litgpt_lora.Config:
+    """litgpt's LoRA config of the same backbone: what its `Block` and `LoRALinear`s read."""
+    values = {f.name: getattr(config, f.name) for f in fields(Config)}
+    return litgpt_lora.Config(
+        **values, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, lora_query=lora.query,
+        lora_key=lora.key, lora_value=lora.value, lora_projection=lora.projection, lora_mlp=lora.mlp,
+        lora_head=lora.head,
+    )  # fmt: skip
+
+
+def _materialize_lora(module: nn.Module) -> None:
+    """Real LoRA matrices for the `LoRALinear`s of a module built on the meta device: litgpt's
+    init (A Kaiming-uniform, B zero, so the update starts at exactly zero), beside their weight."""
+    for layer in module.modules():
+        if isinstance(layer, LoRALinear) and hasattr(layer, "lora_A"):
+            like = layer.linear.weight
+            for name in ("lora_A", "lora_B"):
+                shape = getattr(layer, name).shape
+                setattr(layer, name, nn.Parameter(torch.empty(shape, device=like.device, dtype=like.dtype)))
+            layer.reset_parameters()
+
+
 class OmniGPT(GPT):
     def __init__(self, config: OmniConfig) -> None:
         super().__init__(config)  # lm_head, wte (both over the whole 8-layer table), h, ln_f
         self.config: OmniConfig = config
+        self.lora: LoraConfig | None = None  # set by `add_lora`
         if config.asr_adapter == "mlp":
             self.whisper_adapter = nn.Linear(config.whisper_adapter_dim, config.n_embd)
         elif config.asr_adapter == "llamamlp":
@@ -132,18 +209,117 @@ class OmniGPT(GPT):
         - ``tables``: ``wte`` and ``lm_head``, which hold the base vocabulary's rows and the new
           omni specials and audio rows in one tensor each (see `new_rows`);
         - ``llm``: everything else, the base LLM's trunk.
+
+        A model with LoRA (`add_lora`) has these instead of ``llm`` and ``tables``:
+
+        - ``base``: the base LLM's own weights, the base vocabulary's rows of the tables included;
+          they never train;
+        - ``lora``: litgpt's LoRA matrices (``lora_A``, ``lora_B``), which train in their place;
+        - ``new_rows``: the new rows of ``wte`` and ``lm_head``, in tensors of their own.
         """
+        if lora_filter(name, None):
+            return "lora"
         if name.startswith("whisper_adapter."):
             return "adapter"
         if name.startswith("transformer.post_adapter"):
             return "post_adapter"
         if name.startswith(("transformer.wte.", "lm_head.")):
-            return "tables"
-        return "llm"
+            if name.endswith((".new", ".new_bias")):
+                return "new_rows"
+            return "base" if self.lora else "tables"
+        return "base" if self.lora else "llm"
 
     def new_rows(self) -> slice:
         """The rows of the ``tables`` the base LLM never had: the omni specials and all audio rows."""
         return slice(self.config.vocab.base_vocab_size, None)
+
+    # ---- LoRA: litgpt's layers in the base LLM ------------------------------------------------
+    @torch.no_grad()
+    def add_lora(self, lora: LoraConfig, seed: int = 0) -> None:
+        """Put litgpt's LoRA layers into the base LLM, in place; the model computes the same function.
+
+        Each trunk block becomes a `litgpt.lora.Block` holding the very same weight tensors, its
+        chosen projections wrapped in `LoRALinear`/`LoRAQKVLinear` with fresh matrices (B = 0, so
+        each update starts at exactly zero). ``wte`` and ``lm_head`` keep the base vocabulary's rows
+        and move the new rows into tensors of their own (`NewRowsEmbedding`, `NewRowsHead`). The
+        Whisper adapter and the post-adapter are new and stay as they are: they train in full.
+
+        Args:
+            lora: the rank, scale, dropout and projections (``model.lora``); ``r`` must be > 0.
+            seed: seeds the LoRA matrices (the global RNG is left untouched), so a model rebuilt for
+                a resume or on another rank gets the same ones.
+        """
+        if self.lora is not None:
+            raise ValueError("this model has LoRA layers already")
+        if lora.r <= 0:
+            raise ValueError(f"LoRA needs a rank r > 0, got {lora.r}")
+        config, n_base = _lora_config(self.config, lora), self.config.vocab.base_vocab_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i, old in enumerate(self.transformer.h):
+                with torch.device("meta"):
+                    block = litgpt_lora.Block(config, i)
+                # litgpt's LoRA modules map the plain names (attn.qkv.weight -> attn.qkv.linear.weight)
+                result = block.load_state_dict(old.state_dict(keep_vars=True), strict=False, assign=True)
+                if result.unexpected_keys:
+                    raise RuntimeError(f"litgpt's LoRA block {i} has no place for {result.unexpected_keys}")
+                _materialize_lora(block)
+                self.transformer.h[i] = block
+            wte = self.transformer.wte.weight
+            self.transformer.wte = NewRowsEmbedding(wte[:n_base].clone(), wte[n_base:].clone())
+            old_head = self.lm_head
+            with torch.device("meta"):
+                head = NewRowsHead(config.n_embd, n_base, config.padded_vocab_size - n_base, config.lm_head_bias, lora)
+            weight, bias = old_head.weight, old_head.bias
+            state = {"linear.weight": weight[:n_base].clone(), "new": weight[n_base:].clone()}
+            if bias is not None:
+                state.update({"linear.bias": bias[:n_base].clone(), "new_bias": bias[n_base:].clone()})
+            head.load_state_dict(state, strict=False, assign=True)
+            _materialize_lora(head)
+            self.lm_head = head
+        self.lora = lora
+        self.train(self.training)  # the new modules take the model's mode (LoRA dropout only in training)
+        for name, p in self.named_parameters():  # every tensor where the model is (none left on meta)
+            if p.device != self.device:
+                raise RuntimeError(f"add_lora left {name} on {p.device}, not on {self.device}")
+
+    @torch.no_grad()
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict of the merged model: what a plain `OmniGPT` of this config loads, strictly.
+
+        Each LoRA update is added to its weight (litgpt's ``get_lora_AB``: ``B @ A * alpha / r``,
+        the rule of its ``merge``) and the new rows go back under the base rows of ``wte`` and
+        ``lm_head``; the model itself is not changed. A model without LoRA gives its own state dict.
+        """
+        state = self.state_dict()
+        if self.lora is None:
+            return state
+        merged: dict[str, dict[str, torch.Tensor]] = {}  # module prefix -> its plain tensors
+        for name, module in self.named_modules():
+            prefix = f"{name}." if name else ""
+            if isinstance(module, NewRowsEmbedding):
+                merged[prefix] = {"weight": torch.cat([module.weight, module.new])}
+            elif isinstance(module, LoRALinear):
+                weight = module.linear.weight
+                if hasattr(module, "lora_A") and not module.merged:
+                    weight = weight + module.get_lora_AB().to(weight.dtype)
+                bias = module.linear.bias
+                if isinstance(module, NewRowsHead):
+                    weight = torch.cat([weight, module.new])
+                    bias = None if bias is None else torch.cat([bias, module.new_bias])
+                merged[prefix] = {"weight": weight} | ({} if bias is None else {"bias": bias})
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            owner = next((p for p in merged if key.startswith(p)), None)
+            if owner is None:
+                out[key] = value
+            elif owner + "weight" not in out:  # the module's first key: all its plain tensors, once
+                out.update({owner + k: v for k, v in merged[owner].items()})
+        return out
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA matrices alone (litgpt's `lora_filter`), named as in this model."""
+        return {k: v for k, v in self.state_dict().items() if lora_filter(k, v)}
 
     # ---- inputs -------------------------------------------------------------------------------
     def embed(
@@ -249,7 +425,7 @@ class OmniGPT(GPT):
         return h_text, self.transformer.post_adapter_audio_ln(x)
 
     # ---- heads --------------------------------------------------------------------------------
-    def head_rows(self, layer: int) -> tuple[nn.Linear, int, int]:
+    def head_rows(self, layer: int) -> tuple[nn.Module, int, int]:
         """The Linear that scores `layer` (0-6 audio, 7 text) and its rows ``[start, stop)``.
 
         The loss takes whole heads and row ranges rather than sliced weights, so the layers that
@@ -263,14 +439,25 @@ class OmniGPT(GPT):
         start = self.config.text_vocab_size + layer * size
         return self.lm_head, start, start + size
 
-    def head_weight(self, head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The weight ``(V, C)`` and bias ``(V,)`` (or None) that `head` (from `head_rows`) scores with."""
-        return head.weight, head.bias
+    def head_weight(self, head: nn.Module) -> tuple[Any, Any]:
+        """The weight ``(V, C)`` and bias ``(V,)`` (or None) that `head` (from `head_rows`) scores with.
+
+        A LoRA model's ``lm_head`` gives each as two row blocks, in order: the base rows (with
+        their low-rank update added when ``lora.head``), then the new rows. `omni_train.loss`
+        takes either form; the blocks spare it a full-size copy and a full-size gradient.
+        """
+        if not isinstance(head, NewRowsHead):
+            return head.weight, head.bias
+        base = head.linear.weight
+        if hasattr(head, "lora_A") and not head.merged:
+            base = base + head.get_lora_AB()
+        bias = None if head.linear.bias is None else (head.linear.bias, head.new_bias)
+        return (base, head.new), bias
 
     def _head(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         head, start, stop = self.head_rows(layer)
         weight, bias = self.head_weight(head)
-        return weight[start:stop], None if bias is None else bias[start:stop]
+        return _rows(weight, start, stop), None if bias is None else _rows(bias, start, stop)
 
     def text_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight ``(text_vocab_size, C)`` and bias of the text head: only the text rows of `lm_head`."""

@@ -1,4 +1,5 @@
-"""Data preparation behind ``omni-prep``: SNAC encoding and decoding, format conversion, statistics.
+"""Data preparation behind ``omni-prep``: SNAC encoding and decoding, format conversion, VoiceAssistant
+rows in a new voice, statistics.
 
 Every writer here produces parquet shards ``part-00000.parquet, part-00001.parquet, ...`` of
 `shard_size` rows of the input, in input order. A shard is written to a temporary file and renamed
@@ -8,7 +9,8 @@ shards were made from; a rerun with another shard size or command is refused rat
 row numbering schemes.
 
 Inputs are read lazily, as `omni_train.data.sources` reads them (its readers and helpers are reused):
-a LibriSpeech-layout folder (``speaker/chapter/*.trans.txt`` beside the audio), a JSONL manifest or
+a LibriSpeech-layout folder (``speaker/chapter/*.trans.txt`` beside the audio), a corpus in one of
+`sources.LAYOUTS` (LJSpeech, Common Voice, MLS, LibriTTS, VCTK, wav/txt pairs), a JSONL manifest or
 parquet file(s). Rows that cannot be used (a missing or unreadable audio file, an empty text) are
 skipped, counted and reported at the end, never fatal.
 """
@@ -94,15 +96,21 @@ class AudioInput:
 
 
 def audio_rows(
-    path: PathLike, audio_column: str = "audio", text_column: str | None = "text", id_column: str | None = None
-) -> AudioInput:
+    path: PathLike, audio_column: str = "audio", text_column: str | None = "text", id_column: str | None = None,
+    layout: str | None = None,
+) -> AudioInput:  # fmt: skip
     """The rows of an audio input, read lazily.
 
-    LibriSpeech-layout folders are read by `sources.librispeech` (row id = utterance id); JSONL and
+    A corpus `layout` (`sources.LAYOUTS`: wav-txt, ljspeech, common-voice, mls, libritts, vctk) is
+    read by `sources.clips` (row id = clip id; a bad transcript line is a skipped row naming
+    ``file:line``). LibriSpeech-layout folders are read by `sources.librispeech` (row id = utterance id); JSONL and
     parquet by the sources' table reader (row id = `id_column`, else ``"<file>:<row>"``; relative
     audio paths are relative to the data file). `text_column` is optional in tables.
     """
     p = existing(path)
+    if layout is not None:
+        total = sum(1 for _ in sources.clips(layout, p))  # transcripts only: cheap, and a progress bar
+        return AudioInput(_clip_rows(sources.clips(layout, p)), total, True)
     if is_librispeech(p):
         src = sources.librispeech(p)
         rows = (Row(str(s.row), s.question_audio, s.answer_text) for s in src)
@@ -120,6 +128,18 @@ def audio_rows(
     return AudioInput(rows, total, text_column is not None and text_column in names)
 
 
+def _clip_rows(clips: Iterator[sources.Clip]) -> Iterator[Row]:
+    for clip in clips:
+        if clip.error is not None:
+            yield Row(clip.where, error=f"{clip.error.reason}: {clip.error.detail}")
+        elif not clip.audio.is_file():
+            yield Row(clip.id, None, clip.text, error=f"missing audio file: {clip.audio} ({clip.where})")
+        elif not clip.text:
+            yield Row(clip.id, None, clip.text, error=f"empty text: {clip.where}")
+        else:
+            yield Row(clip.id, Audio(path=str(clip.audio)), clip.text)
+
+
 def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> Iterator[Row]:
     for location, base_dir, values in read_rows(files, columns, batch_size=64):
         if isinstance(values, BadRow):
@@ -134,7 +154,7 @@ def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> I
                 raise BadRow(f"missing {audio_column}")
             yield Row(row_id, to_audio(value, base_dir, audio_column), text)
         except BadRow as bad:
-            yield Row(row_id, None, text, error=f"{bad.reason} {bad.detail}".strip())
+            yield Row(row_id, None, text, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
 
 
 def _column_names(f: Path) -> list[str]:
@@ -252,6 +272,7 @@ def snac_encode(
     device: str | None = None,
     workers: int = 4,
     progress: bool = True,
+    layout: str | None = None,
 ) -> Report:
     """Encode each row's audio (resampled to the codec's rate) into an ``answer_snac`` string.
 
@@ -264,13 +285,16 @@ def snac_encode(
     exactly the single-clip codes.
     """
     codec = SnacCodec.from_pretrained(existing(snac, "SNAC codec"), device=pick_device(device))
-    if _is_conversations(input):
+    if layout is None and _is_conversations(input):
         return _snac_encode_conversations(
             input, out_dir, codec, id_column=id_column, batch_size=batch_size, shard_size=shard_size, workers=workers,
             progress=progress,
         )  # fmt: skip
-    data = audio_rows(input, audio_column, text_column, id_column)
-    writer = ShardWriter(out_dir, shard_size, {"command": "snac-encode", "input": str(Path(input).resolve())})
+    data = audio_rows(input, audio_column, text_column, id_column, layout)
+    job = {"command": "snac-encode", "input": str(Path(input).resolve())}
+    if layout is not None:
+        job["layout"] = layout
+    writer = ShardWriter(out_dir, shard_size, job)
     report = Report()
     bar = tqdm(total=data.total, unit="clip", desc="snac-encode", disable=not progress)
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -552,6 +576,26 @@ def convert_librispeech(input: PathLike, out_dir: PathLike, shard_size: int = 10
     return report
 
 
+def convert_corpus(layout: str, input: PathLike, out_dir: PathLike, shard_size: int = 1000) -> Report:
+    """A corpus in one of `sources.LAYOUTS` -> parquet ``id, audio{bytes,path}, text`` (as `convert_librispeech`).
+
+    Clips without their audio file, with an empty text, or from an unreadable transcript line are
+    skipped and counted (``file:line`` in the report).
+    """
+    p = existing(input)
+    total = sum(1 for _ in sources.clips(layout, p))
+
+    def records():
+        for row in _clip_rows(sources.clips(layout, p)):
+            yield (row.id, row.error) if row.error is not None else {"id": row.id, "audio": row.audio, "text": row.text}
+
+    schema = pa.schema([("id", pa.string()), ("audio", AUDIO_STRUCT), ("text", pa.string())], metadata=_hf_metadata(
+        {"id": _VALUE, "audio": {"_type": "Audio"}, "text": _VALUE}
+    ))
+    job = {"command": "convert", "kind": layout, "input": str(p.resolve())}
+    return _write_converted(records(), out_dir, shard_size, job, schema, total)
+
+
 def convert_open_orca(input: PathLike, out_dir: PathLike, shard_size: int = 100_000) -> Report:
     """Open-Orca parquet/JSONL -> parquet ``id, system_prompt, question, response`` (all strings).
 
@@ -622,7 +666,7 @@ def convert_moss(
             try:
                 audio = to_audio(values.get(audio_column) or "", base_dir, audio_column)
             except BadRow as bad:
-                yield row_id, f"{bad.reason} {bad.detail}".strip()
+                yield row_id, f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason
                 continue
             yield {"id": row_id, "question_audio": audio, "question": question or "", "answer": answer}
 
@@ -634,6 +678,96 @@ def convert_moss(
     )
     job = {"command": "convert", "kind": "moss", "input": str(Path(input).resolve())}
     return _write_converted(records(), out_dir, shard_size, job, schema)
+
+
+# --------------------------------------------------------------------------------------------------
+# voice: VoiceAssistant-style rows whose answers are spoken in the user's voice
+
+# VoiceAssistant-400K's columns, all strings but the audio (its index and round too)
+VOICE_SCHEMA = pa.schema(
+    [("id", pa.string()), ("split_name", pa.string()), ("index", pa.string()), ("round", pa.string()),
+     ("question", pa.string()), ("question_audio", AUDIO_STRUCT), ("answer", pa.string()),
+     ("answer_snac", pa.string())],
+    metadata=_hf_metadata({"id": _VALUE, "split_name": _VALUE, "index": _VALUE, "round": _VALUE, "question": _VALUE,
+                           "question_audio": {"_type": "Audio"}, "answer": _VALUE, "answer_snac": _VALUE}),
+)  # fmt: skip
+
+
+def voice_rows(
+    manifest: PathLike, out_dir: PathLike, snac: PathLike, *, question_column: str = "question",
+    answer_column: str = "answer", answer_audio_column: str = "answer_audio",
+    question_audio_column: str = "question_audio", split_name: str = "voice", batch_size: int = 16,
+    shard_size: int = 1000, device: str | None = None, workers: int = 4, progress: bool = True,
+) -> Report:  # fmt: skip
+    """Questions, their answer texts and the answers spoken in the target voice -> VoiceAssistant-400K rows.
+
+    Each manifest row (JSONL or parquet) needs a question text, an answer text and the answer's
+    audio (a path, relative to the manifest allowed, bytes, or an HF Audio struct): a recording of
+    the answer in the voice the model should speak with (the user's, or their TTS's). A spoken
+    question (`question_audio_column`) is optional; rows with it also give A1A2 samples.
+
+    Writes VoiceAssistant-400K's columns (``split_name, index, round, question, question_audio,
+    answer, answer_snac``, plus ``id`` = ``<file>:<row>``), which `sources.voice_assistant(OUT_DIR)`
+    reads: T1A2 (and A1A2) teach the model the voice, T1T2/A1T2 keep its answers. The answer audio
+    is SNAC-encoded as snac-encode encodes (length-sorted batches; resumable shards).
+    """
+    codec = SnacCodec.from_pretrained(existing(snac, "SNAC codec"), device=pick_device(device))
+    files = resolve_files(existing(manifest, "manifest"), TABLE_EXTS)
+    names = _column_names(files[0])
+    for col in (question_column, answer_column, answer_audio_column):
+        if col not in names:
+            raise sources.MissingColumnError(f"{files[0]}: no column {col!r} (columns: {', '.join(names)})")
+    columns = [c for c in (question_column, answer_column, answer_audio_column, question_audio_column) if c in names]
+
+    def rows() -> Iterator[Row]:
+        for index, (location, base_dir, values) in enumerate(read_rows(files, columns, batch_size=64)):
+            if isinstance(values, BadRow):
+                yield Row(location, error=str(values))
+                continue
+            question, answer = values.get(question_column), values.get(answer_column)
+            extra = {"index": index, "question": question.strip() if isinstance(question, str) else None}
+            try:
+                for col, text in ((question_column, question), (answer_column, answer)):
+                    if not isinstance(text, str) or not text.strip():
+                        raise BadRow(f"empty {col}")
+                audio = to_audio(values.get(answer_audio_column) or "", base_dir, answer_audio_column)
+                spoken = values.get(question_audio_column)
+                extra["question_audio"] = to_audio(spoken, base_dir, question_audio_column) if spoken else None
+            except BadRow as bad:
+                yield Row(location, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
+                continue
+            yield Row(location, audio, answer.strip(), extra)
+
+    job = {"command": "voice", "input": str(Path(manifest).resolve()), "split_name": split_name}
+    writer = ShardWriter(out_dir, shard_size, job)
+    report = Report()
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files) if files[0].suffix == ".parquet" else None
+    bar = tqdm(total=total, unit="row", desc="voice", disable=not progress)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for k, chunk in shards(rows(), shard_size):
+            if writer.done(k):
+                report.shards_kept += 1
+                bar.update(len(chunk))
+                continue
+            coded = _encode_shard(codec, chunk, True, batch_size, pool, report, bar).to_pylist()
+            by_id = {r.id: r for r in chunk}
+            records = []
+            for c in coded:
+                row = by_id[c["id"]]
+                question_audio = row.extra["question_audio"]
+                try:
+                    question_audio = _embed(question_audio)
+                except OSError as e:
+                    report.skip(row.id, f"unreadable question audio: {e}")
+                    continue
+                records.append({"id": row.id, "split_name": split_name, "index": str(row.extra["index"]), "round": "0",
+                                 "question": row.extra["question"], "question_audio": question_audio,
+                                 "answer": row.text, "answer_snac": c["answer_snac"]})  # fmt: skip
+            writer.write(k, pa.Table.from_pylist(records, schema=VOICE_SCHEMA))
+            report.shards_written += 1
+            report.rows += len(records)
+    bar.close()
+    return report
 
 
 # --------------------------------------------------------------------------------------------------

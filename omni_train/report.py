@@ -20,10 +20,14 @@ def summary_table(summary: dict) -> str:
     if "wer_before" in summary or "wer_after" in summary:
         before, after = summary.get("wer_before"), summary.get("wer_after")
         first, last = summary.get("wer_before_stage", "the first stage"), summary.get("wer_after_stage", "the last stage")
-        lines.append(f"held-out ASR WER: {before}% before {first} -> {after}% after {last}")
+        metric = summary.get("asr_metric", "wer").upper()  # CER for languages written without spaces
+        lines.append(f"held-out ASR {metric}: {before}% before {first} -> {after}% after {last}")
     if summary.get("spoken_answer"):
         a = summary["spoken_answer"]
         lines.append(f"spoken answer to {a['question']!r}: {a['text']!r} ({a['seconds']} s, {a['wav']})")
+        if "cer" in a:
+            lines.append(f"the spoken answer as the demo recogniser hears it: {a['heard']!r}, "
+                         f"CER {a['cer']}% against the text")
     if "wall_time_s" in summary:
         lines.append(f"total {summary['wall_time_s']:.0f} s; final model: {summary.get('final_model')}")
     return "\n".join(lines)

@@ -71,9 +71,12 @@ class OmniModule(L.LightningModule):
         self._where: list[tuple[str, object]] = []  # (source, row) of the last batch, for the error message
 
     # ---- what trains -------------------------------------------------------------------------
+    # A stage's rule names parts (`OmniGPT.part`), so it applies to a LoRA model as it is: there the
+    # base LLM's weights are the part ``base``, which no rule names, and the LoRA matrices and the
+    # new vocabulary rows train where the LLM and the tables would.
     def trainable(self, name: str) -> bool:
         """Whether model parameter `name` trains in this stage."""
-        return True
+        return self.model.part(name) != "base"
 
     def new_rows_only(self, name: str) -> bool:
         """Whether only the rows beyond the base vocabulary of `name` train (shared text/audio tables)."""
@@ -184,7 +187,7 @@ class OmniModule(L.LightningModule):
                 continue
             # norms, biases and the (shared) embedding tables decay to nothing; and a masked table must
             # not decay at all, or its frozen base rows would still move
-            is_table = self.model.part(name) == "tables"
+            is_table = self.model.part(name) in ("tables", "new_rows")
             (no_decay if p.dim() < 2 or is_table else decay).append(p)
         c = self.cfg
         groups = [
@@ -243,29 +246,36 @@ class ModalityAlignment(OmniModule):
     """Stage 1: the LLM stays fixed; the Whisper adapter and the audio output side learn (ASR + TTS).
 
     `wte` and `lm_head` hold text and audio rows in one tensor, so they train with their base
-    vocabulary rows masked out of the gradient: only the new specials and audio rows move.
+    vocabulary rows masked out of the gradient: only the new specials and audio rows move. (A LoRA
+    model holds its new rows apart and needs no mask; its LoRA matrices stay fixed here.)
     """
 
     stage = "alignment"
 
     def trainable(self, name: str) -> bool:
-        return self.model.part(name) in ("adapter", "post_adapter", "tables")
+        return self.model.part(name) in ("adapter", "post_adapter", "tables", "new_rows")
 
     def new_rows_only(self, name: str) -> bool:
         return self.model.part(name) == "tables"
 
 
 class AdaptionTraining(OmniModule):
-    """Stage 2: adapters frozen; the LLM learns to answer in text (ASR, AudioQA, TextQA)."""
+    """Stage 2: adapters frozen; the LLM learns to answer in text (ASR, AudioQA, TextQA).
+
+    With LoRA: its LoRA matrices and the new vocabulary rows.
+    """
 
     stage = "adaption"
 
     def trainable(self, name: str) -> bool:
-        return self.model.part(name) in ("llm", "tables")
+        return self.model.part(name) in ("llm", "tables", "lora", "new_rows")
 
 
 class MultimodalFinetuning(OmniModule):
-    """Stage 3: everything but the Whisper encoder trains, on all tasks including spoken answers."""
+    """Stage 3: everything but the Whisper encoder trains, on all tasks including spoken answers.
+
+    With LoRA: everything but the encoder and the base LLM's weights.
+    """
 
     stage = "finetune"
 

@@ -43,7 +43,7 @@ from omni_train.builders import (
 )
 from omni_train.callbacks import LossHistory, Throughput
 from omni_train.checkpoints import ModelBundle
-from omni_train.config import ConfigError, DataConfig, unknown_keys
+from omni_train.config import ConfigError, DataConfig, LoraConfig, unknown_keys
 from omni_train.data.skips import SkipReport
 from omni_train.distributed import rank
 from omni_train.model import OmniGPT
@@ -97,6 +97,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
                 save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
             if i == 0 and cfg.eval.asr and "wer_before" not in summary and rank() == 0:
                 summary["wer_before"], summary["wer_before_stage"] = held_out_wer(bundle, cfg, f"before {stage}"), stage
+                summary["asr_metric"] = evaluate.scoring(cfg.data.language).metric  # wer_* hold CER for zh, ja, ...
             result = run_stage(cfg, stage, bundle, run_dir, first=not summary["stages"])
             summary["stages"][stage] = result.summary
             previous, chosen = result.model_dir, ()
@@ -172,6 +173,7 @@ def final_checks(cfg: DictConfig, final: ModelBundle, summary: dict) -> None:
     """What the run's last model does: held-out WER (``eval.asr``) and a spoken answer (``eval.speak``)."""
     if cfg.eval.asr:
         summary["wer_after"] = held_out_wer(final, cfg, f"after {cfg.run_stages[-1]}", summary)
+        summary["asr_metric"] = evaluate.scoring(cfg.data.language).metric
         summary["wer_after_stage"] = cfg.run_stages[-1]
     if cfg.eval.speak:
         summary["spoken_answer"] = evaluate.speak(final, cfg.eval, Path(cfg.run_dir) / "answer.wav")
@@ -182,12 +184,13 @@ def held_out_wer(bundle: ModelBundle, cfg: DictConfig, when: str, summary: dict 
     log.info("held-out ASR WER %s: transcribing %s%s ...", when, cfg.eval.asr,
              f" (first {cfg.eval.asr_max_utterances} utterances)" if cfg.eval.asr_max_utterances else "")  # fmt: skip
     start = time.perf_counter()
-    result = evaluate.asr_wer(bundle, cfg.eval)
-    log.info("held-out ASR WER %s: %.1f%% on %d utterances (%.0f s)", when, result["wer"], result["n"],
-             time.perf_counter() - start)  # fmt: skip
+    result = evaluate.asr_wer(bundle, cfg.eval, language=cfg.data.language)
+    metric = result["metric"]  # CER for languages written without spaces
+    log.info("held-out ASR %s %s: %.1f%% on %d utterances (%.0f s)", metric.upper(), when, result[metric],
+             result["n"], time.perf_counter() - start)  # fmt: skip
     if summary is not None:
         summary["asr_examples"] = result["examples"][:5]
-    return result["wer"]
+    return result[metric]
 
 
 def check(cfg: DictConfig) -> None:
@@ -202,6 +205,10 @@ def check(cfg: DictConfig) -> None:
             problems.append(f"stages.{stage}: not defined (choose it with stage={stage} or stage=all)")
         elif cfg.stages[stage].max_steps < 1:
             problems.append(f"stages.{stage}.max_steps={cfg.stages[stage].max_steps}: a stage trains at least one step")
+    try:
+        evaluate.scoring(cfg.data.language)
+    except ValueError as e:
+        problems.append(f"data.language: {e}")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
@@ -216,6 +223,9 @@ def check(cfg: DictConfig) -> None:
     if cfg.data.root != DataConfig.root and "data.root" not in str(specs):
         log.warning("data.root=%s is not used: none of this config's data sources reads ${data.root} "
                     "(the demo's are bundled with the package); set each source's path instead", cfg.data.root)
+    lora = OmegaConf.to_container(cfg.model.lora)
+    if not lora["r"] and (unused := [f"model.lora.{k}={v}" for k, v in lora.items() if v != getattr(LoraConfig, k)]):
+        log.warning("%s: not used, LoRA is off (model.lora.r=0)", ", ".join(unused))
 
 
 def save_config(cfg: DictConfig, model: dict, run_dir: Path) -> None:
@@ -242,5 +252,7 @@ def _trained_model(trainer: L.Trainer, module: OmniModule, stage_dir: Path) -> O
 
     state = _load_distributed_checkpoint(final)["state_dict"]
     model = OmniGPT(module.model.config)
+    if module.model.lora is not None:  # the shards hold the unmerged LoRA model's tensors
+        model.add_lora(module.model.lora)
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return model

@@ -67,3 +67,15 @@ def test_gpu_benchmark_says_it_needs_cuda(monkeypatch, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         run_here("gpu_mfu.py", monkeypatch=monkeypatch, capsys=capsys)
+
+
+def test_lora_memory_benchmark_measures_both_variants_in_fresh_processes(monkeypatch, capsys):
+    out = run_here("lora_memory.py", "--tiny", monkeypatch=monkeypatch, capsys=capsys)
+    measured = [line.strip() for line in out.splitlines() if line.startswith(("  full ", "  lora "))]
+    assert len(measured) == 4 and all("peak" in line for line in measured)  # 2 variants x 2 depths
+    lines = {line.split()[0]: line for line in measured}  # the deeper model's
+    # B starts at zero, so the LoRA model's first step scores exactly what the full model's does
+    first_loss = {v: float(line.rsplit("loss ", 1)[1]) for v, line in lines.items()}
+    assert first_loss["lora"] == pytest.approx(first_loss["full"], rel=1e-5)
+    assert "ratio lora/full step time" in out
+    assert last_ratio(out) > 0

@@ -8,8 +8,9 @@ import torch
 import wandb
 from test_train import SHORT, config
 
-from omni_train.callbacks import SampleLogger, evaluating, mel_picture
+from omni_train.callbacks import SampleLogger, evaluating
 from omni_train.config import DEMO_DATA
+from omni_train.evaluate import mel_picture
 from omni_train.train import train
 
 HELDOUT = DEMO_DATA / "asr" / "heldout"

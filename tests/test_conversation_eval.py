@@ -69,10 +69,10 @@ def check_scores(result: dict) -> None:
     items = result["items"]
     for i in items:
         assert i["right"] == evaluate.same_answer(i["reference"], i["text"])
-        assert i["wer"] == round(evaluate.wer([i["reference"]], [i["text"]]), 2)
+        assert i["wer"] == round(evaluate.error_rate([i["reference"]], [i["text"]]), 2)
     assert result["right"] == sum(i["right"] for i in items)
     assert result["accuracy"] == round(100 * result["right"] / len(items), 2)
-    assert result["wer"] == round(evaluate.wer([i["reference"] for i in items], [i["text"] for i in items]), 2)
+    assert result["wer"] == round(evaluate.error_rate([i["reference"] for i in items], [i["text"] for i in items]), 2)
 
 
 def test_written_last_turns_with_and_without_history(files, capsys, tmp_path):
@@ -105,9 +105,9 @@ def test_spoken_last_turns_are_judged_by_whisper(files, capsys, tmp_path):
     spoken = [i for i in result["items"] if "transcript" in i]
     assert len(spoken) == 2 and spoken[0]["question"] == f"{files['root'] / 'q0.flac'} (and what is that plus one)"
     for i in spoken:
-        assert i["spoken_wer"] == round(evaluate.wer([i["reference"]], [i["transcript"]]), 2)
+        assert i["spoken_wer"] == round(evaluate.error_rate([i["reference"]], [i["transcript"]]), 2)
     references, transcripts = [i["reference"] for i in spoken], [i["transcript"] for i in spoken]
-    assert result["spoken_wer"] == round(evaluate.wer(references, transcripts), 2)
+    assert result["spoken_wer"] == round(evaluate.error_rate(references, transcripts), 2)
 
     result, _, err = run(capsys, files, tmp_path, "--task", "A1T2")
     assert result["spoken_wer"] is None and result["n"] == 2

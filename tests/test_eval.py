@@ -94,7 +94,7 @@ def test_asr_prints_the_papers_table_and_per_utterance_json(files, capsys, tmp_p
         r = result["splits"][split]
         utts = r["utterances"]
         assert r["n"] == len(utts) == 3
-        assert r["wer"] == round(evaluate.wer([u["ref"] for u in utts], [u["hyp"] for u in utts]), 2)
+        assert r["wer"] == round(evaluate.error_rate([u["ref"] for u in utts], [u["hyp"] for u in utts]), 2)
         assert mine[column] == f"{r['wer']:.2f}"
         # each hypothesis belongs to its own utterance: the same as transcribing it alone
         audios = [load_audio(next(Path(r["folder"]).rglob(u["id"] + ".flac")), 16000) for u in utts]
@@ -117,14 +117,56 @@ def test_asr_on_one_split_folder_and_missing_splits(files, capsys, tmp_path):
     )
 
 
+# ---- scoring by language -----------------------------------------------------------------------
+def test_english_normaliser_for_english_basic_for_others():
+    # English: spellings and numbers are made one form ("mister", "25"); the basic normaliser does not
+    assert evaluate.error_rate(["Mr. Smith has twenty-five cats."], ["mister smith has 25 cats"]) == 0.0
+    assert evaluate.error_rate(["Mr. Smith has twenty-five cats."], ["mister smith has 25 cats"], "de") > 0
+    # German: case and punctuation only, words kept as written
+    assert evaluate.error_rate(["Guten Morgen, Straße!"], ["guten morgen straße"], "de") == 0.0
+    assert evaluate.error_rate(["Guten Morgen, Straße!"], ["guten morgen strasse"], "German") == pytest.approx(100 / 3)
+    assert evaluate.scoring("German").language == evaluate.scoring("DE").language == "de"
+    with pytest.raises(ValueError, match="unknown language 'klingon'"):
+        evaluate.scoring("klingon")
+
+
+@pytest.mark.parametrize("language", ["zh", "ja", "th", "Chinese"])
+def test_languages_without_spaces_are_scored_by_characters(language):
+    assert evaluate.scoring(language).metric == "cer"
+    # spaces and punctuation do not count; one wrong character of six is 1/6
+    assert evaluate.error_rate(["今天 天气很好。"], ["今天天气很好"], language) == 0.0
+    assert evaluate.error_rate(["今天天气很好"], ["今天天气不好"], language) == pytest.approx(100 / 6)
+    # scored by words, the same pair would be one whole word wrong
+    assert evaluate.error_rate(["今天天气很好"], ["今天天气不好"], "fr") == 100.0
+
+
+def test_asr_language_picks_the_metric(files, capsys, tmp_path):
+    out = tmp_path / "asr.json"
+    main(["asr", "--checkpoint", str(files["ckpt"]), "--librispeech", str(files["ls"] / "dev-other"),
+          "--out", str(out), "--max-new-tokens", "4", "--device", "cpu", "--language", "ja"])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| model (CER %) | dev-other |"  # no English rows from the paper beside Japanese
+    assert not any("published" in line for line in lines)
+    r = json.loads(out.read_text())["splits"]["dev-other"]
+    assert r["metric"] == "cer" and r["language"] == "ja" and "wer" not in r
+    utts = r["utterances"]
+    assert r["cer"] == round(evaluate.error_rate([u["ref"] for u in utts], [u["hyp"] for u in utts], "ja"), 2)
+    assert lines[-1] == f"| {files['ckpt']} | {r['cer']:.2f} |"
+    err = fails(capsys, "asr", "--checkpoint", files["ckpt"], "--librispeech", files["ls"], "--language", "klingon")
+    assert "unknown language 'klingon'" in err
+
+
 # ---- consistency --------------------------------------------------------------------------------
-def check_items(result: dict) -> None:
+def check_items(result: dict, language: str = "en") -> None:
+    metric = evaluate.scoring(language).metric
+    assert result["metric"] == metric and result["language"] == language
     items = result["items"]
-    scored = [i for i in items if i["wer"] is not None]
+    scored = [i for i in items if i[metric] is not None]
     assert scored and result["scored"] == len(scored)
     for i in scored:
-        assert i["wer"] == round(evaluate.wer([i["text"]], [i["transcript"]]), 2)
-    assert result["wer"] == round(evaluate.wer([i["text"] for i in scored], [i["transcript"] for i in scored]), 2)
+        assert i[metric] == round(evaluate.error_rate([i["text"]], [i["transcript"]], language), 2)
+    texts, transcripts = [i["text"] for i in scored], [i["transcript"] for i in scored]
+    assert result[metric] == round(evaluate.error_rate(texts, transcripts, language), 2)
 
 
 def test_consistency_written_questions(files, capsys, tmp_path):
@@ -152,6 +194,16 @@ def test_consistency_spoken_librispeech_questions(files, tmp_path):
     result = json.loads(out.read_text())
     assert result["task"] == "A1A2" and result["n"] == 2 and result["items"][0]["question"].endswith(".flac")
     check_items(result)
+
+
+def test_consistency_in_a_language_without_spaces(files, capsys, tmp_path):
+    questions, out = tmp_path / "q.txt", tmp_path / "c.json"
+    questions.write_text("what is two plus three\n")
+    main(["consistency", "--checkpoint", str(files["ckpt"]), "--whisper", str(files["ckpt"] / "whisper.pt"),
+          "--questions", str(questions), "--out", str(out), "--max-new-tokens", "16", "--device", "cpu",
+          "--language", "zh"])  # fmt: skip
+    assert "speech-text CER" in capsys.readouterr().out
+    check_items(json.loads(out.read_text()), "zh")
 
 
 # ---- retention ----------------------------------------------------------------------------------
@@ -236,3 +288,49 @@ def test_plot_without_csv_logs(tmp_path, capsys):
     (tmp_path / "run" / "alignment" / "logs").mkdir(parents=True)
     err = fails(capsys, "plot", tmp_path / "run")
     assert "CSV logger" in err and str(tmp_path / "run") in err
+
+
+def test_report_names_cer_columns(tmp_path):
+    from omni_train.evals import report
+
+    asr = {"checkpoint": "m", "splits": {"heldout": {"metric": "cer", "language": "zh", "cer": 12.5, "n": 2}}}
+    consistency = {"checkpoint": "m", "task": "T1A2", "metric": "cer", "cer": 30.0, "n": 2, "scored": 2,
+                   "whisper": "w", "items": []}  # fmt: skip
+    (tmp_path / "asr.json").write_text(json.dumps(asr))
+    (tmp_path / "c.json").write_text(json.dumps(consistency))
+    built = report.build(tmp_path)
+    assert built["asr"]["m"] == {"heldout (CER)": 12.5}
+    assert built["consistency"]["m"]["T1A2 (CER)"]["wer"] == 30.0
+    assert "| m | T1A2 (CER) | 2 | 2 | 30.00 |" in built["markdown"]
+
+
+def test_asr_on_a_corpus_layout(files, capsys, tmp_path):
+    """--layout: one split of another corpus layout (here a folder of audio/txt pairs); bad clips left out and said."""
+    corpus = tmp_path / "pairs"
+    corpus.mkdir()
+    flacs = sorted(HELDOUT.rglob("*.flac"))[:3]
+    texts = dict(line.split(" ", 1) for t in HELDOUT.rglob("*.trans.txt") for line in t.read_text().splitlines())
+    for f in flacs:
+        shutil.copy(f, corpus / f.name)
+    for f in flacs[:2]:  # the third has no transcript
+        (corpus / f.name).with_suffix(".txt").write_text(texts[f.stem])
+    out = tmp_path / "asr.json"
+    main(["asr", "--checkpoint", str(files["ckpt"]), "--librispeech", str(corpus), "--layout", "wav-txt",
+          "--out", str(out), "--max-new-tokens", "4", "--device", "cpu", "--language", "de"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert "pairs: 1 clips left out" in captured.err
+    r = json.loads(out.read_text())["splits"]["pairs"]
+    assert r["n"] == 2 and r["left_out"] == 1 and r["language"] == "de"
+    assert [u["ref"] for u in r["utterances"]] == [texts[f.stem] for f in flacs[:2]]
+    assert "--splits" in fails(capsys, "asr", "--checkpoint", files["ckpt"], "--librispeech", corpus, "--layout",
+                               "wav-txt", "--splits", "x")  # fmt: skip
+    assert "no metadata.csv" in fails(capsys, "asr", "--checkpoint", files["ckpt"], "--librispeech", corpus,
+                                      "--layout", "ljspeech")  # fmt: skip
+
+
+def test_the_run_table_names_the_held_out_metric():
+    from omni_train.report import summary_table
+
+    summary = {"wer_before": 90.0, "wer_before_stage": "alignment", "wer_after": 40.0, "wer_after_stage": "finetune"}
+    assert "held-out ASR WER: 90.0% before alignment -> 40.0% after finetune" in summary_table(summary)
+    assert "held-out ASR CER: 90.0% before" in summary_table({**summary, "asr_metric": "cer"})

@@ -91,6 +91,7 @@ def test_shortened_demo_runs_for_every_tiny_model(tmp_path, preset):
     if spoken["frames"]:
         info = sf.info(tmp_path / "answer.wav")
         assert info.samplerate == 24000 and info.duration == pytest.approx(spoken["seconds"], abs=0.01)
+        assert (tmp_path / "answer.png").is_file()
 
 
 def test_a_random_whisper_is_made_once_and_saved_with_the_model(tmp_path):
@@ -173,6 +174,7 @@ def test_resume_auto_continues_an_interrupted_stage(tmp_path):
         (["trainer=gpu"], "GPU"),
         (["data.sources.asr.root=/no/such/dir"], "/no/such/dir"),
         (["+stages.alignment.tasks.X9=1"], "X9"),
+        (["data.language=klingon"], "data.language: unknown language 'klingon'"),
         (["stage=adaption", "init_from=/no/such/model"], "init_from=/no/such/model"),
         (["model.checkpoint_dir=null", "model.overrides.padded_vocab_size=256"],  # a random base: 905 tokens > 256 rows
          "model.tokenizer_dir: the tokenizer in"),

@@ -1,6 +1,8 @@
 """omni-eval: the paper's numbers for a checkpoint, the field's spoken-dialogue benchmarks, one report.
 
     omni-eval asr --checkpoint CKPT --librispeech /data/LibriSpeech --out RUN/eval/asr.json
+    omni-eval asr --checkpoint CKPT --librispeech /data/de/heldout --language de    # German: basic normaliser
+    omni-eval asr --checkpoint CKPT --librispeech /data/cv-ja/test.tsv --layout common-voice --language ja  # CER
     omni-eval consistency --checkpoint CKPT --whisper large-v3 --librispeech /data/LibriSpeech --splits test-clean
     omni-eval consistency --checkpoint CKPT --whisper small.pt --questions questions.txt --task T1A2
     omni-eval retention --base checkpoints/Qwen/Qwen2-0.5B --checkpoint CKPT --text heldout.jsonl
@@ -21,6 +23,11 @@ omni-train) unless --encoder / --snac name others. ``--whisper`` is a different 
 openai-whisper (a name, which whisper downloads, or a local checkpoint file) that transcribes the
 spoken answers: a whole Whisper, not an encoder trained for omni-train such as the demo's
 whisper.pt. Missing files and bad input end with one line and exit status 2.
+
+--language (a Whisper code or name; default en) picks the text normaliser of asr and consistency:
+Whisper's English one for en, its basic one otherwise; languages written without spaces (zh, yue,
+ja, th, lo, my, km, bo) are scored by CER instead of WER. consistency also has --whisper transcribe
+in that language.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whi
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
 from omni_train.data import sources
 from omni_train.data.sources.conversations import CONVERSATION_TASKS
+from omni_train.data.sources import LAYOUTS
+from omni_train.data.sources.corpora import check_layout
 from omni_train.evals import report as eval_report
 from omni_train.evals import speech_quality, spoken_qa, voicebench
 from omni_train.tasks import Task, describe_tasks
@@ -54,9 +63,15 @@ class EvalError(Exception):
 def _model_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (ours or Mini-Omni's)")
     if encoder:
-        p.add_argument("--encoder", help="the model's Whisper encoder: file or name (default: the checkpoint's)")
+        p.add_argument("--encoder", help="the model's Whisper encoder: file, name or Hugging Face folder (default: the checkpoint's)")
     p.add_argument("--device", default=evaluate.DEVICE)
     p.add_argument("--dtype", choices=list(DTYPES), help="default: the checkpoint's")
+
+
+def _language_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--language", default="en",
+                   help="the speech's language, a Whisper code or name (default en): picks the normaliser, and "
+                        "CER instead of WER for languages written without spaces (zh, ja, th, ...)")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,16 +84,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     p = sub.add_parser("asr", help="LibriSpeech WER in the paper's table form")
     _model_args(p)
-    p.add_argument("--librispeech", type=Path, required=True, help="folder holding the splits, or one split folder")
+    p.add_argument("--librispeech", type=Path, required=True,
+                   help="folder holding the splits, or one split folder (with --layout: one corpus split)")
+    p.add_argument("--layout", choices=list(LAYOUTS),
+                   help="--librispeech is a corpus split in this layout instead (Common Voice: its test.tsv)")
     p.add_argument("--splits", nargs="+", help=f"split folder names (default: {' '.join(evaluate.SPLITS)})")
     p.add_argument("--max-utterances", type=int, help="score only the first N of each split")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=256)
+    _language_arg(p)
     p.add_argument("--out", type=Path, default=Path("asr_results.json"), help="per-utterance results (JSON)")
 
     p = sub.add_parser("consistency", help="WER of the spoken answer's transcript against the text answer")
     _model_args(p)
-    p.add_argument("--whisper", required=True, help="openai-whisper model that transcribes the answers: name or file")
+    p.add_argument("--whisper", required=True, help="openai-whisper model that transcribes the answers: name, file or Hugging Face folder")
     questions = p.add_mutually_exclusive_group(required=True)
     questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
     questions.add_argument("--librispeech", type=Path, help="LibriSpeech utterances as questions")
@@ -89,6 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-items", type=int, help="answer only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=1024)
+    _language_arg(p)
     p.add_argument("--out", type=Path, default=Path("consistency_results.json"), help="per-item results (JSON)")
 
     p = sub.add_parser("retention", help="text perplexity of the base LLM and the trained model, side by side")
@@ -112,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tasks = [t.value for t in spoken_qa.TASKS]
     p.add_argument("--tasks", nargs="+", choices=tasks, default=tasks,
                    help="A1T2: answer in text; A1A2: answer in speech, transcribed by --whisper (default: both)")
-    p.add_argument("--whisper", help="openai-whisper model that transcribes the A1A2 answers: name or file")
+    p.add_argument("--whisper", help="openai-whisper model that transcribes the A1A2 answers: name, file or Hugging Face folder")
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     p.add_argument("--max-items", type=int, help="answer only the first N questions of each set")
     p.add_argument("--batch-size", type=int, default=8)
@@ -219,7 +239,14 @@ def _missing(root: Path, names: list[str]) -> str:
 
 # ---- commands -----------------------------------------------------------------------------------
 def run_asr(args) -> dict:
-    splits, missing = evaluate.find_splits(args.librispeech, args.splits)
+    metric = evaluate.scoring(args.language).metric  # an unknown language fails before any model loads
+    if args.layout:  # one corpus split, named by its file or folder
+        if args.splits:
+            raise EvalError("--splits picks LibriSpeech split folders; with --layout, --librispeech is the one split")
+        splits, missing = {args.librispeech.stem: args.librispeech}, []
+        check_layout(args.layout, args.librispeech)
+    else:
+        splits, missing = evaluate.find_splits(args.librispeech, args.splits)
     if not splits or (args.splits and missing):
         raise EvalError(_missing(args.librispeech, missing))
     if missing:
@@ -230,12 +257,19 @@ def run_asr(args) -> dict:
     out = {"checkpoint": name, "splits": {}}
     for split, folder in splits.items():
         result = evaluate.asr_split(
-            model, encoder, tokenizer, folder, args.max_utterances, args.batch_size, args.max_new_tokens, desc=split
-        )
+            model, encoder, tokenizer, folder, args.max_utterances, args.batch_size, args.max_new_tokens, desc=split,
+            language=args.language, layout=args.layout,
+        )  # fmt: skip
         out["splits"][split] = result
+        if result.get("left_out"):
+            print(f"omni-eval asr: note: {split}: {result['left_out']} clips left out (no audio, no text or an "
+                  f"unreadable line)", file=sys.stderr)  # fmt: skip
         _write_json(args.out, out)  # after every split: a long evaluation keeps what it finished
-        print(f"{split}: WER {result['wer']:.2f} on {result['n']} utterances", file=sys.stderr)
-    out["table"] = evaluate.wer_table({name: {s: r["wer"] for s, r in out["splits"].items()}})
+        print(f"{split}: {metric.upper()} {result[metric]:.2f} on {result['n']} utterances", file=sys.stderr)
+    scores = {name: {s: r[metric] for s, r in out["splits"].items()}}
+    # the paper's rows are English WER: beside another language's numbers they would only mislead
+    english = evaluate.scoring(args.language).language == "en"
+    out["table"] = evaluate.wer_table(scores, published=english, metric=metric)
     _write_json(args.out, out)
     print(out["table"])
     print(f"per-utterance results: {args.out}", file=sys.stderr)
@@ -243,6 +277,7 @@ def run_asr(args) -> dict:
 
 
 def run_consistency(args) -> dict:
+    metric = evaluate.scoring(args.language).metric  # an unknown language fails before any model loads
     if args.questions:
         questions = evaluate.read_questions(args.questions)[: args.max_items]
     else:
@@ -256,14 +291,15 @@ def run_consistency(args) -> dict:
     encoder = _load_encoder(args) if task.audio_in else None
     codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
     result = evaluate.consistency(
-        model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers"
-    )
+        model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers",
+        language=args.language,
+    )  # fmt: skip
     result = {"checkpoint": str(args.checkpoint), "whisper": args.whisper, "task": task.value, **result}
     _write_json(args.out, result)
-    number = "-" if result["wer"] is None else f"{result['wer']:.2f}"
-    if result["wer"] is None:
+    number = "-" if result[metric] is None else f"{result[metric]:.2f}"
+    if result[metric] is None:
         print("omni-eval consistency: note: no text answer had words to score against", file=sys.stderr)
-    print(f"| model | task | answers | scored | speech-text WER |\n|---|---|---|---|---|\n"
+    print(f"| model | task | answers | scored | speech-text {metric.upper()} |\n|---|---|---|---|---|\n"
           f"| {args.checkpoint} | {task.value} | {result['n']} | {result['scored']} | {number} |")  # fmt: skip
     print(f"per-item results: {args.out}", file=sys.stderr)
     return result

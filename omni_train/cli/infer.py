@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path,
                         help="write the spoken answer here (wav); without it no audio is decoded. "
                              "--interactive: a folder for turn-NN.wav (default: omni-infer-turns)")  # fmt: skip
-    parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: the checkpoint's)")
+    parser.add_argument("--whisper", help="Whisper checkpoint file, name or Hugging Face folder (default: the checkpoint's)")
     parser.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     parser.add_argument("--pad-to-30s", action=argparse.BooleanOptionalAction, default=None,
                         help="pad Whisper's input to 30 s as Mini-Omni does (default: as the checkpoint was trained)")

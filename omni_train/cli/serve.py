@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (ours or Mini-Omni's)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--whisper", help="Whisper checkpoint file or name (default: the checkpoint's)")
+    parser.add_argument("--whisper", help="Whisper checkpoint file, name or Hugging Face folder (default: the checkpoint's)")
     parser.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     parser.add_argument(
         "--pad-to-30s",

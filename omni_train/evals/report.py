@@ -40,7 +40,7 @@ def classify(data) -> str | None:
         return "asr"
     if isinstance(data.get("perplexity"), dict):
         return "retention"
-    if "task" in data and "wer" in data and isinstance(data.get("items"), list):
+    if "task" in data and data.get("metric", "wer") in data and isinstance(data.get("items"), list):
         return "consistency"
     return None
 
@@ -71,6 +71,12 @@ def _model_name(checkpoint: str, folder: Path) -> str:
         return checkpoint
 
 
+def _scored(name: str, result: dict) -> str:
+    """A column (split, task) named with its metric where that is not WER: CER for languages without spaces."""
+    metric = result.get("metric", "wer")
+    return name if metric == "wer" else f"{name} ({metric.upper()})"
+
+
 def build(folder: str | Path) -> dict:
     """The report of every result under `folder`: per section this run's rows, the published rows
     with their sources, and the markdown of it all (``markdown``)."""
@@ -87,10 +93,12 @@ def build(folder: str | Path) -> dict:
         model = _model_name(str(data["checkpoint"]), folder)
         report["files"].append({"file": str(f.relative_to(folder)), "command": kind, "checkpoint": model})
         if kind == "asr":
-            report["asr"].setdefault(model, {}).update({s: r["wer"] for s, r in data["splits"].items()})
+            report["asr"].setdefault(model, {}).update({_scored(s, r): r[r.get("metric", "wer")]
+                                                        for s, r in data["splits"].items()})  # fmt: skip
         elif kind == "consistency":
-            kept = {k: data.get(k) for k in ("wer", "n", "scored", "whisper")}
-            report["consistency"].setdefault(model, {})[data["task"]] = kept
+            kept = {k: data.get(k) for k in ("n", "scored", "whisper")}
+            kept["wer"] = data.get(data.get("metric", "wer"))
+            report["consistency"].setdefault(model, {})[_scored(data["task"], data)] = kept
         elif kind == "retention":
             report["retention"][model] = {k: data[k] for k in ("base", "perplexity", "ratio_to_base", "tokens")}
         elif kind == "spoken-qa":

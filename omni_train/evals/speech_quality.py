@@ -70,7 +70,7 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def measure_one(model, encoder, tokenizer, codec, question: Question, task: Task, **kwargs) -> dict:
     """Stream one answer; returns its text, speech (``wave``), TTFA, wall time and seconds of speech."""
-    device = model.lm_head.weight.device
+    device = model.device
     source = {"audio": question.audio} if task.audio_in else {"text": question.text}
     _sync(device)
     start = time.perf_counter()

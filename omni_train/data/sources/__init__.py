@@ -37,11 +37,14 @@ answered turn is a sample whose earlier turns are its history.
 
 `files.read_rows` reads parquet and JSONL for any table source (only the needed columns; sharded;
 unreadable rows come back as `BadRow` values); `librispeech.utterances` scans LibriSpeech-layout
-folders for the training source, omni-prep and the evaluations alike.
+folders for the training source, omni-prep and the evaluations alike; `corpora.clips` lists the
+clips of the other layouts speech corpora ship in (LJSpeech, Common Voice, MLS, LibriTTS, VCTK, a
+folder of audio/txt pairs), which `corpora.corpus` reads as ASR and TTS samples.
 """
 
 from omni_train.data.sources.base import BadRow, MissingColumnError, Row, Source, check_tasks, to_audio, to_frames
 from omni_train.data.sources.conversations import conversations, read_conversation
+from omni_train.data.sources.corpora import LAYOUTS, Clip, clips, corpus
 from omni_train.data.sources.files import TABLE_EXTS, first_object, read_rows, resolve_files, text_line
 from omni_train.data.sources.hf import hf_asr
 from omni_train.data.sources.librispeech import AUDIO_EXTS, Utterance, is_librispeech, librispeech, utterances
@@ -49,8 +52,10 @@ from omni_train.data.sources.tables import asr_manifest, moss_audioqa, open_orca
 
 __all__ = [
     "AUDIO_EXTS",
+    "LAYOUTS",
     "TABLE_EXTS",
     "BadRow",
+    "Clip",
     "MissingColumnError",
     "Row",
     "Source",
@@ -58,6 +63,8 @@ __all__ = [
     "asr_manifest",
     "check_tasks",
     "conversations",
+    "clips",
+    "corpus",
     "first_object",
     "hf_asr",
     "is_librispeech",

@@ -8,30 +8,24 @@ agree on which utterances a folder holds and in which order.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from omni_train.data.samples import Sample
 from omni_train.data.skips import SkipCounter
-from omni_train.data.snac_format import SnacFormatError
-from omni_train.data.sources.base import BadRow, Row, Source, check_tasks, to_frames
+from omni_train.data.sources.base import BadRow, Row, Source, check_tasks
 from omni_train.data.sources.files import (
     TABLE_EXTS,
     PathLike,
     check_columns,
     existing,
     first_readable,
-    read_rows,
     resolve_files,
     text_line,
 )
-from omni_train.data.sources.tables import asr_sample
+from omni_train.data.sources.tables import asr_sample, load_code_map, tts_sample
 from omni_train.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -132,7 +126,7 @@ def _samples(src: Source, root, tasks, code_files, id_column, snac_column) -> It
     if code_files is not None:
         key = ("codes", src.shard)
         if key not in src.cache:  # only this shard's utterances: memory and parsing split across workers
-            src.cache[key] = _load_code_map(code_files, id_column, snac_column, {u.id for u in mine})
+            src.cache[key] = load_code_map(code_files, id_column, snac_column, {u.id for u in mine})
         codes = src.cache[key]
     for u in mine:
         if u.error is not None:  # an unreadable transcript line: each of its tasks' attempts is a counted skip
@@ -144,36 +138,7 @@ def _samples(src: Source, root, tasks, code_files, id_column, snac_column) -> It
             if task is Task.A1T1:
                 build = partial(asr_sample, r, "audio", "text", src.name, u.id)
             else:
-                build = partial(_tts_sample, r, codes, u.id, src.name)
+                build = partial(tts_sample, r, codes, u.id, src.name)
             sample = src.make(u.id, task, build)
             if sample is not None:
                 yield sample
-
-
-def _tts_sample(r: Row, codes: dict, utt: str, source: str) -> Sample:
-    text = r.text("text")
-    entry = codes.get(utt)
-    if entry is None:
-        raise BadRow("no tts codes")
-    if isinstance(entry, str):  # the parse error, kept from loading time
-        raise BadRow("bad tts codes", entry)
-    frames = torch.from_numpy(entry.astype(np.int64))
-    return Sample(Task.T1A2, answer_text=text, question_text=text, answer_frames=frames, source=source, row=utt)
-
-
-def _load_code_map(files: list[Path], id_column: str, snac_column: str, ids: set[str]) -> dict[str, np.ndarray | str]:
-    """id -> ``(N, 7)`` int16 codes for the given ids, or the parse error's message (reported when the row comes up).
-
-    Stored as int16 (codes < 4096), 14 bytes a frame: all of LibriSpeech 960 h (~40 M frames at
-    ~11.7 frames/s) would take ~0.6 GB, a third of its strings, and each shard keeps only its own share.
-    """
-    start, out = time.perf_counter(), {}
-    for _, _, values in read_rows(files, [id_column, snac_column], batch_size=1024):
-        if isinstance(values, BadRow) or str(values.get(id_column)) not in ids:
-            continue
-        try:
-            out[str(values[id_column])] = to_frames(values.get(snac_column)).numpy().astype(np.int16)
-        except SnacFormatError as err:
-            out[str(values[id_column])] = str(err)
-    log.info("loaded SNAC codes of %d utterances in %.1f s", len(out), time.perf_counter() - start)
-    return out

@@ -7,14 +7,20 @@ columns, their tasks and how they name a row.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from omni_train.data.samples import Sample
 from omni_train.data.skips import SkipCounter
-from omni_train.data.sources.base import BadRow, Row, Source, check_tasks
+from omni_train.data.snac_format import SnacFormatError
+from omni_train.data.sources.base import BadRow, Row, Source, check_tasks, to_frames
 from omni_train.data.sources.files import (
     TABLE_EXTS,
     PathLike,
@@ -26,10 +32,42 @@ from omni_train.data.sources.files import (
 )
 from omni_train.tasks import Task
 
+log = logging.getLogger(__name__)
+
 
 def asr_sample(r: Row, audio_col: str, text_col: str, source: str, row) -> Sample:
     text = r.text(text_col)
     return Sample(Task.A1T1, answer_text=text, question_audio=r.audio(audio_col), source=source, row=row)
+
+
+def tts_sample(r: Row, codes: dict, utt: str, source: str) -> Sample:
+    """A T1A2 sample: the row's text spoken as the codes `load_code_map` found for `utt`."""
+    text = r.text("text")
+    entry = codes.get(utt)
+    if entry is None:
+        raise BadRow("no tts codes")
+    if isinstance(entry, str):  # the parse error, kept from loading time
+        raise BadRow("bad tts codes", entry)
+    frames = torch.from_numpy(entry.astype(np.int64))
+    return Sample(Task.T1A2, answer_text=text, question_text=text, answer_frames=frames, source=source, row=utt)
+
+
+def load_code_map(files: list[Path], id_column: str, snac_column: str, ids: set[str]) -> dict[str, np.ndarray | str]:
+    """id -> ``(N, 7)`` int16 codes for the given ids, or the parse error's message (reported when the row comes up).
+
+    Stored as int16 (codes < 4096), 14 bytes a frame: all of LibriSpeech 960 h (~40 M frames at
+    ~11.7 frames/s) would take ~0.6 GB, a third of its strings, and each shard keeps only its own share.
+    """
+    start, out = time.perf_counter(), {}
+    for _, _, values in read_rows(files, [id_column, snac_column], batch_size=1024):
+        if isinstance(values, BadRow) or str(values.get(id_column)) not in ids:
+            continue
+        try:
+            out[str(values[id_column])] = to_frames(values.get(snac_column)).numpy().astype(np.int16)
+        except SnacFormatError as err:
+            out[str(values[id_column])] = str(err)
+    log.info("loaded SNAC codes of %d utterances in %.1f s", len(out), time.perf_counter() - start)
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,277 @@
+"""Train the demo's tiny SNAC codec (``omni_train/demo_data/snac``) on the demo's training speech.
+
+    python data_prep/train_demo_snac.py [--out omni_train/demo_data/snac] [--steps 1200] [--seed 0]
+
+Mini-Omni speaks through the pretrained ``hubertsiuzdak/snac_24khz``, which cannot be downloaded
+here. This script trains a small one from scratch on CPU: `snac.SNAC` itself, with the 24 kHz
+model's frame layout (hop 512, three codebooks of 4096 at strides 4, 2, 1, so a coarse frame is 7
+codes in `omni_train.vocab.FRAME_ORDER`), but far fewer channels. The objective is SNAC's (after
+DAC) without the adversarial part: multi-scale log-mel L1, waveform L1, codebook and commitment
+losses. Without a discriminator the phase is only roughly right (the speech sounds buzzy), but
+the spectrum, and with it what is said, comes through.
+
+The training speech is the demo's training sentences only (``make_demo_data.make_sentences`` with
+the same seed and count as the shipped set; ``asr/heldout`` sentences are never seen), plus every
+answer the voice assistant can give, all spoken by the voice assistant's fixed voice: the only
+voice the demo model learns to speak in. One voice, not the 8 ASR voices as well, because the CPU
+time buys about two passes over one voice's speech and under one over nine voices', and an
+undertrained codec is unintelligible (its round trip on the other voices is measured, not aimed
+for). Needs espeak-ng, like ``make_demo_data.py``.
+
+Only the first ``--codes`` rows of each codebook are ever used: the demo's tiny LLM has to learn
+to predict these codes in minutes, and a few hundred distinct sounds a level are plenty for one
+synthetic voice. The other rows are copies of used ones, which SNAC's nearest-code search (first
+of equals) never returns. The rows in use start at encoder outputs of the training speech.
+
+The run is deterministic for a seed on one CPU thread (same torch). It prints the held-out
+sentences' mel distance (assistant voice) at the end; the recogniser's CER on re-synthesised
+held-out speech comes from ``data_prep/eval_demo_snac.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio.transforms as AT
+
+from make_demo_data import ASSISTANT, IDENTITY, SNAC_RATE, make_sentences, qa_pool, resample, speak_all
+from omni_train.audio import SnacCodec
+
+TINY_SNAC = dict(
+    sampling_rate=SNAC_RATE,
+    encoder_dim=8,  # latent_dim = 8 * 2**4 = 128 (snac_24khz: 48 -> 768)
+    encoder_rates=[2, 4, 8, 8],  # hop 512 as snac_24khz: 2048 samples (~85 ms) per coarse frame
+    latent_dim=None,
+    decoder_dim=128,  # snac_24khz: 1024
+    decoder_rates=[8, 8, 4, 2],
+    attn_window_size=None,  # snac_24khz has local attention; convolutions are enough here
+    codebook_size=4096,  # the token layout reserves 4096 codes a layer
+    codebook_dim=8,
+    vq_strides=[4, 2, 1],  # 1 + 2 + 4 = 7 codes a coarse frame
+    noise=True,
+    depthwise=True,
+)
+
+# DAC's multi-scale mel loss: 7 STFT windows, each with its own number of mel bands.
+MEL_WINDOWS = [32, 64, 128, 256, 512, 1024, 2048]
+MEL_BANDS = [5, 10, 20, 40, 80, 160, 320]
+# DAC's weights (mel 15, commitment 0.25, codebook 1); waveform L1 as in SNAC's reconstruction loss.
+W_MEL, W_WAVE, W_COMMIT, W_CODEBOOK = 15.0, 1.0, 0.25, 1.0
+
+
+class MultiScaleMelLoss(torch.nn.Module):
+    """Mean over scales of the L1 distance between log10 mel magnitudes (DAC's ``MelSpectrogramLoss``).
+
+    DAC floors magnitudes at 1e-5, which suits recordings. espeak-ng's pauses are digital silence,
+    though: against that floor, output noise at -60 dB costs about 0.5, more than most speech
+    errors, and training spends itself on making silence silent. Here each scale's floor is the
+    magnitude of white noise at `floor_db` instead, so anything quieter counts as silence.
+    """
+
+    def __init__(self, sample_rate: int, floor_db: float = -60.0) -> None:
+        super().__init__()
+        self.mels = torch.nn.ModuleList(
+            AT.MelSpectrogram(sample_rate, n_fft=w, hop_length=w // 4, n_mels=m, power=1.0, center=True)
+            for w, m in zip(MEL_WINDOWS, MEL_BANDS)
+        )
+        noise = 10 ** (floor_db / 20) * torch.randn(1, sample_rate, generator=torch.Generator().manual_seed(0))
+        self.floors = [float(mel(noise).mean()) for mel in self.mels]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x, y: ``(B, S)`` audio -> scalar loss."""
+        loss = 0.0
+        for mel, floor in zip(self.mels, self.floors):
+            loss = loss + F.l1_loss(mel(x).clamp(min=floor).log10(), mel(y).clamp(min=floor).log10())
+        return loss / len(self.mels)
+
+
+def quantize(model, z: torch.Tensor, n_codes: int):
+    """SNAC's residual quantization (`ResidualVectorQuantize.forward`), with its training losses.
+
+    The same modules and arithmetic as SNAC's own forward (pool by the level's stride, project,
+    nearest code by cosine on L2-normalised vectors, straight-through, project back, repeat),
+    except that only the first ``n_codes`` codebook rows are searched.
+
+    Args:
+        z: ``(B, latent_dim, T)`` encoder output.
+
+    Returns:
+        z_q ``(B, latent_dim, T)``, commitment loss, codebook loss, and per level the codes
+        ``(B, T / stride)`` and the projected latents ``(B * T / stride, codebook_dim)``.
+    """
+    z_q, residual = 0.0, z
+    commit = codebook_loss = 0.0
+    codes, latents = [], []
+    for q in model.quantizer.quantizers:
+        r = F.avg_pool1d(residual, q.stride, q.stride) if q.stride > 1 else residual
+        z_e = q.in_proj(r)  # (B, D, T / stride)
+        flat = z_e.transpose(1, 2).reshape(-1, z_e.size(1))  # (B * T / stride, D)
+        rows = q.codebook.weight[:n_codes]  # (n_codes, D)
+        idx = (F.normalize(flat.detach()) @ F.normalize(rows.detach()).T).argmax(dim=1)  # (B * T / stride,)
+        chosen = rows[idx].view(z_e.size(0), -1, z_e.size(1)).transpose(1, 2)  # (B, D, T / stride)
+        commit = commit + F.mse_loss(z_e, chosen.detach())
+        codebook_loss = codebook_loss + F.mse_loss(chosen, z_e.detach())
+        out = q.out_proj(z_e + (chosen - z_e).detach())  # straight-through
+        if q.stride > 1:
+            out = out.repeat_interleave(q.stride, dim=-1)
+        z_q = z_q + out
+        residual = residual - out
+        codes.append(idx.view(z_e.size(0), -1))
+        latents.append(flat.detach())
+    return z_q, commit, codebook_loss, codes, latents
+
+
+def seal_codebooks(model, n_codes: int) -> None:
+    """Rows past ``n_codes`` become copies of used rows: the nearest-code search returns the first of equals."""
+    with torch.no_grad():
+        for q in model.quantizer.quantizers:
+            w = q.codebook.weight
+            w[n_codes:] = w[:n_codes].repeat(math.ceil(w.size(0) / n_codes), 1)[: w.size(0) - n_codes]
+
+
+def training_speech(seed: int, n_train: int, workers: int) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    """The demo's training sentences (same seed and count as make_demo_data) and every assistant answer, in its voice.
+
+    Returns:
+        24 kHz clips ``(S,)``, the training sentences, and the held-out ones (for the final check only).
+    """
+    train, heldout = make_sentences(random.Random(seed), n_train, 40)
+    answers = sorted({a for _, a in qa_pool()} | {a for _, a in IDENTITY})
+    jobs = [(s, ASSISTANT) for s in train + answers]
+    print(f"speaking {len(jobs)} training utterances with espeak-ng ...", flush=True)
+    clips = [resample(a, r, SNAC_RATE) for a, r in speak_all(jobs, workers)]
+    return clips, train, heldout
+
+
+def crops(audio: torch.Tensor, batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """``batch`` random windows of ``length`` samples from the concatenated speech -> ``(B, 1, length)``."""
+    starts = torch.randint(0, audio.numel() - length, (batch,), generator=gen)
+    return torch.stack([audio[s : s + length] for s in starts.tolist()])[:, None, :]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "omni_train" / "demo_data" / "snac")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=0.34, help="length of a training window (whole coarse frames)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--codes", type=int, default=512, help="codebook rows in use per level (of 4096)")
+    parser.add_argument("--train", type=int, default=1200, help="training sentences (make_demo_data's --train)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: deterministic)")
+    parser.add_argument("--workers", type=int, default=2, help="espeak-ng processes at a time")
+    parser.add_argument("--save-every", type=int, default=0, help="also write the codec every N steps (to listen)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    clips, train, heldout = training_speech(args.seed, args.train, args.workers)
+    gap = torch.zeros(SNAC_RATE // 10)
+    audio = torch.cat([t for c in clips for t in (c, gap)])  # one stream; windows may span two clips
+    print(f"{len(clips)} clips, {audio.numel() / SNAC_RATE / 60:.1f} min of speech", flush=True)
+
+    codec = SnacCodec.from_config(TINY_SNAC)
+    model = codec.model.train()
+    model.requires_grad_(True)
+    params = sum(p.numel() for p in model.parameters())
+    mel_loss = MultiScaleMelLoss(SNAC_RATE)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
+    length = round(args.seconds * SNAC_RATE / 2048) * 2048  # whole coarse frames: no padding inside SNAC
+    usage = [torch.zeros(args.codes) for _ in model.quantizer.quantizers]
+    init_codebooks(model, audio, length, args.codes, gen)
+    start, cpu = time.time(), time.process_time()
+    logged = torch.zeros(3)  # mel, wave, commitment summed since the last log line
+    for step in range(1, args.steps + 1):
+        x = crops(audio, args.batch_size, length, gen)  # (B, 1, S)
+        z = model.encoder(x)  # (B, latent_dim, S / 512)
+        z_q, commit, cb, codes, latents = quantize(model, z, args.codes)
+        y = model.decoder(z_q)  # (B, 1, S)
+        mel = mel_loss(y[:, 0], x[:, 0])
+        wave = F.l1_loss(y, x)
+        loss = W_MEL * mel + W_WAVE * wave + W_COMMIT * commit + W_CODEBOOK * cb
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e3)
+        opt.step()
+        sched.step()
+        logged += torch.tensor([mel.item(), wave.item(), commit.item()])
+        for u, c in zip(usage, codes):
+            u += torch.bincount(c.reshape(-1), minlength=args.codes)
+        if step % 100 == 0:
+            resets = restart_dead_codes(model, usage, latents, gen) if step <= 0.8 * args.steps else 0
+            used = "/".join(str(int((u > 0).sum())) for u in usage)
+            m, w, c = (logged / 100).tolist()
+            logged.zero_()
+            print(f"step {step}: mel {m:.3f} wave {w:.4f} commit {c:.4f} "
+                  f"codes used {used}, {resets} reset "
+                  f"({time.time() - start:.0f} s, cpu {time.process_time() - cpu:.0f} s)",
+                  flush=True)
+            usage = [torch.zeros_like(u) for u in usage]
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            seal_codebooks(model, args.codes)  # harmless mid-training: only the first rows are searched
+            codec.save_pretrained(args.out)
+
+    minutes, cpu_minutes = (time.time() - start) / 60, (time.process_time() - cpu) / 60
+    seal_codebooks(model, args.codes)
+    codec.save_pretrained(args.out)
+    codec = SnacCodec.from_pretrained(args.out)
+    print(f"trained {params / 1e6:.2f} M parameters for {args.steps} steps in {minutes:.1f} min "
+          f"({cpu_minutes:.1f} CPU min); "
+          f"wrote {args.out} ({(args.out / 'pytorch_model.bin').stat().st_size / 1e6:.1f} MB)")
+    report(codec, clips[: len(train)], heldout, mel_loss, args.workers)
+
+
+def init_codebooks(model, audio: torch.Tensor, length: int, n_codes: int, gen: torch.Generator) -> None:
+    """Codebook rows start at encoder outputs of random windows, level by level.
+
+    Random rows leave most codes dead: a random encoder's outputs all point nearly one way, and only
+    the few rows near that direction are ever chosen.
+    """
+    windows = 2 * math.ceil(n_codes / (length // 2048))  # twice as many coarse frames as rows to fill
+    with torch.no_grad():
+        z = model.encoder(crops(audio, windows, length, gen))  # (windows, latent_dim, T)
+        for level, q in enumerate(model.quantizer.quantizers):  # a level's inputs depend on the levels above
+            latents = quantize(model, z, n_codes)[4][level]  # (windows * T / stride, codebook_dim)
+            q.codebook.weight[:n_codes] = latents[torch.randperm(latents.size(0), generator=gen)[:n_codes]]
+
+
+def restart_dead_codes(model, usage: list[torch.Tensor], latents: list[torch.Tensor], gen: torch.Generator) -> int:
+    """Rows unused since the last call move to random encoder outputs of this step (SoundStream's dead-code restart).
+
+    Without it the encoder soon settles on a few dozen codes a level and the decoder, told little,
+    learns an average sound.
+    """
+    n = 0
+    with torch.no_grad():
+        for q, u, lat in zip(model.quantizer.quantizers, usage, latents):
+            dead = torch.nonzero(u == 0).reshape(-1)
+            q.codebook.weight[dead] = lat[torch.randint(0, lat.size(0), (len(dead),), generator=gen)]
+            n += len(dead)
+    return n
+
+
+def report(codec: SnacCodec, train_clips, heldout: list[str], mel_loss, workers: int) -> None:
+    """Mel distance of the codec round trip on training and held-out sentences (assistant voice), codes in use."""
+    held = [resample(a, r, SNAC_RATE) for a, r in speak_all([(s, ASSISTANT) for s in heldout], workers)]
+    for name, clips in (("train", train_clips[:40]), ("held-out", held)):
+        dist = []
+        for c in clips:
+            y = codec.decode(codec.encode(c))[: c.numel()]
+            dist.append(mel_loss(y[None], c[None]).item())
+        print(f"{name} sentences (assistant voice): mel distance {sum(dist) / len(dist):.3f}")
+    codes = torch.cat([codec.encode(c) for c in held])  # (N, 7)
+    print("distinct codes in held-out frames per level:", [len(torch.unique(codes[:, j])) for j in range(7)],
+          f"max {int(codes.max())}")
+
+
+if __name__ == "__main__":
+    main()
