@@ -256,9 +256,10 @@ def resolved_model(m: ModelConfig, bundle: ModelBundle, requested: Collection[st
 
 # ---- the data ------------------------------------------------------------------------------------
 def build_source(name: str, spec: Any, tasks: list[str] | None):
-    """One `Source` from its config entry (``_target_`` + arguments + ``tasks``/``weight``)."""
+    """One `Source` from its config entry (``_target_`` + arguments + ``tasks``/``weight``/``stages``)."""
     spec = dict(plain(spec))
     spec.pop("weight", None)
+    spec.pop("stages", None)
     declared = spec.pop("tasks", None)
     if "_target_" not in spec:
         raise ConfigError(f"data source {name!r} has no _target_ (a factory of omni_train.data.sources)")
@@ -270,13 +271,25 @@ def build_source(name: str, spec: Any, tasks: list[str] | None):
 
 
 def build_sources(cfg: DictConfig, stage: str) -> tuple[dict, dict]:
-    """One source per (data source, task of the stage it feeds); a task's share is split by source weight."""
+    """One source per (data source, task of the stage it feeds); a task's share is split by source weight.
+
+    A source feeds every stage that has one of its tasks, or only those its ``stages`` list names
+    (e.g. conversations in fine-tuning only).
+    """
     tasks = plain(cfg.stages[stage].tasks)
     for task in tasks:
         if task not in Task.__members__:
             raise ConfigError(f"stages.{stage}.tasks: unknown task {task!r} (tasks: {', '.join(Task.__members__)})")
     feeders: dict[str, list[tuple[str, Any]]] = {t: [] for t in tasks}
     for name, spec in cfg.data.sources.items():
+        only = spec.get("stages")
+        if only is not None:
+            only = [only] if isinstance(only, str) else list(only)
+            if unknown := [s for s in only if s not in STAGES]:
+                choices = ", ".join(STAGES)
+                raise ConfigError(f"data.sources.{name}.stages: unknown stage {unknown[0]!r} (stages: {choices})")
+            if stage not in only:
+                continue
         for task in spec.get("tasks") or []:
             if task in feeders:
                 feeders[task].append((name, spec))

@@ -3,6 +3,8 @@
 - ASR WER on LibriSpeech-layout folders, in the paper's table form (`asr_split`, `wer_table`);
 - speech-text consistency: WER of a Whisper transcript of the spoken answer against the model's
   own text answer, Mini-Omni's weak point (`consistency`);
+- conversations: the answers to the last turns of held-out conversations against their references,
+  in text and, through a Whisper transcript, in speech (`dialogue`);
 - text retention: perplexity of the base LLM and of the trained model on the same text (`retention`);
 - the per-task loss curves of a run's stages on one figure (`plot_losses`);
 - a spoken answer written to wav (`speak`, for training runs).
@@ -37,11 +39,20 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from omni_train.audio import WHISPER_SAMPLE_RATE, AudioError, SnacCodec, load_audio, save_wav
 from omni_train.checkpoints import ModelBundle
 from omni_train.config import EvalConfig
-from omni_train.data.collator import build_prompt
-from omni_train.data.samples import Encoded
+from omni_train.data.collator import build_prompt, drop_oldest_turns
+from omni_train.data.samples import Encoded, Sample
 from omni_train.data.sources import clips, utterances
 from omni_train.demo_asr import DemoRecognizer, normalize
-from omni_train.generate import Answer, answer, decode_text, encode_speech, generate, transcribe
+from omni_train.generate import (
+    Answer,
+    answer,
+    answer_room,
+    decode_text,
+    encode_history,
+    encode_speech,
+    generate,
+    transcribe,
+)
 from omni_train.model import OmniGPT
 from omni_train.tasks import Task
 from omni_train.vocab import PAD_A
@@ -619,3 +630,81 @@ def plot_losses(run_dir: str | Path, out: str | Path) -> list[dict]:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     return stages
+
+
+# ---- conversations -----------------------------------------------------------------------------
+def same_answer(reference: str, hypothesis: str) -> bool:
+    """Whether an answer is right: the reference's words exactly, after Whisper's English normaliser."""
+    return _normalize(reference).split() == _normalize(hypothesis).split()
+
+
+def _question(s: Sample, task: Task) -> str:
+    """What was asked, for the results: the text, or the audio's file (with the file's text when it has one)."""
+    if not task.audio_in:
+        return s.question_text
+    where = str(s.question_audio.path) if s.question_audio.path is not None else repr(s.question_audio)
+    return f"{where} ({s.question_text})" if s.question_text else where
+
+
+@torch.inference_mode()
+def dialogue(
+    model: OmniGPT, encoder, tokenizer, samples: list[Sample], task: Task | str, *, history: bool = True,
+    codec: SnacCodec | None = None, judge=None, batch_size: int = 8, max_new_tokens: int = 256,
+    desc: str | None = None,
+) -> dict:  # fmt: skip
+    """Answer the last turns of held-out conversations and score them against their references.
+
+    Each sample is a conversation's last turn (`sources.conversations(..., turns="last")`): its
+    earlier turns, as the file has them, are the history (the oldest give way when the prompt would
+    leave fewer than `answer_room` steps), unless `history` is False, which asks the question alone,
+    as a single-turn model would see it. Scored: text WER against the reference answer and how many
+    answers are exactly right (`same_answer`); for a spoken answer with `codec` and `judge` (an
+    openai-whisper model), the WER of the judge's transcript against the reference too.
+
+    Returns:
+        ``{"task", "history", "n", "right", "accuracy", "wer", "spoken_wer", "items": [...]}``;
+        ``spoken_wer`` is None without a spoken answer to judge.
+    """
+    task, vocab = Task(task), model.config.vocab
+    room = answer_room(model, max_new_tokens)
+    items = []
+    for start in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch", disable=desc is None):
+        batch = samples[start : start + batch_size]
+        encs = [Encoded(task, [], history=encode_history(tokenizer, s.history) if history else []) for s in batch]
+        features = frames = None
+        if task.audio_in:
+            waves = [load_audio(s.question_audio, WHISPER_SAMPLE_RATE) for s in batch]
+            features, frames = encode_speech(encoder, waves)
+            for e, T in zip(encs, frames.tolist()):
+                e.audio_frames = T
+        else:
+            for e, s in zip(encs, batch):
+                e.question_ids = tokenizer.encode(s.question_text, bos=False, eos=False).tolist()
+        for e in encs:
+            drop_oldest_turns(e, model.max_seq_length, room)
+        prompts = [build_prompt(e, vocab) for e in encs]
+        answers = generate(model, prompts, task, features, frames, max_new_tokens=max_new_tokens)
+        for s, e, g in zip(batch, encs, answers):
+            text = decode_text(tokenizer, g.text_tokens)
+            item = {
+                "id": s.row, "history": [list(t) for t in s.history[e.dropped_turns :]] if history else [],
+                "question": _question(s, task), "reference": s.answer_text,
+                "text": text, "right": same_answer(s.answer_text, text), "wer": round(error_rate([s.answer_text], [text]), 2),
+            }  # fmt: skip
+            if task.audio_out and codec is not None and judge is not None:
+                wave = codec.decode(g.frames.to(codec.device)) if g.frames.size(0) else torch.zeros(0)
+                item["transcript"] = transcribe_speech(judge, wave, codec.sample_rate)
+                item["spoken_wer"] = round(error_rate([s.answer_text], [item["transcript"]]), 2)
+            items.append(item)
+    if not items:
+        raise ValueError("no conversation to score")
+    right = sum(i["right"] for i in items)
+    spoken = [i for i in items if "transcript" in i]
+    spoken_wer = error_rate([i["reference"] for i in spoken], [i["transcript"] for i in spoken]) if spoken else None
+    return {
+        "task": task.value, "history": history, "n": len(items), "right": right,
+        "accuracy": round(100.0 * right / len(items), 2),
+        "wer": round(error_rate([i["reference"] for i in items], [i["text"] for i in items]), 2),
+        "spoken_wer": None if spoken_wer is None else round(spoken_wer, 2),
+        "items": items,
+    }  # fmt: skip

@@ -1,4 +1,5 @@
-"""Decoding with litgpt's KV cache: all five tasks, batched rows, batch-parallel and streamed speech.
+"""Decoding with litgpt's KV cache: all five tasks, batched rows, batch-parallel and streamed speech,
+and conversations (earlier turns as text before the question, DESIGN.md "Conversations").
 
 One step reads one column of 8 tokens per row and predicts the next column. Text leads; a spoken
 answer follows it in the 7 audio layers with the delay of DESIGN.md (layer i starts i+1 steps after
@@ -24,18 +25,20 @@ row computes what it would alone.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, WhisperEncoder, load_audio, log_mel, whisper_frames
-from omni_train.data.collator import build_prompt
-from omni_train.data.samples import Encoded
+from omni_train.data.collator import build_prompt, drop_oldest_turns
+from omni_train.data.samples import Encoded, Turn
 from omni_train.model import OmniGPT
 from omni_train.tasks import Task
-from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, Vocab, remove_delay
+from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, TEXT_LAYER, Vocab, remove_delay
+
+MAX_NEW_TOKENS = 1024
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Answer:
     text_tokens: list[int]
     audio_tokens: list[list[int]] | None
     frames: torch.Tensor | None  # (N, 7) layer-local SNAC codes, for `SnacCodec.decode`
+    dropped_turns: int = 0  # a conversation's oldest turns left out to fit the model's context
 
 
 def to_frames(audio_tokens: list[list[int]] | torch.Tensor) -> torch.Tensor:
@@ -121,7 +125,7 @@ def decode_steps(
     audio_lengths: torch.Tensor | None = None,
     *,
     steer: list[int] | None = None,
-    max_new_tokens: int = 1024,
+    max_new_tokens: int = MAX_NEW_TOKENS,
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float = 1.0,
@@ -161,9 +165,10 @@ def decode_steps(
     for b, p in enumerate(prompts):
         ids[b, :, : p.size(1)] = p.to(device)
     for b, T in zip(speech_rows, [] if audio_lengths is None else audio_lengths.tolist()):
-        if prompts[b].size(1) != T + 3:
-            raise ValueError(f"row {b}: a prompt of {prompts[b].size(1)} positions cannot hold {T} Whisper frames")
-        audio_mask[b, 1 : 1 + T] = True
+        start = prompts[b].size(1) - T - 2  # a speech prompt ends: input, T frames, eoa/eot, marker
+        if start < 1 or int(prompts[b][TEXT_LAYER, start - 1]) != vocab.input_t:
+            raise ValueError(f"row {b}: a prompt of {prompts[b].size(1)} positions cannot end in {T} Whisper frames")
+        audio_mask[b, start : start + T] = True
     if audio_lengths is not None:
         audio_lengths = audio_lengths.to(device)
         audio_features = audio_features.to(device, model.dtype)
@@ -297,12 +302,29 @@ def transcribe(
 AudioInput = torch.Tensor | str | os.PathLike | bytes
 
 
+def answer_room(model: OmniGPT, max_new_tokens: int) -> int:
+    """Answer steps a conversation keeps free: `max_new_tokens`, but at most half the model's context,
+    so a long answer limit does not push out the whole history."""
+    return min(max_new_tokens, model.max_seq_length // 2)
+
+
+def encode_history(tokenizer, history: Sequence[Turn] | None) -> list[tuple[list[int], list[int]]]:
+    """Earlier turns (question, answer texts) -> their token ids, as `Encoded.history` holds them."""
+
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, bos=False, eos=False).tolist()
+
+    return [(ids(q), ids(a)) for q, a in history or []]
+
+
 def _task(audio: AudioInput | None, task: Task | str | None) -> Task:
     return Task(task or (Task.A1A2 if audio is not None else Task.T1A2))
 
 
-def _inputs(model, encoder, tokenizer, audio: AudioInput | None, text: str | None, task, batch_parallel: bool):
-    """The rows one question needs: (prompts, tasks, features, frames, steer)."""
+def _inputs(
+    model, encoder, tokenizer, audio: AudioInput | None, text: str | None, task, batch_parallel: bool, history, room: int
+):
+    """The rows one question needs: (prompts, tasks, features, frames, steer, turns dropped to fit)."""
     if (audio is None) == (text is None):
         raise ValueError("give exactly one of audio and text")
     task = _task(audio, task)
@@ -312,17 +334,21 @@ def _inputs(model, encoder, tokenizer, audio: AudioInput | None, text: str | Non
         raise ValueError("batch-parallel decoding is for A1A2 (its text comes from an A1T2 row)")
     vocab = model.config.vocab
     tasks = [Task.A1A2, Task.A1T2] if batch_parallel else [task]
+    enc = Encoded(task, [], history=encode_history(tokenizer, history))
     if audio is None:
-        ids = tokenizer.encode(text, bos=False, eos=False).tolist()
-        return [build_prompt(Encoded(task, [], question_ids=ids), vocab)], tasks, None, None, None
+        enc.question_ids = tokenizer.encode(text, bos=False, eos=False).tolist()
+        dropped = drop_oldest_turns(enc, model.max_seq_length, room)
+        return [build_prompt(enc, vocab)], tasks, None, None, None, dropped
     if encoder is None:
         raise ValueError("speech input needs a Whisper encoder")
     wave = audio if isinstance(audio, torch.Tensor) else load_audio(audio, WHISPER_SAMPLE_RATE)
     features, frames = encode_speech(encoder, [wave])
-    prompts = [build_prompt(Encoded(t, [], audio_frames=int(frames[0])), vocab) for t in tasks]
+    enc.audio_frames = int(frames[0])
+    dropped = drop_oldest_turns(enc, model.max_seq_length, room)
+    prompts = [build_prompt(Encoded(t, [], audio_frames=enc.audio_frames, history=enc.history), vocab) for t in tasks]
     if batch_parallel:
         features, frames = features.repeat(2, 1, 1), frames.repeat(2)
-    return prompts, tasks, features, frames, [1, 1] if batch_parallel else None
+    return prompts, tasks, features, frames, [1, 1] if batch_parallel else None, dropped
 
 
 def answer(
@@ -334,6 +360,7 @@ def answer(
     text: str | None = None,
     task: Task | str | None = None,
     batch_parallel: bool = False,
+    history: Sequence[Turn] | None = None,
     **kwargs,
 ) -> Answer:
     """Answer one question, spoken (`audio`: a 16 kHz tensor or a file) or written (`text`).
@@ -342,11 +369,16 @@ def answer(
         task: default A1A2 for audio, T1A2 for text.
         batch_parallel: A1A2 only: decode A1A2 and A1T2 as a batch of two, the speech following
             the A1T2 row's text (Mini-Omni's "batch parallel decoding").
+        history: a conversation's earlier turns, oldest first, as text; the oldest are left out
+            while the prompt would leave fewer than `answer_room` steps (`Answer.dropped_turns`).
         **kwargs: `decode_steps`'s sampling knobs and max_new_tokens.
     """
-    prompts, tasks, features, frames, steer = _inputs(model, encoder, tokenizer, audio, text, task, batch_parallel)
+    room = answer_room(model, kwargs.get("max_new_tokens", MAX_NEW_TOKENS))
+    prompts, tasks, features, frames, steer, dropped = _inputs(
+        model, encoder, tokenizer, audio, text, task, batch_parallel, history, room
+    )
     g = generate(model, prompts, tasks, features, frames, steer=steer, **kwargs)[0]
-    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames)
+    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames, dropped)
 
 
 # ---- streaming ----------------------------------------------------------------------------------
@@ -416,6 +448,7 @@ def stream_events(
     text: str | None = None,
     task: Task | str | None = None,
     batch_parallel: bool = False,
+    history: Sequence[Turn] | None = None,
     chunk: int = 4,
     context: int = 3,
     **kwargs,
@@ -426,7 +459,10 @@ def stream_events(
     The ids are the answer's `text_tokens`, one a step until eot; a chunk comes as soon as
     `StreamDecoder` has it, so text and speech arrive interleaved as the model makes them.
     """
-    prompts, tasks, features, frames, steer = _inputs(model, encoder, tokenizer, audio, text, task, batch_parallel)
+    room = answer_room(model, kwargs.get("max_new_tokens", MAX_NEW_TOKENS))
+    prompts, tasks, features, frames, steer, dropped = _inputs(
+        model, encoder, tokenizer, audio, text, task, batch_parallel, history, room
+    )
     speaks = tasks[0].audio_out
     if speaks and codec is None:
         raise ValueError(f"task {tasks[0].value} speaks: it needs a SNAC codec")
@@ -444,7 +480,7 @@ def stream_events(
     if decoder is not None:
         yield from decoder.finish()
     g = _finish(torch.tensor(text_steps), torch.stack(audio_steps, dim=1) if speaks else None, eot)
-    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames)
+    return Answer(decode_text(tokenizer, g.text_tokens), g.text_tokens, g.audio_tokens, g.frames, dropped)
 
 
 def stream_answer(
@@ -457,6 +493,7 @@ def stream_answer(
     text: str | None = None,
     task: Task | str | None = None,
     batch_parallel: bool = False,
+    history: Sequence[Turn] | None = None,
     chunk: int = 4,
     context: int = 3,
     **kwargs,
@@ -469,7 +506,7 @@ def stream_answer(
         raise ValueError(f"task {_task(audio, task).value} has no spoken answer to stream")
     events = stream_events(
         model, encoder, tokenizer, codec, audio=audio, text=text, task=task, batch_parallel=batch_parallel,
-        chunk=chunk, context=context, **kwargs,
+        history=history, chunk=chunk, context=context, **kwargs,
     )  # fmt: skip
     while True:
         try:
@@ -478,3 +515,48 @@ def stream_answer(
             return stop.value
         if isinstance(event, torch.Tensor):
             yield event
+
+
+# ---- conversations ------------------------------------------------------------------------------
+@dataclass
+class Conversation:
+    """A dialogue with the model that keeps its turns, as text, for the next question.
+
+    The model answers from the earlier turns as its history (DESIGN.md, "Conversations"). What a
+    spoken question said enters the history as the model's own transcript of it (A1T1 on the same
+    audio), as SLAM-Omni's multi-round demo adds Whisper's transcript; the model's answer enters as
+    its text. `history` may start with turns of a file (`sources.read_conversation`).
+    """
+
+    model: OmniGPT
+    encoder: WhisperEncoder | None
+    tokenizer: object
+    history: list[Turn] = field(default_factory=list)
+
+    def heard(self, audio: AudioInput) -> str:
+        """The model's transcript of a spoken question (what enters the history for it)."""
+        if self.encoder is None:
+            raise ValueError("speech input needs a Whisper encoder")
+        wave = audio if isinstance(audio, torch.Tensor) else load_audio(audio, WHISPER_SAMPLE_RATE)
+        return transcribe(self.model, self.encoder, self.tokenizer, [wave])[0]
+
+    def ask(self, *, audio: AudioInput | None = None, text: str | None = None, **kwargs) -> Answer:
+        """Answer the next question (arguments as `answer`) and keep the turn."""
+        reply = answer(self.model, self.encoder, self.tokenizer, audio=audio, text=text, history=self.history, **kwargs)
+        self.remember(audio, text, reply)
+        return reply
+
+    def stream(
+        self, codec: SnacCodec, *, audio: AudioInput | None = None, text: str | None = None, **kwargs
+    ) -> Generator[torch.Tensor, None, Answer]:
+        """`stream_answer` of the next question; keeps the turn once the answer is complete."""
+        reply = yield from stream_answer(
+            self.model, self.encoder, self.tokenizer, codec, audio=audio, text=text, history=self.history, **kwargs
+        )
+        self.remember(audio, text, reply)
+        return reply
+
+    def remember(self, audio: AudioInput | None, text: str | None, reply: Answer) -> None:
+        if reply.dropped_turns:  # they no longer fit: the next question would drop them again
+            del self.history[: reply.dropped_turns]
+        self.history.append(Turn(text if text is not None else self.heard(audio), reply.text))

@@ -38,8 +38,18 @@ from omni_train.atomic import atomic_write, write_json
 from omni_train.audio import Audio, AudioError, SnacCodec, load_audio, save_wav
 from omni_train.data import sources
 from omni_train.data.skips import SkipCounter
-from omni_train.data.snac_format import format_answer_snac, parse_answer_snac
-from omni_train.data.sources import TABLE_EXTS, BadRow, is_librispeech, read_rows, resolve_files, to_audio, utterances
+from omni_train.data.snac_format import SnacFormatError, format_answer_snac, parse_answer_snac
+from omni_train.data.sources import (
+    TABLE_EXTS,
+    BadRow,
+    is_librispeech,
+    read_rows,
+    resolve_files,
+    to_audio,
+    to_frames,
+    utterances,
+)
+from omni_train.data.sources.conversations import exchanges, parse_messages
 
 PathLike = str | os.PathLike
 AUDIO_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Audio in parquet
@@ -267,13 +277,19 @@ def snac_encode(
     """Encode each row's audio (resampled to the codec's rate) into an ``answer_snac`` string.
 
     Writes shards with columns ``id``, ``answer_snac`` and, when the input has text, ``text`` (the
-    table `sources.librispeech(root, tts_snac=OUT_DIR)` reads for T1A2). Audio is decoded by
+    table `sources.librispeech(root, tts_snac=OUT_DIR)` reads for T1A2). A table of conversations
+    (a ``messages`` column) is encoded turn by turn instead (`_snac_encode_conversations`). Audio is decoded by
     `workers` threads while the codec runs; each shard is encoded in length-sorted batches, which
     keeps padding small. A clip shorter than its batch's longest may get slightly different codes in
     its last frames than when encoded alone (see `SnacCodec.encode_batch`); ``batch_size=1`` gives
     exactly the single-clip codes.
     """
     codec = SnacCodec.from_pretrained(existing(snac, "SNAC codec"), device=pick_device(device))
+    if layout is None and _is_conversations(input):
+        return _snac_encode_conversations(
+            input, out_dir, codec, id_column=id_column, batch_size=batch_size, shard_size=shard_size, workers=workers,
+            progress=progress,
+        )  # fmt: skip
     data = audio_rows(input, audio_column, text_column, id_column, layout)
     job = {"command": "snac-encode", "input": str(Path(input).resolve())}
     if layout is not None:
@@ -334,6 +350,101 @@ def _encode_shard(
         columns["text"] = pa.array([chunk[i].text for i in kept], pa.string())
     columns["answer_snac"] = pa.array([codes[i] for i in kept], pa.string())
     return pa.table(columns)
+
+
+# --------------------------------------------------------------------------------------------------
+# snac-encode of conversations
+
+MESSAGE = pa.struct(
+    [("role", pa.string()), ("content", pa.string()), ("audio", AUDIO_STRUCT), ("answer_snac", pa.string())]
+)
+CONVERSATION_SCHEMA = pa.schema([("id", pa.string()), ("messages", pa.list_(MESSAGE))])
+
+
+def _is_conversations(path: PathLike) -> bool:
+    """A JSONL or parquet input whose rows hold ``messages`` (the chat convention of `sources.conversations`)."""
+    p = existing(path)
+    if is_librispeech(p):
+        return False
+    return "messages" in _column_names(resolve_files(p, TABLE_EXTS)[0])
+
+
+def _snac_encode_conversations(
+    input: PathLike, out_dir: PathLike, codec: SnacCodec, *, id_column: str | None, batch_size: int, shard_size: int,
+    workers: int, progress: bool,
+) -> Report:  # fmt: skip
+    """Encode the spoken answers of conversations: each assistant turn's ``audio`` becomes its ``answer_snac``.
+
+    Writes shards of ``id, messages`` that `sources.conversations(OUT_DIR)` reads: every message as
+    ``{role, content, audio, answer_snac}``, the users' audio embedded (``{bytes, path}``, so the
+    shards stand alone), the assistants' audio replaced by its codes (codes already in the input are
+    kept). A turn whose audio is missing or unreadable keeps its text, loses its audio and is counted;
+    a conversation whose messages are malformed is skipped and counted.
+    """
+    files = resolve_files(existing(input), TABLE_EXTS)
+    columns = ["messages"] + ([id_column] if id_column else [])
+    rows = read_rows(files, columns, batch_size=64)
+    job = {"command": "snac-encode", "input": str(Path(input).resolve()), "kind": "conversations"}
+    writer = ShardWriter(out_dir, shard_size, job)
+    report = Report()
+    bar = tqdm(unit="conversation", desc="snac-encode", disable=not progress)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for k, chunk in shards(rows, shard_size):
+            bar.update(len(chunk))
+            if writer.done(k):
+                report.shards_kept += 1
+                continue
+            table = _encode_conversations(codec, chunk, id_column, batch_size, pool, report)
+            writer.write(k, table)
+            report.shards_written += 1
+            report.rows += table.num_rows
+    bar.close()
+    return report
+
+
+def _encode_conversations(codec: SnacCodec, chunk, id_column, batch_size: int, pool, report: Report) -> pa.Table:
+    out, answers = [], []  # answers: (conversation, message index, row id, Audio) to encode
+    for location, base_dir, values in chunk:
+        if isinstance(values, BadRow):
+            report.skip(location, values.reason)
+            continue
+        row_id = str(values[id_column]) if id_column and values.get(id_column) is not None else location
+        try:
+            messages = parse_messages(values.get("messages"))
+            exchanges(messages)  # user and assistant in turn, as the source will want them
+        except BadRow as bad:
+            report.skip(row_id, f"{bad.reason}: {bad.detail}")
+            continue
+        conversation = {"id": row_id, "messages": []}
+        for i, m in enumerate(messages):
+            item = {"role": m.role, "content": m.text, "audio": None, "answer_snac": None}
+            try:
+                audio = None if m.audio is None else to_audio(m.audio, base_dir, "audio")
+                if m.role == "user":
+                    item["audio"] = _embed(audio)
+                elif m.answer_snac is not None:
+                    item["answer_snac"] = format_answer_snac(to_frames(m.answer_snac))
+                elif audio is not None:
+                    answers.append((conversation, i, row_id, audio))
+            except (BadRow, OSError, SnacFormatError) as err:  # this turn's audio or codes: the text stays
+                kind = {BadRow: None, SnacFormatError: "bad answer_snac"}.get(type(err), "unreadable audio")
+                reason = f"{err.reason}: {err.detail}" if isinstance(err, BadRow) else f"{kind}: {err}"
+                report.skip(f"{row_id}#{i + 1}", reason)
+            conversation["messages"].append(item)
+        out.append(conversation)
+    waves = list(pool.map(lambda a: _load(Row("", a[3]), codec.sample_rate), answers))
+    good = []
+    for (conversation, i, row_id, _), wave in zip(answers, waves):
+        if isinstance(wave, str):
+            report.skip(f"{row_id}#{i + 1}", wave)
+        else:
+            good.append((conversation["messages"][i], wave))
+    good.sort(key=lambda mw: mw[1].numel())
+    for b in range(0, len(good), batch_size):
+        batch = good[b : b + batch_size]
+        for (message, _), frames in zip(batch, codec.encode_batch([w for _, w in batch])):
+            message["answer_snac"] = format_answer_snac(frames)
+    return pa.Table.from_pylist(out, schema=CONVERSATION_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -680,6 +791,8 @@ class Stats:
     snac_rows: int = 0
     lengths: list[float] = field(default_factory=list)
     length_unit: str = "s"
+    turns: int = 0  # conversations: answered turns in all
+    bad_rows: int = 0  # rows that could not be read (or, for conversations, malformed messages)
 
 
 def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = False) -> Stats:
@@ -690,6 +803,8 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
     """
     p = existing(path)
     count = _token_counter(tokenizer)
+    if _is_conversations(p):
+        return _conversation_stats(resolve_files(p, TABLE_EXTS), count, progress)
     out = Stats()
     if is_librispeech(p):  # the source's paths already start with `p`: no base folder to join
         rows: Iterator[tuple[dict, Path | None]] = (
@@ -728,6 +843,36 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
             out.snac_rows += 1
         out.lengths.append(seconds if audio_cols else words)
     out.length_unit = "s" if audio_cols else "tokens"
+    return out
+
+
+def _conversation_stats(files: list[Path], count: Callable[[str], int], progress: bool) -> Stats:
+    """Conversations: turns per conversation (the histogram), the users' audio, text tokens by role, SNAC frames."""
+    out = Stats(length_unit="turns")
+    for _, base_dir, values in tqdm(read_rows(files, ["messages"], batch_size=256), desc="stats", disable=not progress):
+        try:
+            if isinstance(values, BadRow):
+                raise values
+            turns = exchanges(parse_messages(values.get("messages")))
+        except BadRow:
+            out.bad_rows += 1
+            continue
+        out.rows += 1
+        answered = [t for t in turns if t.assistant is not None]
+        out.turns += len(answered)
+        out.lengths.append(len(answered))
+        for t in turns:
+            for role, m in (("user", t.user), ("assistant", t.assistant)):
+                if m is not None and m.text is not None:
+                    out.tokens[role] += count(m.text)
+            if t.user.audio is not None:
+                d = _duration(_audio_value(t.user.audio, base_dir))
+                out.unreadable_audio += d is None
+                out.seconds += d or 0.0
+                out.audio_rows += d is not None
+            if t.assistant is not None and isinstance(t.assistant.answer_snac, str):
+                out.snac_frames += t.assistant.answer_snac.count("#")
+                out.snac_rows += 1
     return out
 
 
@@ -786,17 +931,28 @@ def _duration(audio: Path | bytes | None) -> float | None:
 
 
 def format_stats(s: Stats, bins: int = 10, width: int = 40) -> str:
-    lines = [f"rows: {s.rows}"]
+    lines = [f"rows: {s.rows}" + (f" ({s.bad_rows} more could not be read)" if s.bad_rows else "")]
+    if s.length_unit == "turns":
+        lines[0] = f"conversations: {s.rows}" + (f" ({s.bad_rows} malformed, not counted)" if s.bad_rows else "")
+        lines.append(f"turns: {s.turns} answered (mean {s.turns / max(s.rows, 1):.2f} a conversation)")
     if s.audio_rows or s.unreadable_audio:
         lines.append(f"audio: {s.seconds / 3600:.4f} hours in {s.audio_rows} clips"
                      + (f" ({s.unreadable_audio} unreadable, the first {s.first_unreadable})"
                         if s.unreadable_audio else ""))
     for col, n in s.tokens.items():
-        lines.append(f"text tokens ({col}): {n} (mean {n / max(s.rows, 1):.1f} a row)")
+        unit = "conversation" if s.length_unit == "turns" else "row"
+        lines.append(f"text tokens ({col}): {n} (mean {n / max(s.rows, 1):.1f} a {unit})")
     if s.snac_rows:
         seconds = s.snac_frames * 2048 / 24000  # SNAC 24 kHz: 2048 samples a coarse frame
-        lines.append(f"SNAC frames (answer_snac): {s.snac_frames} in {s.snac_rows} rows, {seconds / 3600:.4f} hours")
-    lines += histogram([x for x in s.lengths if x is not None], s.length_unit, bins, width)
+        where = "assistant turns" if s.length_unit == "turns" else "rows"
+        lines.append(f"SNAC frames (answer_snac): {s.snac_frames} in {s.snac_rows} {where}, {seconds / 3600:.4f} hours")
+    if s.length_unit == "turns":  # a bar per number of turns: few values, all integers
+        counts = Counter(int(x) for x in s.lengths)
+        top = max(counts.values(), default=1)
+        lines.append("turns per conversation:")
+        lines += [f"  {n:4d} | {'#' * math.ceil(width * c / top):<{width}} {c}" for n, c in sorted(counts.items())]
+    else:
+        lines += histogram([x for x in s.lengths if x is not None], s.length_unit, bins, width)
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@
     omni-eval speech --checkpoint CKPT --data llama-questions --mos utmos.pt --max-items 50 --out RUN/eval/speech.json
     omni-eval report RUN                                   # RUN/eval_report.md, .json, .png
     omni-eval plot outputs/RUN --out loss.png
+    omni-eval dialogue --checkpoint CKPT --conversations heldout.jsonl --task T1T2
 
 Task codes: the input modality (1) and the answer's (2); A = audio, T = text. A1T1 is ASR; A1T2 a
 spoken question answered in text; A1A2 a spoken question answered in speech (and text); T1A2 a
@@ -44,6 +45,8 @@ from litgpt.tokenizer import Tokenizer
 from omni_train import evaluate
 from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
+from omni_train.data import sources
+from omni_train.data.sources.conversations import CONVERSATION_TASKS
 from omni_train.data.sources import LAYOUTS
 from omni_train.data.sources.corpora import check_layout
 from omni_train.evals import report as eval_report
@@ -176,6 +179,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = sub.add_parser("report", help="every omni-eval result under a folder in one table, with the published rows")
     p.add_argument("run_dir", type=Path, help="a run (or any folder) holding omni-eval result JSON files")
     p.add_argument("--out-dir", type=Path, help="where eval_report.{md,json,png} go (default: RUN_DIR)")
+
+    add_dialogue_parser(sub)
 
     p = sub.add_parser("plot", help="per-task losses of all stages of a run on one PNG")
     p.add_argument("run_dir", type=Path)
@@ -451,9 +456,65 @@ def run_plot(args) -> list[dict]:
     return stages
 
 
+# ---- dialogue: the last turns of held-out conversations ---------------------------------------------
+def add_dialogue_parser(sub) -> None:
+    p = sub.add_parser("dialogue", help="answers to the last turns of held-out conversations, against their references")
+    _model_args(p)
+    p.add_argument("--conversations", type=Path, required=True,
+                   help="JSONL/parquet of conversations (messages, chat convention): each one's last turn is asked")
+    p.add_argument("--task", choices=[t.value for t in CONVERSATION_TASKS],
+                   help="default: A1A2 for the spoken last questions if there are any, else T1A2")
+    p.add_argument("--no-history", action="store_true", help="ask the last questions alone (as single-turn)")
+    p.add_argument("--whisper", help="openai-whisper model that transcribes spoken answers (A1A2, T1A2): name or file")
+    p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
+    p.add_argument("--max-items", type=int, help="score only the first N conversations")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", type=Path, default=Path("dialogue_results.json"), help="per-conversation results (JSON)")
+
+
+def run_dialogue(args) -> dict:
+    # the last turns with their question spoken (read as A1T2) and written (T1T2); the reference is the text answer
+    src = sources.conversations(args.conversations, tasks=["A1T2", "T1T2"], turns="last")
+    last = list(src)
+    spoken = [s for s in last if s.task is Task.A1T2]
+    written = [s for s in last if s.task is Task.T1T2]
+    task = Task(args.task or ("A1A2" if spoken else "T1A2"))
+    pool, kind = (spoken, "spoken") if task.audio_in else (written, "written")
+    if not pool:
+        raise EvalError(f"{args.conversations}: no conversation's last turn has a {kind} question for {task.value}")
+    if src.skips.n_skipped():
+        print(f"omni-eval dialogue: note: {src.skips.summary()}", file=sys.stderr)
+    if without := len({s.row for s in last}) - len(pool):
+        print(f"omni-eval dialogue: note: {without} conversations end with no {kind} question; they are not asked",
+              file=sys.stderr)  # fmt: skip
+    samples = pool[: args.max_items]
+    judge = _load_whisper(args) if task.audio_out and args.whisper else None  # first: the most often missing
+    if task.audio_out and not args.whisper:
+        print("omni-eval dialogue: note: without --whisper only the text answers are scored", file=sys.stderr)
+    model, tokenizer = _load_model(args)
+    encoder = _load_encoder(args) if task.audio_in else None
+    codec = None
+    if judge is not None:
+        codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+    result = evaluate.dialogue(
+        model, encoder, tokenizer, samples, task, history=not args.no_history, codec=codec, judge=judge,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers",
+    )  # fmt: skip
+    result = {"checkpoint": str(args.checkpoint), "conversations": str(args.conversations), **result}
+    _write_json(args.out, result)
+    spoken_wer = "-" if result["spoken_wer"] is None else f"{result['spoken_wer']:.2f}"
+    print("| model | task | history | conversations | right | text WER | spoken WER |\n|---|---|---|---|---|---|---|\n"
+          f"| {args.checkpoint} | {task.value} | {'yes' if result['history'] else 'no'} | {result['n']} | "
+          f"{result['right']} ({result['accuracy']:.1f}%) | {result['wer']:.2f} | {spoken_wer} |")  # fmt: skip
+    print(f"per-conversation results: {args.out}", file=sys.stderr)
+    return result
+
+
 COMMANDS = {
     "asr": run_asr, "consistency": run_consistency, "retention": run_retention, "spoken-qa": run_spoken_qa,
     "voicebench": run_voicebench, "speech": run_speech, "report": run_report, "plot": run_plot,
+    "dialogue": run_dialogue,
 }  # fmt: skip
 
 

@@ -2,7 +2,8 @@
 
 Every stage and task goes through `OmniCollator`, so the layouts of DESIGN.md live here and only
 here. A row is ``prompt + answer`` (8 layers); the model reads ``row[:, :-1]`` and is trained to
-predict ``row[:, 1:]`` on answer positions only.
+predict ``row[:, 1:]`` on answer positions only (and, for a conversation with ``history_loss``, on
+its earlier answers). A conversation's prompt starts with its earlier turns as text.
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ def _answer_length(enc: Encoded) -> int:
     return text
 
 
+def _turn_length(question_ids: list[int], answer_ids: list[int]) -> int:
+    return len(question_ids) + len(answer_ids) + 4  # input_t, question, eot, answer_t, answer, eot
+
+
+def history_length(enc: Encoded) -> int:
+    """Positions the earlier turns of a conversation take before the current prompt (0 without any)."""
+    return sum(_turn_length(q, a) for q, a in enc.history)
+
+
 def _prompt_length(enc: Encoded) -> int:
     if enc.task.audio_in:
-        return enc.audio_frames + 3  # input, T frames, eoa/eot, answer marker
-    return len(enc.question_ids) + 3
+        return history_length(enc) + enc.audio_frames + 3  # input, T frames, eoa/eot, answer marker
+    return history_length(enc) + len(enc.question_ids) + 3
 
 
 def sequence_length(enc: Encoded) -> int:
@@ -46,15 +56,62 @@ def sequence_length(enc: Encoded) -> int:
     return _prompt_length(enc) + _answer_length(enc) - 1
 
 
+def drop_oldest_turns(enc: Encoded, max_length: int, room: int | None = None) -> int:
+    """Drop a conversation's oldest earlier turns until it fits `max_length` positions: its whole row
+    (training), or with `room` its prompt plus that many answer steps (generation). The current turn
+    is never dropped.
+
+    Returns:
+        how many turns were dropped (also added to ``enc.dropped_turns``); the sample may still not
+        fit, when even its current turn alone is too long.
+    """
+
+    def length() -> int:
+        return sequence_length(enc) if room is None else _prompt_length(enc) + room
+
+    dropped = 0
+    while enc.history and length() > max_length:
+        enc.history = enc.history[1:]
+        dropped += 1
+    enc.dropped_turns += dropped
+    return dropped
+
+
+def speech_positions(enc: Encoded) -> slice:
+    """Where the Whisper frames of a speech prompt go: after the history and the prompt's input marker."""
+    start = history_length(enc) + 1
+    return slice(start, start + enc.audio_frames)
+
+
+def _history_text(enc: Encoded, vocab: Vocab) -> list[int]:
+    """Each earlier turn as a finished text exchange: the T1T2 prompt of its question, then its answer."""
+    ids: list[int] = []
+    for question, answer in enc.history:
+        ids += [vocab.input_t, *question, vocab.eot, vocab.answer_t, *answer, vocab.eot]
+    return ids
+
+
+def history_answer_spans(enc: Encoded) -> list[slice]:
+    """The positions of each earlier answer's text and its eot (where `history_loss` trains)."""
+    spans, start = [], 0
+    for question, answer in enc.history:
+        first = start + len(question) + 3  # after input_t, the question, eot, answer_t
+        spans.append(slice(first, first + len(answer) + 1))
+        start += _turn_length(question, answer)
+    return spans
+
+
 def build_prompt(enc: Encoded, vocab: Vocab) -> torch.Tensor:
     """The ids the model reads before its answer, ``(8, P)``; generation starts from these too.
 
-    Only the prompt fields of `enc` are read (task, question_ids or audio_frames), so inference can
-    pass an `Encoded` with empty `answer_ids`.
+    Only the prompt fields of `enc` are read (task, question_ids or audio_frames, history), so
+    inference can pass an `Encoded` with empty `answer_ids`. A conversation's earlier turns come
+    first, as text with pad_a in the audio layers (DESIGN.md, "Conversations").
     """
     rule = enc.task.rule
     x_a = ANSWER_A if rule.audio_out else PAD_A
     x_t = getattr(vocab, rule.text_marker)
+    history = _history_text(enc, vocab)
     if rule.audio_in:
         T = enc.audio_frames
         audio = [INPUT_A] + [PAD_A] * T + [EOA, x_a]  # layer-local codes
@@ -63,8 +120,9 @@ def build_prompt(enc: Encoded, vocab: Vocab) -> torch.Tensor:
         n = len(enc.question_ids)
         audio = [PAD_A] * (n + 2) + [x_a]
         text = [vocab.input_t, *enc.question_ids, vocab.eot, x_t]
+    audio = [PAD_A] * len(history) + audio
     audio = torch.tensor(audio).expand(N_AUDIO_LAYERS, -1)  # (7, P), the same codes in every layer
-    return torch.cat([vocab.shift_frames(audio.T).T, torch.tensor([text])])  # (8, P)
+    return torch.cat([vocab.shift_frames(audio.T).T, torch.tensor([history + text])])  # (8, P)
 
 
 def build_row(enc: Encoded, vocab: Vocab) -> tuple[torch.Tensor, int]:
@@ -164,8 +222,11 @@ class OmniCollator:
             targets[b, TEXT_LAYER, trained] = row[TEXT_LAYER, P:]
             if enc.task.audio_out:  # text-only answers train no audio (Mini-Omni issue #61)
                 targets[b, :N_AUDIO_LAYERS, trained] = row[:N_AUDIO_LAYERS, P:]
+            if enc.history_loss:  # a conversation's earlier answers, text only (they were text in the row)
+                for span in history_answer_spans(enc):
+                    targets[b, TEXT_LAYER, span.start - 1 : span.stop - 1] = row[TEXT_LAYER, span]
             if enc.task.audio_in:
-                audio_mask[b, 1 : 1 + enc.audio_frames] = True
+                audio_mask[b, speech_positions(enc)] = True
 
         audio = [(b, s) for b, s in enumerate(samples) if s.task.audio_in]
         mels = None

@@ -35,7 +35,7 @@ from omni_train.audio import (
     whisper_max_samples,
 )
 from omni_train.config import DataConfig
-from omni_train.data.collator import Batch, OmniCollator, sequence_length
+from omni_train.data.collator import Batch, OmniCollator, drop_oldest_turns, sequence_length
 from omni_train.data.sampler import Mixture, bucket_batches, resumable_buckets
 from omni_train.data.samples import Encoded, Sample
 from omni_train.data.skips import SkipCounter, TooManySkips
@@ -64,7 +64,8 @@ class SampleEncoder:
         pad_to_30s: Mini-Omni's padded Whisper input instead of the audio's own length.
         too_long: audio over 30 s is ``cut`` to 30 s (counted as a cut: `Encoded.cut_from_s`) or
             ``drop``ped (a counted skip).
-        max_seq_length: longer samples are skipped (counted), never truncated into wrong layouts.
+        max_seq_length: longer samples are skipped (counted), never truncated into wrong layouts; a
+            conversation first drops its oldest earlier turns (counted too), never the current one.
     """
 
     tokenizer: Any
@@ -90,7 +91,10 @@ class SampleEncoder:
             answer_frames=sample.answer_frames,
             source=sample.source,
             row=sample.row,
-        )
+            history=[(self.text_ids(q, "earlier question"), self.text_ids(a, "earlier answer"))
+                     for q, a in sample.history],
+            history_loss=sample.history_loss,
+        )  # fmt: skip
         if sample.task.audio_in:
             try:
                 audio = load_audio(sample.question_audio, WHISPER_SAMPLE_RATE)
@@ -105,6 +109,7 @@ class SampleEncoder:
             enc.question_ids = self.text_ids(sample.question_text, "question text")
         if sample.task.audio_out and sample.answer_frames.size(0) == 0:
             raise SkipSample("empty answer audio")
+        drop_oldest_turns(enc, self.max_seq_length)
         if (n := sequence_length(enc)) > self.max_seq_length:
             raise SkipSample("longer than max_seq_length", f"{n} > {self.max_seq_length}")
         return enc
@@ -151,6 +156,8 @@ class OmniStream(IterableDataset):
                     raise
                 skips.skip(sample.source, sample.row, skip.reason, skip.detail, sample.task.value)
                 continue
+            if enc.dropped_turns and skips is not None:
+                skips.drop_turns(sample.source, enc.dropped_turns)
             if enc.cut_from_s is not None and skips is not None:
                 skips.cut(sample.source, sample.row, f"{enc.cut_from_s:.1f} s of audio cut to Whisper's 30 s")
             yield enc

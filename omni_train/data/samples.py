@@ -1,14 +1,26 @@
 """What flows through the data path: a source yields `Sample`s, a dataset encodes them into
-`Encoded` (token ids, log-mel), and the collator turns a list of `Encoded` into a `Batch`."""
+`Encoded` (token ids, log-mel), and the collator turns a list of `Encoded` into a `Batch`.
+
+A sample of a conversation is the current turn (the task's question and answer) plus its
+`history`: the earlier exchanges as text, oldest first (DESIGN.md, "Conversations").
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from omni_train.audio import Audio
 from omni_train.tasks import Task
+
+
+class Turn(NamedTuple):
+    """One earlier exchange of a conversation, as text: what the user said and what the assistant answered."""
+
+    question: str
+    answer: str
 
 
 @dataclass
@@ -17,7 +29,8 @@ class Sample:
 
     `answer_frames` are the answer's SNAC codes, shape ``(N, 7)``, layer-local (0..4095), required
     when the task's answer is spoken. `source` and `row` name where it came from, for error messages
-    and skip counters.
+    and skip counters. `history` holds a conversation's earlier turns (oldest first; empty for a
+    single question); with `history_loss` their answers are trained too, else only the current one.
     """
 
     task: Task
@@ -27,6 +40,8 @@ class Sample:
     answer_frames: torch.Tensor | None = None
     source: str = ""
     row: str | int = ""
+    history: list[Turn] = field(default_factory=list)
+    history_loss: bool = False
 
     def __post_init__(self) -> None:
         self.task = Task(self.task)
@@ -44,7 +59,9 @@ class Encoded:
     """A `Sample` ready for the collator: token ids and Whisper input, made in the loader workers.
 
     Exactly one of `question_ids` (text prompt) and `mel` (speech prompt) is set. `audio_frames` is
-    the number of Whisper frames the prompt holds (DESIGN.md's T), ``int(ms / 20) + 1``.
+    the number of Whisper frames the prompt holds (DESIGN.md's T), ``int(ms / 20) + 1``. `history`
+    holds the earlier turns' ``(question ids, answer ids)``, oldest first; `dropped_turns` counts
+    the oldest ones left out to fit ``max_seq_length`` (`collator.drop_oldest_turns`).
     """
 
     task: Task
@@ -55,4 +72,7 @@ class Encoded:
     answer_frames: torch.Tensor | None = None  # (N, 7) layer-local SNAC codes
     source: str = ""
     row: str | int = ""
+    history: list[tuple[list[int], list[int]]] = field(default_factory=list)
+    history_loss: bool = False
+    dropped_turns: int = 0
     cut_from_s: float | None = None  # the question audio's length when it was cut to Whisper's 30 s

@@ -79,6 +79,7 @@ class SkipCounter:
         self.attempts: Counter[str] = Counter()  # source -> samples attempted (made or skipped)
         self.skipped: Counter[tuple[str, str]] = Counter()  # (source, reason) -> samples skipped
         self.examples: list[Skip] = []
+        self.dropped_turns: Counter[str] = Counter()  # source -> earlier conversation turns left out to fit
         self.cuts: Counter[str] = Counter()  # source -> samples whose audio was cut to Whisper's window
         # kept for judging, per process (a snapshot or a merge need neither):
         self.streak: Counter[str] = Counter()  # source -> skips since its last sample was kept (see `Source`)
@@ -102,6 +103,9 @@ class SkipCounter:
         if self._keep(example) and first:
             log.warning("skipping %s (further skips of this kind are only counted)", example)
 
+    def drop_turns(self, source: str, n: int) -> None:
+        """Count `n` earlier turns of a conversation left out to fit max_seq_length (the sample was kept)."""
+        self.dropped_turns[source] += n
     def cut(self, source: str, row: str | int, detail: str) -> None:
         """Count one sample whose audio was cut to Whisper's window; the first per source is logged."""
         self.cuts[source] += 1
@@ -168,6 +172,7 @@ class SkipCounter:
         for other in others:
             self.attempts.update(other.attempts)
             self.skipped.update(other.skipped)
+            self.dropped_turns.update(other.dropped_turns)
             self.cuts.update(other.cuts)
             for example in other.examples:
                 self._keep(example)
@@ -192,6 +197,8 @@ class SkipCounter:
                     if e.source == src
                 ],
             }
+            if self.dropped_turns[src]:
+                out[src]["dropped_turns"] = self.dropped_turns[src]
         return out
 
     @classmethod
@@ -200,6 +207,7 @@ class SkipCounter:
         counter = cls(max_examples)
         for src, c in counts.items():
             counter.attempts[src] += c["seen"]
+            counter.dropped_turns[src] += c.get("dropped_turns", 0)
             counter.cuts[src] += c.get("cut", 0)  # checkpoints older than the cut count have none
             for reason, n in c["reasons"].items():
                 counter.skipped[(src, reason)] += n
@@ -276,6 +284,9 @@ class SkipReport(L.Callback):
         self.final = total
         if trainer.is_global_zero:
             for src in sorted(total.attempts):
+                if total.dropped_turns[src]:
+                    log.info("%s: left out %d earlier conversation turns to fit data.max_seq_length",
+                             src, total.dropped_turns[src])
                 if total.n_skipped(src):
                     log.warning(
                         "%s: skipped %d of %d samples (%.2f%%); %s",

@@ -32,6 +32,9 @@ The reader contract (what a new source must do; `omni_train.data.sources.tables`
    source's ``max_skip_fraction``, or (in training) nothing was made for `Source.max_streak`
    attempts in a row.
 
+`conversations` reads multi-turn dialogues (a ``messages`` column in the chat convention): each
+answered turn is a sample whose earlier turns are its history.
+
 `files.read_rows` reads parquet and JSONL for any table source (only the needed columns; sharded;
 unreadable rows come back as `BadRow` values); `librispeech.utterances` scans LibriSpeech-layout
 folders for the training source, omni-prep and the evaluations alike; `corpora.clips` lists the
@@ -40,6 +43,7 @@ folder of audio/txt pairs), which `corpora.corpus` reads as ASR and TTS samples.
 """
 
 from omni_train.data.sources.base import BadRow, MissingColumnError, Row, Source, check_tasks, to_audio, to_frames
+from omni_train.data.sources.conversations import conversations, read_conversation
 from omni_train.data.sources.corpora import LAYOUTS, Clip, clips, corpus
 from omni_train.data.sources.files import TABLE_EXTS, first_object, read_rows, resolve_files, text_line
 from omni_train.data.sources.hf import hf_asr
@@ -58,6 +62,7 @@ __all__ = [
     "Utterance",
     "asr_manifest",
     "check_tasks",
+    "conversations",
     "clips",
     "corpus",
     "first_object",
@@ -66,6 +71,7 @@ __all__ = [
     "librispeech",
     "moss_audioqa",
     "open_orca",
+    "read_conversation",
     "read_rows",
     "resolve_files",
     "slam_s2s_jsonl",
