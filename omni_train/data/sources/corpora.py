@@ -35,7 +35,7 @@ from omni_train.data.sources.files import (
     resolve_files,
     text_line,
 )
-from omni_train.data.sources.tables import asr_sample, load_code_map, tts_sample
+from omni_train.data.sources.tables import speech_text_samples
 from omni_train.tasks import Task
 
 PAIR_AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".opus")
@@ -287,19 +287,8 @@ def corpus(
 
 def _samples(src: Source, layout, root, options, tasks, code_files, id_column, snac_column) -> Iterator[Sample]:
     mine = [c for unit, c in enumerate(LAYOUTS[layout][0](root, **options)) if src.owns(unit)]
-    codes = None
-    if code_files is not None:
-        key = ("codes", src.shard)
-        if key not in src.cache:  # only this shard's clips: memory and parsing split across workers
-            src.cache[key] = load_code_map(code_files, id_column, snac_column, {c.id for c in mine})
-        codes = src.cache[key]
-    for clip in mine:
-        r = Row({"text": clip.text, "audio": None if clip.audio is None else str(clip.audio)}, error=clip.error)
-        for task in tasks:
-            if task is Task.A1T1:
-                build = partial(asr_sample, r, "audio", "text", src.name, clip.where)
-            else:
-                build = partial(tts_sample, r, codes, clip.id, src.name)
-            sample = src.make(clip.where, task, build)
-            if sample is not None:
-                yield sample
+    clips = [
+        (c.id, c.where, Row({"text": c.text, "audio": None if c.audio is None else str(c.audio)}, error=c.error))
+        for c in mine
+    ]
+    yield from speech_text_samples(src, clips, tasks, code_files, id_column, snac_column)

@@ -25,7 +25,7 @@ from omni_train.data.sources.files import (
     resolve_files,
     text_line,
 )
-from omni_train.data.sources.tables import asr_sample, load_code_map, tts_sample
+from omni_train.data.sources.tables import speech_text_samples
 from omni_train.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -122,23 +122,11 @@ def librispeech(
 def _samples(src: Source, root, tasks, code_files, id_column, snac_column) -> Iterator[Sample]:
     # this shard's utterances, each one unit; the transcripts are small, the audio is opened later
     mine = [u for unit, u in enumerate(utterances(root, bad_lines=True)) if src.owns(unit)]
-    codes = None
-    if code_files is not None:
-        key = ("codes", src.shard)
-        if key not in src.cache:  # only this shard's utterances: memory and parsing split across workers
-            src.cache[key] = load_code_map(code_files, id_column, snac_column, {u.id for u in mine})
-        codes = src.cache[key]
-    for u in mine:
-        if u.error is not None:  # an unreadable transcript line: each of its tasks' attempts is a counted skip
-            r = Row({}, error=BadRow("not UTF-8", u.error))
-        else:
-            audio = u.audio or u.folder / (u.id + AUDIO_EXTS[0])  # a missing file is the sample's counted skip
-            r = Row({"text": u.text, "audio": str(audio)})
-        for task in tasks:
-            if task is Task.A1T1:
-                build = partial(asr_sample, r, "audio", "text", src.name, u.id)
-            else:
-                build = partial(tts_sample, r, codes, u.id, src.name)
-            sample = src.make(u.id, task, build)
-            if sample is not None:
-                yield sample
+    yield from speech_text_samples(src, [(u.id, u.id, _row(u)) for u in mine], tasks, code_files, id_column, snac_column)
+
+
+def _row(u: Utterance) -> Row:
+    if u.error is not None:  # an unreadable transcript line: each of its tasks' attempts is a counted skip
+        return Row({}, error=BadRow("not UTF-8", u.error))
+    audio = u.audio or u.folder / (u.id + AUDIO_EXTS[0])  # a missing file is the sample's counted skip
+    return Row({"text": u.text, "audio": str(audio)})

@@ -70,6 +70,33 @@ def load_code_map(files: list[Path], id_column: str, snac_column: str, ids: set[
     return out
 
 
+def speech_text_samples(
+    src: Source, clips: list[tuple[str, str, Row]], tasks: Sequence[Task], code_files: list[Path] | None,
+    id_column: str, snac_column: str,
+) -> Iterator[Sample]:
+    """A1T1 (hear the clip, write its text) and T1A2 (speak the text as its codes) samples of a speech corpus.
+
+    Args:
+        clips: this shard's ``(clip id, row name in skip reports, Row with "text" and "audio")``.
+        code_files: tables of SNAC codes keyed by clip id, for T1A2; None without T1A2.
+    """
+    codes = None
+    if code_files is not None:
+        key = ("codes", src.shard)
+        if key not in src.cache:  # only this shard's clips: memory and parsing split across workers
+            src.cache[key] = load_code_map(code_files, id_column, snac_column, {clip_id for clip_id, _, _ in clips})
+        codes = src.cache[key]
+    for clip_id, where, r in clips:
+        for task in tasks:
+            if task is Task.A1T1:
+                build = partial(asr_sample, r, "audio", "text", src.name, where)
+            else:
+                build = partial(tts_sample, r, codes, clip_id, src.name)
+            sample = src.make(where, task, build)
+            if sample is not None:
+                yield sample
+
+
 @dataclass(frozen=True)
 class Columns:
     """Which column holds each part of a sample; None where a source has no such column."""
