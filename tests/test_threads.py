@@ -1,6 +1,7 @@
 """The thread policy: torch's pool sized by the free cores, and what the user set kept and said."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -33,9 +34,34 @@ def test_chosen_from_the_affinity_mask_and_load_and_said(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="omni_train"):
         assert threads.set_threads(None) == 3
     assert torch.get_num_threads() == 3
-    assert "torch threads: 3 (4 usable cores, load average 1.2" in caplog.text
+    assert "torch threads: 3 (4 usable cores, 1.2 of them busy" in caplog.text
     monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
     assert threads.set_threads(None) == 4  # the next run in this process chooses afresh
+
+
+def test_busy_cores_believe_the_present_over_a_lagging_load_average(monkeypatch):
+    """Just after a job ends the load average still says ~1 busy core; the sample of idle time says 0."""
+    ticks = iter([{0: (1000, 500), 1: (1000, 500)}, {0: (1100, 600), 1: (1100, 600)}])  # both cores idle
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(ticks))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.1, 1.5, 2.0))
+    assert threads.busy_cores(window=0) == 0.0
+    ticks = iter([{0: (1000, 500), 1: (1000, 500)}, {0: (1100, 500), 1: (1100, 600)}])  # core 0 fully busy
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(ticks))
+    assert threads.busy_cores(window=0) == 1.0
+    ticks = iter([{0: (1000, 500), 1: (1000, 500)}, {0: (1100, 500), 1: (1100, 500)}])  # a burst in the window
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(ticks))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    assert threads.busy_cores(window=0) == 0.3
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)  # not Linux: the load average alone
+    assert threads.busy_cores(window=0) == 0.3
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="no /proc/stat: not Linux")
+def test_cpu_times_are_read_for_the_usable_cores():
+    times = threads._cpu_times()
+    assert set(times) == set(os.sched_getaffinity(0))
+    assert all(total > idle >= 0 for total, idle in times.values())
+    assert 0.0 <= threads.busy_cores(window=0.05) <= threads.usable_cores()
 
 
 def test_what_the_user_set_wins_and_is_said(monkeypatch, caplog):
