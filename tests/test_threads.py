@@ -68,8 +68,9 @@ def test_what_the_user_set_wins_and_is_said(monkeypatch, caplog):
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
     monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
     caplog.set_level(logging.INFO, logger="omni_train")
-    torch.set_num_threads(2)  # by the user, after importing omni_train
-    assert threads.set_threads(None) == 2 and "torch.set_num_threads" in caplog.text
+    mine = torch.get_num_threads() + 1  # unlike what torch had: a count the user chose
+    torch.set_num_threads(mine)  # by the user, after importing omni_train
+    assert threads.set_threads(None) == mine and "torch.set_num_threads" in caplog.text
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)  # what torch made of it at import
     assert threads.set_threads(None) == 1 and "from OMP_NUM_THREADS=1" in caplog.text

@@ -242,6 +242,12 @@ def _worker_init(worker_id: int, trainer_pid: int) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "sigwaitinfo"):
+        # Blocking reaches only this thread and those it starts. A thread the worker had before this
+        # (there is one when the trainer ran torch on 2+ threads) would take SIGTERM at its default
+        # and kill the worker: with SIGTERM ignored it drops it instead. The waiting thread still gets
+        # the trainer's SIGTERM whenever every thread blocks it; otherwise the worker ends when its
+        # trainer does (torch's watchdog), as an ignored one would.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True).start()
     if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning would have installed (seed_everything(workers=True))
