@@ -12,6 +12,8 @@ import json
 import logging
 import shutil
 import signal
+import subprocess
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import torch
 from litgpt.tokenizer import Tokenizer
 from test_train import SHORT, config
 
@@ -115,6 +118,35 @@ def test_a_source_that_makes_nothing_stops_whatever_the_fraction(tmp_path, encod
             next(batches)
     message = str(err.value)  # from a loader worker too: our one line, not the worker's traceback
     assert message.startswith(f"broken: {says}") and "\n" not in message
+
+
+def test_a_loader_worker_ends_on_the_trainers_sigterm_and_only_on_it(tmp_path, encoder):
+    """multiprocessing (at the trainer's exit, for a worker still running: a loader held by a
+    traceback, as in the test above) and torch stop a worker with SIGTERM from the trainer, then wait
+    for it without a timeout. The worker used to ignore SIGTERM in torch's thread pool, started before
+    our init, and the kernel handed it the signal there: that exit, and CI after the last test,
+    waited for ever. A SIGTERM from anyone else (a scheduler's, to every process) it outlives."""
+    src = sources.asr_manifest(manifest(tmp_path, [False] * 4), name="good")
+    cfg = DataConfig(max_tokens=600, buffer_size=4, num_workers=2, max_skip_fraction=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a trainer on 2+ threads: its workers have torch's thread pool
+    try:
+        batches = iter(OmniDataModule({"good": src}, {"good": 1.0}, encoder, cfg).train_dataloader())
+        next(batches)
+    finally:
+        torch.set_num_threads(threads)
+    workers = batches._workers
+    try:
+        for worker in workers:
+            subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # sent by another process
+        time.sleep(1)
+        assert all(w.is_alive() for w in workers)
+        for worker in workers:
+            worker.terminate()  # SIGTERM from this process, as multiprocessing sends it at exit
+            worker.join(timeout=20)
+            assert worker.exitcode == 0, f"worker {worker.pid}: {worker.exitcode}"
+    finally:
+        batches._shutdown_workers()
 
 
 @pytest.fixture

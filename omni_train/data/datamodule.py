@@ -237,17 +237,16 @@ def _worker_init(worker_id: int, trainer_pid: int) -> None:
     """Loader workers outlive the preemption signals, which SLURM and terminals send to every process
     of a job: a worker that died of one would crash the trainer before it can save (see
     `omni_train.resume.Preemption`). SIGUSR1 and Ctrl-C's SIGINT are ignored; SIGTERM ends a worker
-    only when it comes from the trainer itself (how multiprocessing stops its children), which only a
-    thread waiting with `sigwaitinfo` can tell (where it does not exist, SIGTERM keeps its default)."""
+    only when it comes from the trainer itself (how multiprocessing and torch stop their children),
+    which only a thread waiting with `sigwaitinfo` can tell (where it does not exist, SIGTERM keeps
+    its default). Every other thread of the worker blocks SIGTERM from its first instruction
+    (`_Loader` forks with it blocked), so that thread is the only one it can reach."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "sigwaitinfo"):
-        # Blocking reaches only this thread and those it starts. A thread the worker had before this
-        # (there is one when the trainer ran torch on 2+ threads) would take SIGTERM at its default
-        # and kill the worker: with SIGTERM ignored it drops it instead. The waiting thread still gets
-        # the trainer's SIGTERM whenever every thread blocks it; otherwise the worker ends when its
-        # trainer does (torch's watchdog), as an ignored one would.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _WAIT_FOR_SIGTERM:
+        # Not SIG_IGN: an ignored SIGTERM taken by a thread that did not block it would be dropped,
+        # and the trainer's own stop with it (multiprocessing then waits at exit for a worker that
+        # never ends: a run, or pytest, hung there for ever).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         threading.Thread(target=_exit_on_sigterm_from, args=(trainer_pid,), daemon=True).start()
     if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning would have installed (seed_everything(workers=True))
@@ -260,6 +259,24 @@ def _exit_on_sigterm_from(trainer_pid: int) -> None:
     while True:
         if signal.sigwaitinfo({signal.SIGTERM}).si_pid == trainer_pid:
             os._exit(0)
+
+
+_WAIT_FOR_SIGTERM = hasattr(signal, "sigwaitinfo")
+
+
+class _Loader(DataLoader):
+    """Forks its workers with SIGTERM blocked. A thread inherits its creator's signal mask, so every
+    thread of a worker blocks SIGTERM, torch's thread pool included, which starts before
+    `_worker_init` can block anything; the trainer's thread gets its own mask back at once."""
+
+    def __iter__(self):
+        if not (_WAIT_FOR_SIGTERM and self.num_workers > 0):
+            return super().__iter__()
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class OmniDataModule(L.LightningDataModule):
@@ -360,7 +377,7 @@ class OmniDataModule(L.LightningDataModule):
         return dict(mine["shards"]), mine["next_worker"]
 
     def _loader(self, dataset: OmniStream) -> DataLoader:
-        return DataLoader(
+        return _Loader(
             dataset,
             batch_size=None,  # the stream yields whole batches
             num_workers=self.num_workers,
