@@ -118,10 +118,11 @@ class OmniModule(L.LightningModule):
         out = self.model_step(batch)
         self.last_metrics = out.metrics  # read by callbacks (the run summary's loss history)
         B = batch.input_ids.size(0)
-        self.log_dict({f"train/{k}": v for k, v in out.metrics.items() if k != "loss"}, batch_size=B)
-        self.log("train/padding", batch.padding_fraction, batch_size=B)
-        # the mean over ranks (one all-reduce a step), so every rank logs the same number
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=B, sync_dist=True)
+        if self.logs_this_step():
+            self.log_dict({f"train/{k}": v for k, v in out.metrics.items() if k != "loss"}, batch_size=B)
+            self.log("train/padding", batch.padding_fraction, batch_size=B)
+            # the mean over ranks (one all-reduce), so every rank logs the same number
+            self.log("train/loss", out.loss, prog_bar=True, batch_size=B, sync_dist=True)
         # a non-finite loss still goes through backward (every DDP rank must run it); the step is
         # dropped in on_before_optimizer_step. No host sync here: the flag stays on the device.
         bad = ~torch.isfinite(out.loss.detach())
@@ -133,11 +134,25 @@ class OmniModule(L.LightningModule):
         # before clipping (Lightning clips after this hook): the norm the clip threshold is compared with
         grads = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
         norm = torch.stack(grads).norm(2) if grads else None
-        if self._skip_step(norm):
+        skipped = self._skip_step(norm)
+        if skipped:
             optimizer.zero_grad(set_to_none=True)  # no gradient, no update: weights and optimizer state stay
-        elif norm is not None:
+        elif norm is not None and self.logs_this_step():
             self.log("train/grad_norm", norm, batch_size=1)
-        self.log("train/bad_steps", float(self.bad_steps), batch_size=1)
+        if skipped or self.logs_this_step():  # a skipped step shows at once
+            self.log("train/bad_steps", float(self.bad_steps), batch_size=1)
+
+    def logs_this_step(self) -> bool:
+        """Whether the loggers write this training step's values (every ``log_every`` steps).
+
+        Lightning's `log` costs about 3 ms of CPU a call whether or not the value is written (it moves
+        each value through its result collection): with the ten values of a step, 17% of the demo's
+        stage-2 CPU time (BENCHMARKS.md section 14), and the same milliseconds on every GPU step.
+        Values no logger writes are therefore not logged at all; the progress bar's figures then
+        change every ``log_every`` steps. Every rank decides alike, so the loss's all-reduce stays in step.
+        """
+        trainer = self._trainer
+        return trainer is None or trainer._logger_connector.should_update_logs
 
     def _skip_step(self, grad_norm: torch.Tensor | None) -> bool:
         """Whether this optimizer step is dropped; every rank decides alike, on all ranks' losses and gradients."""

@@ -51,6 +51,7 @@ def test_padding_benchmark_prints_both_fractions():
         ("serve_latency.py", ["--tiny"], ["first audio, streamed", "real-time factor"]),
         ("checkpoint_size.py", ["--tiny"], ["alignment", "keep_checkpoints=1"]),
         ("demo_profile.py", ["--tiny"], ["forward and loss", "Whisper encoder", "held-out WER"]),
+        ("demo_settings.py", ["--tiny", "--setting", ""], ["held-out WER: before", "adaption", "finetune", "CPU"]),
     ],
 )
 def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch, capsys):

@@ -118,3 +118,38 @@ def test_fsdp_refused_only_where_rows_are_masked(stage):
             check_strategy(SimpleNamespace(strategy=FSDPStrategy()), module)
     else:
         check_strategy(SimpleNamespace(strategy=FSDPStrategy()), module)
+
+
+def test_only_the_steps_the_loggers_write_are_logged(tmp_path, monkeypatch):
+    """Lightning's `log` costs milliseconds a call written or not: values go to it on logged steps only,
+    and those steps still carry every value."""
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from omni_train.callbacks import Throughput
+
+    torch.manual_seed(0)
+    model = OmniGPT(tiny_omni())
+    module = STAGES["finetune"](ModelBundle(model, WhisperEncoder.from_dims(DIMS)),
+                                StageConfig(tasks={}, max_steps=10, max_lr=1e-3, warmup_steps=1))  # fmt: skip
+    batch, calls = [None], []
+
+    class Batch(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch_, batch_idx) -> None:
+            batch[0] = batch_idx
+
+    log = module.log
+    monkeypatch.setattr(module, "log", lambda name, *a, **k: calls.append(batch[0]) or log(name, *a, **k))
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=6, log_every_n_steps=3, logger=CSVLogger(tmp_path), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Batch(), Throughput()],
+    )  # fmt: skip
+    trainer.fit(module, DataLoader([all_tasks_batch(model.config.vocab)] * 6, batch_size=None))
+
+    assert set(calls) == {2, 5}  # the 3rd and 6th batches, which the logger writes (as step 2 and 5)
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    for key in ("train/loss", "train/grad_norm", "train/padding", "train/bad_steps", "train/tokens_per_s"):
+        assert [int(r["step"]) for r in rows if r.get(key)] == [2, 5], key
