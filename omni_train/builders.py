@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 import whisper
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from litgpt.config import Config
 from litgpt.model import GPT
@@ -87,6 +88,7 @@ def build_model(
     if m.lora.r:
         lora = m.lora if isinstance(m.lora, LoraConfig) else LoraConfig(**plain(m.lora))
         bundle.model.add_lora(lora, seed=seed)
+    bundle.model.activation_checkpointing = m.activation_checkpointing
     return bundle
 
 
@@ -345,7 +347,10 @@ def build_trainer(
     if kwargs.get("enable_progress_bar", True):
         callbacks = [*callbacks, stage_progress_bar(stage)]
     if isinstance(kwargs.get("strategy"), dict):
-        kwargs["strategy"] = instantiate(kwargs["strategy"])
+        try:
+            kwargs["strategy"] = instantiate(kwargs["strategy"])
+        except InstantiationException as err:  # a strategy factory's ConfigError, as its own one line
+            raise err.__cause__ if isinstance(err.__cause__, ConfigError) else err
     loggers = [
         instantiate(spec, save_dir=str(stage_dir / "logs"), name=stage) for spec in plain(cfg.logger).values() if spec
     ]
