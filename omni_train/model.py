@@ -16,11 +16,11 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from litgpt import lora as litgpt_lora
 from litgpt.config import Config
 from litgpt.lora import LoRALinear, lora_filter
 from litgpt.model import GPT, Block, batched_index_select, do_softcapping
+from torch.utils.checkpoint import checkpoint
 
 from omni_train.config import LoraConfig
 from omni_train.vocab import N_AUDIO_LAYERS, N_LAYERS, TEXT_LAYER, Vocab
@@ -400,7 +400,7 @@ class OmniGPT(GPT):
         for idx, block in enumerate(blocks):
             c, s = (cos, sin) if rope_indices is None else (cos[..., rope_indices[idx]], sin[..., rope_indices[idx]])
             if checkpointed:
-                x = torch.utils.checkpoint.checkpoint(block, x, c, s, mask, input_pos, input_pos_maxp1, use_reentrant=False)
+                x = checkpoint(block, x, c, s, mask, input_pos, input_pos_maxp1, use_reentrant=False)
             else:
                 x = block(x, c, s, mask, input_pos, input_pos_maxp1)
         return x

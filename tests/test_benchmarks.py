@@ -89,12 +89,16 @@ def test_benchmark_of_whole_runs_on_its_smallest_shape(script, expect):
 
 
 def test_lora_memory_benchmark_measures_both_variants_in_fresh_processes(monkeypatch, capsys):
-    out = run_here("lora_memory.py", "--tiny", monkeypatch=monkeypatch, capsys=capsys)
-    measured = [line.strip() for line in out.splitlines() if line.startswith(("  full ", "  lora "))]
+    # two of the four default variants, as many processes as before checkpointing was measured
+    out = run_here("lora_memory.py", "--tiny", "--variants", "full,lora+ckpt", monkeypatch=monkeypatch, capsys=capsys)
+    measured = [line.strip() for line in out.splitlines() if line.startswith(("  full", "  lora"))]
     assert len(measured) == 4 and all("peak" in line for line in measured)  # 2 variants x 2 depths
     lines = {line.split()[0]: line for line in measured}  # the deeper model's
-    # B starts at zero, so the LoRA model's first step scores exactly what the full model's does
+    assert lines.keys() == {"full", "lora+ckpt"}
+    # B starts at zero, so the LoRA model's first step scores exactly what the full model's does, and
+    # activation checkpointing changes no number
     first_loss = {v: float(line.rsplit("loss ", 1)[1]) for v, line in lines.items()}
-    assert first_loss["lora"] == pytest.approx(first_loss["full"], rel=1e-5)
+    assert all(loss == pytest.approx(first_loss["full"], rel=1e-5) for loss in first_loss.values())
+    assert "ratio lora+ckpt/full step time" in out and "ratio lora+ckpt/full peak memory" in out
     assert "ratio lora/full step time" in out
     assert last_ratio(out) > 0

@@ -5,13 +5,15 @@ from, each stage trains exactly its parts and never the base (bit for bit), the 
 give the unmerged model's logits (our format, Mini-Omni's, and generation), and the loss over a
 head split into row blocks equals the loss over the whole head. End to end: a LoRA run under DDP
 (sample logger, val/wer, plain merged folders that omni-infer and omni-eval read) and an
-interrupted LoRA stage that resumes exactly. With MINI_OMNI_DIR set, Mini-Omni's own `GPT` scores
-a LoRA export as the unmerged model does.
+interrupted LoRA stage with activation checkpointing that resumes exactly. With MINI_OMNI_DIR set,
+Mini-Omni's own `GPT` scores a LoRA export as the unmerged model does; with OMNI_TEST_FSDP_CPU set,
+a LoRA stage under the FSDP preset on 2 CPU processes resumes exactly from its sharded checkpoint.
 """
 
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -432,6 +434,7 @@ def aligned(tmp_path_factory) -> Path:
 def test_an_interrupted_lora_stage_resumes_exactly(tmp_path, aligned):
     common = [
         "experiment=demo", "stage=adaption", f"init_from={aligned}", "model.lora.r=4", "model.lora.dropout=0.1",
+        "model.activation_checkpointing=true",  # its recomputed dropout masks must not shift the resumed RNG stream
         "eval.asr=null", "eval.speak=null", "~data.val.asr_heldout", f"stages.adaption.max_steps={STEPS}",
         "stages.adaption.log_every=1", "stages.adaption.max_tokens=1024", "data.buffer_size=24", *HALF,
     ]  # fmt: skip
@@ -459,3 +462,41 @@ def test_an_interrupted_lora_stage_resumes_exactly(tmp_path, aligned):
         for k in a:
             torch.testing.assert_close(a[k], b[k], msg=k)
     assert any(b["transformer.h.0.attn.qkv.lora_B"].flatten()), "stage 2 trains the LoRA matrices"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("OMNI_TEST_FSDP_CPU"), reason="OMNI_TEST_FSDP_CPU is not set: two FSDP runs of 2 processes"
+)
+def test_a_lora_stage_under_fsdp_resumes_from_its_shards_exactly(tmp_path, aligned):
+    """The FSDP preset on 2 CPU processes (`fsdp_cpu`): sharded checkpoints, a resume from one, and
+    the consolidated merged model; with activation checkpointing around the FSDP-wrapped blocks."""
+    run, steps = tmp_path / "run", 4
+    common = [
+        "experiment=demo", "stage=adaption", f"init_from={aligned}", "model.lora.r=4", "model.lora.dropout=0.1",
+        "model.activation_checkpointing=true", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.precision=32-true", "trainer.strategy._target_=fsdp_cpu.strategy", "eval.asr=null", "eval.speak=null",
+        "~data.val.asr_heldout", f"stages.adaption.max_steps={steps}", "stages.adaption.checkpoint_every=2",
+        "stages.adaption.keep_checkpoints=2", "stages.adaption.max_tokens=1024", "data.buffer_size=24", *HALF,
+        f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    done = omni_train(*common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stage = run / "adaption"
+    shards = stage / "checkpoints" / "step-2.ckpt"
+    assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one file a rank
+    want = {name: torch.load(stage / "model" / name, weights_only=True) for name in (ckpt.WEIGHTS_FILE, ckpt.LORA_FILE)}
+    model, _ = ckpt.load_checkpoint(stage / "model")  # consolidated and merged: a plain model, no LoRA code
+    assert model.lora is None and any(want[ckpt.LORA_FILE]["transformer.h.0.attn.qkv.lora_B"].flatten())
+
+    # lose everything after step 2: resume=auto continues from its shards
+    for path in (stage / "summary.json", stage / "model", *(stage / "checkpoints").glob("*")):
+        if path != shards:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    done = omni_train(*common, "resume=auto", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["stages"]["adaption"]["resumed_from"] == str(shards)
+    for name, tensors in want.items():
+        got = torch.load(stage / "model" / name, weights_only=True)
+        assert got.keys() == tensors.keys()
+        for k in tensors:
+            torch.testing.assert_close(got[k], tensors[k], msg=k)
