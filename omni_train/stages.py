@@ -213,20 +213,29 @@ class OmniModule(L.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    # ---- checkpoints: the frozen encoder is never saved with the trained weights ------------------
+    # ---- checkpoints: the frozen encoder is not saved with the trained weights ---------------------
+    # (except in FSDP's sharded checkpoints: Lightning loads those itself, asking for every key of the
+    # module's state dict, and the encoder's shards are a small part of a model FSDP is needed for)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(ENCODER_PREFIX)]:
-            del state[key]
+        if not self._sharded_checkpoints():
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(ENCODER_PREFIX)]:
+                del state[key]
         checkpoint["bad_steps"] = self.bad_steps
         checkpoint["optimisation"] = {k: getattr(self.cfg, k) for k in OPTIMISATION}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.bad_steps = checkpoint.get("bad_steps", 0)
         self._resumed_from = checkpoint.get("optimisation")
-        if self.encoder is not None:
+        if self.encoder is not None and "state_dict" in checkpoint:  # none: FSDP has loaded its shards already
             state = checkpoint["state_dict"]
             state.update({ENCODER_PREFIX + k: v for k, v in self.encoder.state_dict().items()})
+
+    def _sharded_checkpoints(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
 
     def on_train_start(self) -> None:
         """A resumed stage trains with the settings it is given now, from the step it stopped at.
