@@ -100,5 +100,4 @@ def test_lora_memory_benchmark_measures_both_variants_in_fresh_processes(monkeyp
     first_loss = {v: float(line.rsplit("loss ", 1)[1]) for v, line in lines.items()}
     assert all(loss == pytest.approx(first_loss["full"], rel=1e-5) for loss in first_loss.values())
     assert "ratio lora+ckpt/full step time" in out and "ratio lora+ckpt/full peak memory" in out
-    assert "ratio lora/full step time" in out
     assert last_ratio(out) > 0
