@@ -375,6 +375,7 @@ def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path, capsys):
     run = tmp_path / "run"
     done = omni_train(
         "experiment=demo", "model.lora.r=4", "trainer=ddp_cpu", "eval.asr=null", "eval.speak=null",
+        "model.activation_checkpointing=true",  # checkpointed blocks under DDP's gradient hooks
         "stages.alignment.max_steps=2", "stages.adaption.max_steps=2", "stages.finetune.max_steps=2",
         f"hydra.run.dir={run}", "+callbacks.probe._target_=ddp_probe.Probe", f"+callbacks.probe.out={tmp_path / 'probe'}",
         # the sample logger and val/wer answer with the unmerged LoRA model, on rank 0 while the other waits
