@@ -21,8 +21,8 @@ from omni_train.tasks import TASKS
 from omni_train.vocab import IGNORE_INDEX, N_AUDIO_LAYERS, TEXT_LAYER
 
 # Logits one chunk may hold: 2^25 is 128 MB in fp32, 220 positions of Qwen2's 152k text rows.
-# Smaller chunks re-read the head and its gradient more often; at 2^24 that started to show in the
-# step's time on one CPU core, at 2^25 it did not (BENCHMARKS.md section 2).
+# Smaller chunks re-read the head and its gradient more often: at 2^24 the loss took 7% more CPU
+# time than at 2^25 on one core, for 20-65 MB less (BENCHMARKS.md section 2).
 MAX_CHUNK_LOGITS = 2**25
 
 
