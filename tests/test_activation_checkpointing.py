@@ -16,7 +16,7 @@ from test_stages import DIMS, all_tasks_batch
 from tiny import tiny_omni
 
 from omni_train.audio import WhisperEncoder
-from omni_train.builders import build_model
+from omni_train.builders import build_model, build_trainer
 from omni_train.checkpoints import ModelBundle
 from omni_train.config import ConfigError, LoraConfig, StageConfig
 from omni_train.model import OmniGPT
@@ -130,6 +130,10 @@ def test_the_setting_reaches_the_model(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["activation_checkpointing", "activation_checkpointing_policy"])
-def test_the_fsdp_presets_own_switch_is_refused(key):
+def test_the_fsdp_presets_own_switch_is_refused(key, tmp_path):
     with pytest.raises(ConfigError, match="model.activation_checkpointing"):
         fsdp_strategy(**{key: True})
+    # from the command line: the one line, not Hydra's wrapper around it
+    cfg = config("experiment=demo", "trainer=fsdp", f"+trainer.strategy.{key}=true", f"run_dir={tmp_path}")
+    with pytest.raises(ConfigError, match=f"^trainer.strategy.{key}: use model.activation_checkpointing=true"):
+        build_trainer(cfg, "adaption", tmp_path, [])
