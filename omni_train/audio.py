@@ -393,11 +393,11 @@ class WhisperEncoder(nn.Module):
     """openai-whisper's `AudioEncoder`, frozen, encoding audio of any length up to 30 s.
 
     Whisper's own forward asserts a 30-s input. By default (``pad_to_30s=False``) this runs its
-    convolutions, positional embedding, blocks and ``ln_post`` on just ``2 * F`` mel frames, with
-    the batch padding masked: mel frames past a row's ``2 * frames`` are zeroed (as the convs'
-    own zero padding would be) and padded encoder frames are masked out of attention, so a row's
-    valid frames are the same alone or in any batch (to float tolerance), and padded frames are
-    returned as zeros. ``pad_to_30s=True`` reproduces Mini-Omni instead: the whole 30-s window
+    convolutions, positional embedding, blocks and ``ln_post`` on each row's own ``2 * frames``
+    mel frames: mel frames past them are zeroed (as the convs' own zero padding would be), and the
+    blocks run on the real frames of all rows packed together, each row attending only to itself,
+    so a row's frames are the same alone or in any batch (to float tolerance), batch padding costs
+    no work, and padded frames are returned as zeros. ``pad_to_30s=True`` reproduces Mini-Omni instead: the whole 30-s window
     (real frames attending to the padding too), sliced to F. The two give different features;
     a model trained with one should be run with the same one.
 
@@ -480,7 +480,7 @@ class WhisperEncoder(nn.Module):
         with torch.no_grad():
             if self.pad_to_30s:
                 return self.encoder(self._silence_padded(x, frames))[:, :f_max]
-            return self._encode_masked(x, frames, f_max)
+            return self._encode_own_length(x, frames, f_max)
 
     def _silence_padded(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Extend to 3000 mel frames as `whisper.pad_or_trim` would have: batch padding becomes silence.
@@ -497,7 +497,15 @@ class WhisperEncoder(nn.Module):
         fill = past & (x == 0).all(dim=1)  # (B, 3000)
         return torch.where(fill[:, None, :], silence[:, None, None], x)
 
-    def _encode_masked(self, mels: torch.Tensor, frames: torch.Tensor, f_max: int) -> torch.Tensor:
+    def _encode_own_length(self, mels: torch.Tensor, frames: torch.Tensor, f_max: int) -> torch.Tensor:
+        """Whisper's encoder on each row's real frames only: no work is spent on batch padding.
+
+        The convolutions run on the batch with the mel padding zeroed (their own zero padding at a
+        clip's end is then what a row alone sees; they are ~2% of the time). After them the real
+        frames of all rows are packed into one ``(N, width)`` sequence, ``N = sum(frames)``: the
+        projections and MLPs, which are most of the work, run on that, and attention runs row by
+        row on the row's own frames, so there is no mask (and no masked padding keys) either.
+        """
         enc = self.encoder
         mel_valid = torch.arange(2 * f_max, device=mels.device)[None, :] < 2 * frames[:, None]  # (B, 2F)
         x = torch.where(mel_valid[:, None, :], mels[..., : 2 * f_max], 0.0)  # (B, n_mels, 2F)
@@ -505,24 +513,31 @@ class WhisperEncoder(nn.Module):
         x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, F, width)
         x = (x + enc.positional_embedding[:f_max]).to(x.dtype)
         valid = torch.arange(f_max, device=x.device)[None, :] < frames[:, None]  # (B, F)
-        mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, F): keys to attend
+        rows = frames.tolist()
+        x = x[valid]  # (N, width): real frames, row after row
         for block in enc.blocks:
-            x = self._block(block, x, mask)
-        x = enc.ln_post(x)
-        return x.masked_fill(~valid[..., None], 0.0)
+            x = self._block(block, x, rows)
+        out = x.new_zeros(valid.shape + (x.size(-1),))  # (B, F, width): padded frames are zeros
+        out[valid] = enc.ln_post(x)
+        return out
 
     @staticmethod
-    def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Whisper's `ResidualAttentionBlock` with a key-padding mask (its own SDPA path takes none).
+    def _block(block: nn.Module, x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Whisper's `ResidualAttentionBlock` on packed rows ``(N, width)``, each attending to itself.
 
-        Whisper scales q and k by ``d**-0.25`` each, i.e. SDPA's default ``d**-0.5``.
+        Whisper scales q and k by ``d**-0.25`` each, i.e. SDPA's default ``d**-0.5``. One SDPA
+        call a row keeps attention exactly the row's own (a batch of a few rows; on a GPU a large
+        batch of short rows pays one small kernel launch a row a layer).
         """
         attn = block.attn
         h = block.attn_ln(x)
-        B, T, C = h.shape
-        q, k, v = (p(h).view(B, T, attn.n_head, -1).transpose(1, 2) for p in (attn.query, attn.key, attn.value))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, n_head, T, head_size)
-        x = x + attn.out(a.transpose(1, 2).reshape(B, T, C))
+        N, C = h.shape
+        q, k, v = (p(h).view(N, attn.n_head, -1).transpose(0, 1) for p in (attn.query, attn.key, attn.value))
+        a = [  # (n_head, F_i, head_size) a row
+            F.scaled_dot_product_attention(qi, ki, vi)
+            for qi, ki, vi in zip(q.split(rows, 1), k.split(rows, 1), v.split(rows, 1))
+        ]
+        x = x + attn.out(torch.cat(a, dim=1).transpose(0, 1).reshape(N, C))
         return x + block.mlp(block.mlp_ln(x))
 
 
