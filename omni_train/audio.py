@@ -189,30 +189,19 @@ def whisper_max_samples(max_seconds: float = MAX_SECONDS) -> int:
     return SAMPLES_PER_FRAME * int(max_seconds * 50) - 1
 
 
-def log_mel(
-    audio_16k: torch.Tensor,
-    n_mels: int = 80,
-    pad_to_30s: bool = False,
-    max_seconds: float = MAX_SECONDS,
-    too_long: Literal["cut", "drop"] = "cut",
+def whisper_input(
+    audio_16k: torch.Tensor, max_seconds: float = MAX_SECONDS, too_long: Literal["cut", "drop"] = "cut"
 ) -> torch.Tensor:
-    """Whisper's log-mel spectrogram (openai-whisper's own `log_mel_spectrogram`).
-
-    With ``pad_to_30s=False`` the audio is zero-padded only to ``320 * T`` samples, giving exactly
-    ``M = 2 * T`` mel frames (T = `whisper_frames`; the encoder's conv stride 2 makes that T
-    frames): short clips cost short sequences. With ``pad_to_30s=True`` it is Mini-Omni's input,
-    `whisper.pad_or_trim` to 30 s, ``M = 3000``.
+    """The part of a clip Whisper hears: all of it, or its first `max_seconds` when longer.
 
     Args:
         audio_16k: ``(num_samples,)`` mono audio at 16 kHz.
-        n_mels: 80, or 128 for whisper-large-v3.
-        pad_to_30s: reproduce Mini-Omni's 30-s padded input.
         max_seconds: longest clip kept, at most 30 (Whisper has 1500 positions).
         too_long: 'cut' keeps the first ``max_seconds`` (so that T = 50 * max_seconds); 'drop'
             raises `TooLongAudio`.
 
     Returns:
-        ``(n_mels, M)`` float32.
+        ``(num_samples',)`` float32, at most `whisper_max_samples` long.
     """
     if not 0 < max_seconds <= MAX_SECONDS:
         raise ValueError(f"max_seconds must be in (0, {MAX_SECONDS}], got {max_seconds}")
@@ -224,11 +213,69 @@ def log_mel(
         if too_long == "drop":
             raise TooLongAudio(f"audio of {audio_16k.numel() / WHISPER_SAMPLE_RATE:.2f} s exceeds {max_seconds} s")
         audio_16k = audio_16k[:max_samples]
-    if pad_to_30s:
-        return whisper.log_mel_spectrogram(whisper.pad_or_trim(audio_16k), n_mels)
-    frames = whisper_frames(audio_16k.numel(), max_seconds=max_seconds)
-    pad = SAMPLES_PER_FRAME * frames - audio_16k.numel()  # >= 0: T frames always cover the clip
-    return whisper.log_mel_spectrogram(audio_16k, n_mels, padding=pad)  # (n_mels, 2T)
+    return audio_16k
+
+
+def log_mels(
+    audio: torch.Tensor, samples: torch.Tensor | list[int], n_mels: int = 80, pad_to_30s: bool = False
+) -> torch.Tensor:
+    """Whisper's log-mel spectrogram of a batch of clips, on the clips' device: the one place it is made.
+
+    Each row is openai-whisper's `log_mel_spectrogram` of its own clip, however long the others
+    are: the clip is zero-padded to ``320 * T`` samples (T = `whisper_frames`), giving
+    ``M = 2 * T`` mel frames (the encoder's conv stride 2 makes that T frames), or with
+    ``pad_to_30s`` to 30 s as `whisper.pad_or_trim` does (Mini-Omni's input, ``M = 3000``).
+    Training calls this in the step (`WhisperEncoder.encode_audio`), on the GPU where there is
+    one, so loader workers only decode; inference and evaluation come the same way.
+
+    Args:
+        audio: ``(B, S)`` mono 16-kHz clips, zero-padded on the right.
+        samples: ``(B,)`` each clip's length in samples, at most `whisper_max_samples`
+            (`whisper_input` cuts longer ones).
+        n_mels: 80, or 128 for whisper-large-v3.
+        pad_to_30s: reproduce Mini-Omni's 30-s padded input.
+
+    Returns:
+        ``(B, n_mels, M)`` float32, ``M = 2 * max(T)`` (3000 with ``pad_to_30s``); each row's
+        frames past its own ``2 * T`` are zeros.
+    """
+    samples = [int(n) for n in torch.as_tensor(samples).reshape(-1).tolist()]
+    if audio.dim() != 2 or audio.size(0) != len(samples):
+        raise ValueError(f"expected audio (B, S) and samples (B,), got {tuple(audio.shape)} and {len(samples)}")
+    if samples and not 1 <= min(samples) <= max(samples) <= min(audio.size(1), whisper_max_samples()):
+        raise ValueError(f"samples must be in [1, {min(audio.size(1), whisper_max_samples())}], got {samples}")
+    mels = []
+    for clip, n in zip(audio.float(), samples):
+        # one clip at a time, at its own length: no STFT over batch padding (a few small kernels a
+        # row on a GPU), and each row is openai-whisper's own function of its clip, exactly
+        if pad_to_30s:
+            mels.append(whisper.log_mel_spectrogram(whisper.pad_or_trim(clip[:n]), n_mels))
+        else:
+            pad = SAMPLES_PER_FRAME * whisper_frames(n) - n  # >= 0: T frames always cover the clip
+            mels.append(whisper.log_mel_spectrogram(clip[:n], n_mels, padding=pad))  # (n_mels, 2T)
+    M = max((m.size(1) for m in mels), default=0)
+    return torch.stack([F.pad(m, (0, M - m.size(1))) for m in mels]) if mels else audio.new_zeros(0, n_mels, 0)
+
+
+def stack_clips(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips ``(S_i,)`` -> one zero-padded batch ``(B, max S_i)`` and their lengths ``(B,)`` (for `log_mels`)."""
+    samples = torch.tensor([c.numel() for c in clips], dtype=torch.long)
+    audio = torch.zeros(len(clips), int(samples.max()) if len(clips) else 0)
+    for b, c in enumerate(clips):
+        audio[b, : c.numel()] = c.reshape(-1)
+    return audio, samples
+
+
+def log_mel(
+    audio_16k: torch.Tensor,
+    n_mels: int = 80,
+    pad_to_30s: bool = False,
+    max_seconds: float = MAX_SECONDS,
+    too_long: Literal["cut", "drop"] = "cut",
+) -> torch.Tensor:
+    """One clip's log-mel, ``(n_mels, M)`` (`log_mels` of a batch of one, after `whisper_input`)."""
+    clip = whisper_input(audio_16k, max_seconds, too_long)
+    return log_mels(clip[None], [clip.numel()], n_mels, pad_to_30s)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,6 +501,23 @@ class WhisperEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> WhisperEncoder:
         return super().train(False)  # frozen: a parent's .train() must not turn dropout/etc. on
+
+    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """Encode a batch of clips: their log-mel (`log_mels`, on the clips' device), then `forward`.
+
+        Training, evaluation and inference all come through here, so the features are made the
+        same way everywhere.
+
+        Args:
+            audio: ``(B, S)`` mono 16-kHz clips, zero-padded (each cut by `whisper_input`).
+            samples: ``(B,)`` each clip's length in samples.
+
+        Returns:
+            ``(B, F, width)`` features, ``F = max(T)`` (T = `whisper_frames` of each clip).
+        """
+        samples = torch.as_tensor(samples).reshape(-1)
+        frames = torch.tensor([whisper_frames(int(n)) for n in samples.tolist()], device=audio.device)
+        return self(log_mels(audio, samples, self.n_mels, self.pad_to_30s), frames)
 
     def forward(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Encode a batch of log-mels.
