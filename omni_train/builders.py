@@ -81,7 +81,7 @@ def build_model(
         audio = {"whisper": m.whisper, "snac": m.snac, "pad_to_30s": m.pad_to_30s}
         audio.update(audio_sources(start) or {})  # what the model was trained with
         bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start),
-                             trained_context=audio.get("trained_context"))  # fmt: skip
+                             trained_context=audio.get("trained_context"), language=audio.get("language"))  # fmt: skip
         check_requested(m, bundle, requested)
         bundle.encoder = WhisperEncoder.from_pretrained(bundle.whisper, pad_to_30s=bundle.pad_to_30s)
     if m.lora.r:

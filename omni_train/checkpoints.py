@@ -491,16 +491,24 @@ SNAC_DIR = "snac"
 
 
 def save_audio_models(
-    model_dir: Path, whisper_src: str, snac_src: str, pad_to_30s: bool, trained_context: int | None = None
+    model_dir: Path,
+    whisper_src: str,
+    snac_src: str,
+    pad_to_30s: bool,
+    trained_context: int | None = None,
+    language: str | None = None,
 ) -> None:
     """Put the Whisper and SNAC a model was trained with beside it: local files are copied, hub names named.
 
     `trained_context` (the longest sequence it was trained on) goes in the same file: an export
-    sizes its readers' KV cache by it (`mini_omni_block_size`).
+    sizes its readers' KV cache by it (`mini_omni_block_size`); so does `language` (its data's
+    ``data.language``), which omni-eval scores in unless told otherwise.
     """
     entry = {"whisper": whisper_src, "snac": snac_src, "pad_to_30s": pad_to_30s}
     if trained_context:
         entry["trained_context"] = trained_context
+    if language:
+        entry["language"] = language
     if Path(whisper_src).is_file():
         shutil.copyfile(whisper_src, model_dir / WHISPER_FILE)
         entry["whisper"] = WHISPER_FILE
@@ -517,8 +525,8 @@ def save_audio_models(
 
 
 def audio_sources(model_dir: str | Path) -> dict | None:
-    """The Whisper and SNAC of a model dir, as paths or hub names, Whisper's padding rule and the
-    context it was trained at (``trained_context``, when recorded).
+    """The Whisper and SNAC of a model dir, as paths or hub names, Whisper's padding rule, and the
+    context and language it was trained at (``trained_context``, ``language``, when recorded).
 
     Read from ``omni_audio.json`` (written by omni-train); without it, a ``whisper.pt`` file or
     ``snac/`` folder placed in the directory is used. None if the directory names neither.
@@ -570,6 +578,7 @@ class ModelBundle:
         origin: where it came from (a folder, or the base LLM), for messages.
         trained_context: the longest sequence any of its stages trained on (their
             ``data.max_seq_length``); None for a model no stage of ours trained.
+        language: the language of the data it was last trained on (``data.language``), where known.
     """
 
     model: OmniGPT
@@ -580,6 +589,7 @@ class ModelBundle:
     pad_to_30s: bool = False
     origin: str = ""  # where the model came from, for messages
     trained_context: int | None = None
+    language: str | None = None
 
     def save(self, out_dir: str | Path, model: OmniGPT | None = None) -> Path:
         """Write our format with the tokenizer and audio models, atomically (`model`: e.g. gathered from shards).
@@ -589,7 +599,7 @@ class ModelBundle:
         model = model or self.model
         with atomic_dir(out_dir) as tmp:
             _write_model(tmp, model, self.tokenizer_dir)
-            save_audio_models(tmp, self.whisper, self.snac, self.pad_to_30s, self.trained_context)
+            save_audio_models(tmp, self.whisper, self.snac, self.pad_to_30s, self.trained_context, self.language)
             if model.lora is not None:
                 save_lora(tmp, model, self.origin)
         return Path(out_dir)

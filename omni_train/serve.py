@@ -9,8 +9,11 @@ The API (request bodies are multipart forms, so a browser's ``FormData`` and ``c
 
 Form fields: ``audio`` (a file libsndfile reads: wav, flac, ogg, mp3) or ``text``; ``task`` (default
 A1A2 for audio, T1A2 for text); ``temperature`` (0: greedy), ``top_k``, ``top_p``, ``max_new_tokens``,
-``seed``. A browser records webm/opus, which libsndfile cannot read, so the page decodes its
-recording with WebAudio and uploads 16 kHz WAV; anything undecodable gets 415 naming the upload.
+``seed``; ``history``: a conversation's earlier turns, a JSON list of ``{"question": text, "answer":
+text}`` oldest first (``[]`` for its first question), which the model answers from (DESIGN.md,
+"Conversations"). The server keeps no state between requests: the client sends the turns each time.
+A browser records webm/opus, which libsndfile cannot read, so the page decodes its recording with
+WebAudio and uploads 16 kHz WAV; anything undecodable gets 415 naming the upload.
 
 Stream events: ``{"event": "start", "task", "sample_rate", "waited_s"}``, then in decoding order
 ``{"event": "text", "text": <new characters>}`` and ``{"event": "audio", "pcm": <base64 float32
@@ -18,6 +21,9 @@ little-endian mono at sample_rate>}``, last ``{"event": "done", "text", "text_to
 "audio_tokens", "stats"}`` (or ``{"event": "error", "message"}`` if generation fails). The audio
 chunks come from `StreamDecoder`, so they concatenate to the whole answer's decoding.
 ``/api/answer`` returns the done event's fields plus ``audio: {"sample_rate", "pcm"}`` (or null).
+With ``history`` the done event also says what enters the history for this turn: ``question`` (the
+text, or the model's own transcript of a spoken question, as `Conversation` keeps it) and
+``dropped_turns`` (how many of the oldest turns no longer fit the model's context: drop them too).
 
 Why one worker thread: litgpt's KV cache lives on the model, so two generations at once would
 write into one cache. Every generation runs on that thread, one at a time in arrival order; the
@@ -58,8 +64,8 @@ from omni_train.audio import (
 )
 from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.data.collator import build_prompt
-from omni_train.data.samples import Encoded
-from omni_train.generate import answer, stream_events
+from omni_train.data.samples import Encoded, Turn
+from omni_train.generate import Conversation, answer, stream_events
 from omni_train.model import OmniGPT
 from omni_train.tasks import Task
 
@@ -67,7 +73,7 @@ log = logging.getLogger("omni_train.serve")
 
 PAGE = Path(__file__).parent / "serve_page" / "index.html"
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # 30 s of 48 kHz stereo float32 WAV is 11.5 MB; this only stops abuse
-FIELDS = ("audio", "text", "task", "temperature", "top_k", "top_p", "max_new_tokens", "seed")
+FIELDS = ("audio", "text", "task", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "history")
 
 
 class BadRequest(Exception):
@@ -90,6 +96,7 @@ class Question:
     top_k: int | None = None
     top_p: float = 1.0
     seed: int | None = None
+    history: list[Turn] | None = None  # None: not a conversation; [] its first question
 
     @property
     def knobs(self) -> dict:
@@ -181,7 +188,7 @@ class Talker:
             torch.manual_seed(q.seed)
         events = stream_events(
             self.model, self.encoder, self.tokenizer, self.codec, audio=q.audio, text=q.text, task=q.task,
-            chunk=self.chunk, context=self.context, **q.knobs,
+            history=q.history, chunk=self.chunk, context=self.context, **q.knobs,
         )  # fmt: skip
         text = IncrementalText(self.tokenizer)
         samples, first_audio = 0, None
@@ -203,15 +210,19 @@ class Talker:
             events.close()
         if rest := text.finish():
             yield {"event": "text", "text": rest}
+        turn = self._turn(q, result)  # before the stats: transcribing a spoken question is part of the work
         stats = self._stats(start, samples, first_audio_s=first_audio, waited_s=start - submitted)
-        yield {"event": "done", **_fields(q.task, result), "stats": stats}
+        yield {"event": "done", **_fields(q.task, result), **turn, "stats": stats}
 
     def whole(self, q: Question, submitted: float) -> Iterator[dict]:
         """`q`'s answer in one event: `answer`, then SNAC on all frames at once; arguments as `stream`."""
         start = time.perf_counter()
         if q.seed is not None:
             torch.manual_seed(q.seed)
-        result = answer(self.model, self.encoder, self.tokenizer, audio=q.audio, text=q.text, task=q.task, **q.knobs)
+        result = answer(
+            self.model, self.encoder, self.tokenizer, audio=q.audio, text=q.text, task=q.task, history=q.history,
+            **q.knobs,
+        )  # fmt: skip
         audio, samples = None, 0
         if q.task.audio_out:
             wave = self.codec.decode(result.frames) if result.frames.size(0) else torch.zeros(0)
@@ -219,9 +230,18 @@ class Talker:
         yield {
             "event": "done",
             **_fields(q.task, result),
+            **self._turn(q, result),
             "audio": audio,
             "stats": self._stats(start, samples, waited_s=start - submitted),
         }
+
+    def _turn(self, q: Question, result) -> dict:
+        """In a conversation, what the client adds to its history: the question as text, and how many
+        of its oldest turns the model left out to fit (they would be left out again)."""
+        if q.history is None:
+            return {}
+        heard = q.text if q.text is not None else Conversation(self.model, self.encoder, self.tokenizer).heard(q.audio)
+        return dict(question=heard, dropped_turns=result.dropped_turns)
 
     def _stats(self, start: float, samples: int, **extra) -> dict:
         elapsed = time.perf_counter() - start
@@ -377,9 +397,14 @@ async def read_question(request: Request, talker: Talker) -> Question:
         )
         raise BadRequest(f"task {task.value} needs a {what} (omni-serve {flag}), which this server has not loaded")
 
+    history = _history(form.get("history"))
+    if history is not None and task is Task.A1T1:
+        raise BadRequest("task A1T1 (a transcript) takes no conversation: drop the history field")
+
     q = Question(
         task,
         text=text,
+        history=history,
         temperature=_number(form, "temperature", float, Question.temperature, lo=0.0),
         top_k=_number(form, "top_k", int, Question.top_k, lo=1),
         top_p=_number(form, "top_p", float, Question.top_p, lo=0.0, hi=1.0),
@@ -398,6 +423,26 @@ async def read_question(request: Request, talker: Talker) -> Question:
         raise BadRequest(f"the question takes {prompt.size(1)} of the model's {talker.model.max_seq_length} "
                          "positions, leaving none for an answer; ask a shorter one", 413)  # fmt: skip
     return q
+
+
+def _history(raw) -> list[Turn] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, UploadFile):
+        raise BadRequest("field 'history' must be text (JSON), not a file")
+    want = 'a JSON list of {"question": text, "answer": text}, oldest first'
+    try:
+        turns = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"history is not JSON ({e.msg} at character {e.pos}); send {want}") from None
+    if not isinstance(turns, list):
+        raise BadRequest(f"history must be {want}, got {type(turns).__name__}")
+    for k, turn in enumerate(turns, 1):
+        if not (isinstance(turn, dict) and set(turn) == {"question", "answer"}
+                and all(isinstance(v, str) for v in turn.values())):  # fmt: skip
+            raise BadRequest(f"history turn {k} must be {{\"question\": text, \"answer\": text}}, got "
+                             f"{json.dumps(turn)[:80]}")  # fmt: skip
+    return [Turn(t["question"], t["answer"]) for t in turns]
 
 
 def _number(form, key: str, kind: type, default, lo: float | None = None, hi: float | None = None):

@@ -155,6 +155,7 @@ def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, f
     summary = {}
     if trained is not None:
         bundle.trained_context = max(bundle.trained_context or 0, cfg.data.max_seq_length)  # sizes exports' KV cache
+        bundle.language = cfg.data.language  # omni-eval's default
         bundle.save(stage_dir / "model", trained)
         summary = {
             "stage": stage,

@@ -29,7 +29,8 @@ import omni_train.serve as serve
 from omni_train.audio import SnacCodec, load_audio
 from omni_train.checkpoints import save_omni
 from omni_train.cli.serve import main
-from omni_train.generate import answer, to_frames
+from omni_train.data.samples import Turn
+from omni_train.generate import Conversation, answer, to_frames
 from omni_train.model import OmniGPT
 from omni_train.serve import BadRequest, Talker, Worker, create_app
 
@@ -198,6 +199,11 @@ LONG_TEXT = "what is two plus three " * 60
         (None, {"text": "hi", "max_new_tokens": "0"}, 400, f"max_new_tokens must be in [1, {MAX_NEW_TOKENS}], got '0'"),
         (None, {"text": "hi", "max_new_tokens": "100000"}, 400, "max_new_tokens must be in [1, 40], got '100000'"),
         (None, {"text": "hi", "temprature": "0.5"}, 400, "unknown form field 'temprature'"),
+        (None, {"text": "hi", "history": "[{'question': 'a'}]"}, 400, "history is not JSON (Expecting property name"),
+        (None, {"text": "hi", "history": '{"question": "a"}'}, 400, 'history must be a JSON list of {"question"'),
+        (None, {"text": "hi", "history": '[{"question": "a", "answer": "b"}, {"question": "c"}]'}, 400,
+         'history turn 2 must be {"question": text, "answer": text}, got {"question": "c"}'),
+        (wav_bytes(0.5), {"task": "A1T1", "history": "[]"}, 400, "task A1T1 (a transcript) takes no conversation"),
     ],
 )
 @pytest.mark.parametrize("path", ["/api/answer", "/api/stream"])
@@ -227,6 +233,33 @@ def test_more_bad_requests_and_the_server_keeps_serving(server):
     got = httpx.get(server.url + "/api/stream")
     assert got.status_code == 405 and got.json() == {"error": "Method Not Allowed"}
     assert ask(server.url, text="still there", max_new_tokens=3).status_code == 200
+
+
+def test_a_conversation_goes_on_from_the_turns_the_client_sends(server):
+    """The server keeps no conversation: each question comes with the earlier turns, and the answer
+    is the one the library gives with that history; the done event says what to add to it."""
+    t = server.talker
+    first = stream(server.url, text="what is two plus three", history="[]")[-1]
+    assert (first["question"], first["dropped_turns"]) == ("what is two plus three", 0)
+    history = [Turn("what is two plus three", first["text"])]
+
+    audio = wav_bytes(1.3)
+    sent = json.dumps([t._asdict() for t in history])
+    streamed, whole = stream(server.url, audio, history=sent)[-1], ask(server.url, audio=audio, history=sent).json()
+    wave = load_audio(audio, 16000)
+    direct = answer(t.model, t.encoder, t.tokenizer, audio=wave, history=history, max_new_tokens=MAX_NEW_TOKENS)
+    alone = answer(t.model, t.encoder, t.tokenizer, audio=wave, max_new_tokens=MAX_NEW_TOKENS)
+    assert summary(streamed) == summary(whole) and summary(whole)[2:] == (direct.text_tokens, direct.audio_tokens)
+    assert (direct.text_tokens, direct.audio_tokens) != (alone.text_tokens, alone.audio_tokens)  # the history counts
+    heard = Conversation(t.model, t.encoder, t.tokenizer).heard(wave)  # a spoken question enters as its transcript
+    assert streamed["question"] == whole["question"] == heard and whole["dropped_turns"] == 0
+
+    # more turns than the context holds: the oldest are left out and the client is told how many
+    long = [Turn("what is two plus three " * 8, "five " * 30)] * 6
+    got = ask(server.url, text="and plus one", history=json.dumps([t._asdict() for t in long])).json()
+    direct = answer(t.model, t.encoder, t.tokenizer, text="and plus one", history=long, max_new_tokens=MAX_NEW_TOKENS)
+    assert got["dropped_turns"] == direct.dropped_turns > 0 and got["text_tokens"] == direct.text_tokens
+    assert "question" not in ask(server.url, text="no history", max_new_tokens=3).json()  # not a conversation
 
 
 def test_concurrent_requests_each_get_their_own_answer(server, monkeypatch):
@@ -414,18 +447,21 @@ def test_the_page_in_headless_chromium(server, tmp_path):
         turn = finished_turn(1)
         expected = ask(server.url, text=question).json()
         assert turn.find_element(By.CSS_SELECTOR, ".answer").get_property("textContent") == expected["text"] != ""
+        assert turn.get_attribute("data-history") == "0"  # the conversation's first question
+        history = [{"question": question, "answer": expected["text"]}]
         samples = pcm(expected["audio"]["pcm"]).numel()
         assert int(turn.get_attribute("data-chunks")) == -(-samples // (4 * 2048))  # each chunk played as it came
         assert audio_duration(turn.find_element(By.TAG_NAME, "audio")) == pytest.approx(samples / 24000, abs=1e-3)
         stats = turn.find_element(By.CSS_SELECTOR, ".stats").text
         assert "first audio after" in stats and "real-time factor" in stats, stats
 
-        # a spoken question from the fake microphone: recorded, converted to WAV, answered in speech
+        # a spoken question from the fake microphone: recorded, converted to WAV, answered in speech,
+        # sent with the first turn as the conversation so far
         driver.find_element(By.ID, "record").click()
         time.sleep(1.5)
         driver.find_element(By.ID, "record").click()
         turn = finished_turn(2)
-        assert turn.get_attribute("data-task") == "A1A2"
+        assert turn.get_attribute("data-task") == "A1A2" and turn.get_attribute("data-history") == "1"
         recording = audio_duration(turn.find_element(By.CSS_SELECTOR, "audio.recording"))
         assert 0.8 < recording < 10, recording
         uploaded = base64.b64decode(driver.execute_async_script(
@@ -435,13 +471,24 @@ def test_the_page_in_headless_chromium(server, tmp_path):
             turn.find_element(By.CSS_SELECTOR, "audio.recording"),
         ))  # fmt: skip
         assert sf.info(io.BytesIO(uploaded)).samplerate == 16000  # the page converted the recorder's webm to WAV
-        expected = ask(server.url, audio=uploaded).json()  # the same question through the API
+        expected = ask(server.url, audio=uploaded, history=json.dumps(history)).json()  # the same through the API
         assert turn.find_element(By.CSS_SELECTOR, ".answer").get_property("textContent") == expected["text"]
+        assert turn.find_element(By.CSS_SELECTOR, ".heard").text == f"heard: {expected['question']}".strip()
         samples = pcm(expected["audio"]["pcm"]).numel()
         assert audio_duration(turn.find_elements(By.TAG_NAME, "audio")[-1]) == pytest.approx(samples / 24000, abs=1e-3)
         assert int(turn.get_attribute("data-chunks")) == -(-samples // (4 * 2048))
         assert float(turn.get_attribute("data-first-audio")) > 0
         assert driver.find_element(By.ID, "error").text == ""
+        assert driver.find_element(By.ID, "conversation").text.startswith("conversation: 2 earlier turns")
+
+        # a new conversation: the next question goes without the earlier turns
+        driver.find_element(By.ID, "reset").click()
+        driver.find_element(By.ID, "text").send_keys(question)
+        driver.find_element(By.ID, "send").click()
+        turn = finished_turn(3)
+        assert turn.get_attribute("data-history") == "0"
+        assert turn.find_element(By.CSS_SELECTOR, ".answer").get_property("textContent") == history[0]["answer"]
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".turn.earlier")) == 2
 
         shot = tmp_path / "omni-serve-page.png"
         driver.save_screenshot(str(shot))

@@ -24,7 +24,8 @@ openai-whisper (a name, which whisper downloads, or a local checkpoint file) tha
 spoken answers: a whole Whisper, not an encoder trained for omni-train such as the demo's
 whisper.pt. Missing files and bad input end with one line and exit status 2.
 
---language (a Whisper code or name; default en) picks the text normaliser of asr and consistency:
+--language (a Whisper code or name; default: the language the checkpoint was trained in, as its
+``omni_audio.json`` records it, else en) picks the text normaliser of asr and consistency:
 Whisper's English one for en, its basic one otherwise; languages written without spaces (zh, yue,
 ja, th, lo, my, km, bo) are scored by CER instead of WER. consistency also has --whisper transcribe
 in that language.
@@ -69,9 +70,10 @@ def _model_args(p: argparse.ArgumentParser, encoder: bool = True) -> None:
 
 
 def _language_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--language", default="en",
-                   help="the speech's language, a Whisper code or name (default en): picks the normaliser, and "
-                        "CER instead of WER for languages written without spaces (zh, ja, th, ...)")  # fmt: skip
+    p.add_argument("--language",
+                   help="the speech's language, a Whisper code or name (default: the checkpoint's training data's, "
+                        "else en): picks the normaliser, and CER instead of WER for languages written without "
+                        "spaces (zh, ja, th, ...)")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -521,6 +523,11 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
+        if "language" in args and args.language is None:
+            args.language = (audio_sources(args.checkpoint) or {}).get("language", "en")
+            if args.language != "en":  # not the default a user may expect: say where it came from
+                print(f"omni-eval {args.command}: scoring in {args.language!r}, the language the checkpoint was "
+                      "trained in (--language to change)", file=sys.stderr)  # fmt: skip
         COMMANDS[args.command](args)
     except (EvalError, OSError, ValueError) as e:  # FileNotFoundError, AudioError, bad rows: one line
         print(f"omni-eval {args.command}: error: {e}", file=sys.stderr)
