@@ -105,7 +105,8 @@ def train_tokenizer(folder: Path, vocab_size: int, texts: list[str]) -> Tokenize
                                                        show_progress=False))  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False}))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
     return Tokenizer(folder)
 
 
@@ -191,12 +192,11 @@ def main() -> None:
         # A pass reads the file once, in order (the stream's validation mode): every pass does the
         # same work. A pass of the endless training mixture would not: its batches straddle the
         # bucketing buffers, so one pass encodes a buffer and a half and the next half of one.
-        streams = {
-            name: OmniStream({"va": sources.voice_assistant(path, tasks=("A1A2",))},
-                             cls(tokenizer, vocab, max_seq_length=2048), OmniCollator(vocab, 8),
-                             max_tokens=16384, buffer_size=args.rows)  # fmt: skip
-            for name, cls in (("log-mel in the step (now)", SampleEncoder), ("log-mel in the worker", LogMelInWorker))
-        }
+        streams = {}
+        for name, cls in (("log-mel in the step (now)", SampleEncoder), ("log-mel in the worker", LogMelInWorker)):
+            source = sources.voice_assistant(path, tasks=("A1A2",))
+            encoder = cls(tokenizer, vocab, max_seq_length=2048)
+            streams[name] = OmniStream({"va": source}, encoder, OmniCollator(vocab, 8), 16384, buffer_size=args.rows)
         rates = {name: [] for name in streams}
         for rep in range(args.reps + 1):  # the first pass warms up (parquet open, first imports)
             for name, stream in streams.items():  # alternating, so both see the same machine
@@ -206,7 +206,8 @@ def main() -> None:
                     rates[name].append(n / (time.process_time() - t0))
         encoder = streams["log-mel in the step (now)"].encoder
         parts = breakdown(path, encoder, min(args.rows, 16))
-        n_tokens = statistics.mean(len(encoder.text_ids(r["answer"], "answer")) for r in pq.read_table(path).to_pylist())
+        answers = [row["answer"] for row in pq.read_table(path, columns=["answer"]).to_pylist()]
+        n_tokens = statistics.mean(len(encoder.text_ids(a, "answer")) for a in answers)
 
     now, before = rates["log-mel in the step (now)"], rates["log-mel in the worker"]
     row_length, frames = typical_row_length(), typical_audio_frames()
@@ -219,11 +220,14 @@ def main() -> None:
         print(f"loader, one core, {name}: samples per CPU-second over {args.reps} passes of {args.rows} A1A2 rows: "
               f"{spread(r)}")  # fmt: skip
     print("per sample: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in parts.items()))
-    print(f"stage-3 sample: {row_length:.0f} positions, {frames:.0f} Whisper frames, {flops / 1e12:.2f} TFLOP (litgpt count)")
-    print(f"A100 step at {per_gpu:.0f} samples/GPU, MFU {args.mfu:.0%}: {step:.3f} s -> demand {demand:.1f} samples/s/GPU")
+    print(f"stage-3 sample: {row_length:.0f} positions, {frames:.0f} Whisper frames, "
+          f"{flops / 1e12:.2f} TFLOP (litgpt count)")  # fmt: skip
+    print(f"A100 step at {per_gpu:.0f} samples/GPU, MFU {args.mfu:.0%}: {step:.3f} s "
+          f"-> demand {demand:.1f} samples/s/GPU")  # fmt: skip
     print(f"supply with {args.workers} workers (one core each): {spread([x * args.workers for x in now])} samples/s")
     print(f"ratio now/before (median): {statistics.median(now) / statistics.median(before):.2f}")
-    print(f"supply/demand, before (log-mel in the worker), at the bottom of the spread: {min(before) * args.workers / demand:.2f}")
+    bottom_before = min(before) * args.workers / demand
+    print(f"supply/demand, before (log-mel in the worker), at the bottom of the spread: {bottom_before:.2f}")
     print(f"ratio loader supply/GPU demand at the bottom of the spread: {min(now) * args.workers / demand:.2f}")
 
 

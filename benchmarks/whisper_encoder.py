@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--batch", type=int, default=2, help="clips a batch (length-sorted, as bucketing gives)")
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--random", type=int, metavar="SEED", help="draw the lengths at random (default: the mix's quantiles)")
+    parser.add_argument("--random", type=int, metavar="SEED", help="draw lengths at random (default: quantiles)")
     parser.add_argument("--tiny", action="store_true", help="a 32-wide, 1-layer encoder on two clips (smoke test)")
     args = parser.parse_args()
     if args.tiny:
@@ -122,7 +122,8 @@ def main() -> None:
     print(f"encoder n_audio_state={dims.n_audio_state} layers={dims.n_audio_layer} threads={torch.get_num_threads()}")
     print(f"clips {', '.join(f'{s:.1f}' for s in seconds)} s in batches of {args.batch}")
     print(f"encoder frames: own length {sum(f.size(2) // 2 * f.size(0) for f, _ in own)}, "
-          f"padded {sum(f.size(2) // 2 * f.size(0) for f, _ in full)} (real {sum(frames)}: all the blocks see of ours)")  # fmt: skip
+          f"padded {sum(f.size(2) // 2 * f.size(0) for f, _ in full)} "
+          f"(real {sum(frames)}: what our blocks see)")  # fmt: skip
     bound = sum(encoder_flops(dims, 1500) for _ in frames) / sum(encoder_flops(dims, f) for f in frames)
     print(f"FLOP ratio padded/own (the ratio at equal speed per FLOP): {bound:.2f}")
     print(f"time: own length {t['own length']:.3f} s, pad to 30 s {t['pad to 30 s']:.3f} s")

@@ -444,7 +444,8 @@ class WhisperEncoder(nn.Module):
     mel frames: mel frames past them are zeroed (as the convs' own zero padding would be), and the
     blocks run on the real frames of all rows packed together, each row attending only to itself,
     so a row's frames are the same alone or in any batch (to float tolerance), batch padding costs
-    no work, and padded frames are returned as zeros. ``pad_to_30s=True`` reproduces Mini-Omni instead: the whole 30-s window
+    no work, and padded frames are returned as zeros. ``pad_to_30s=True`` reproduces Mini-Omni
+    instead: the whole 30-s window
     (real frames attending to the padding too), sliced to F. The two give different features;
     a model trained with one should be run with the same one.
 

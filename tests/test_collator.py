@@ -103,7 +103,8 @@ def test_long_text_answer_pads_audio_layers():
 
 def test_mixed_batch_padding_and_masks():
     s1 = Encoded(Task.T1T2, question_ids=[1], answer_ids=[2], source="orca", row=3)
-    s2 = Encoded(Task.A1A2, answer_ids=[7, 8], audio=speech(3), audio_frames=3, answer_frames=frames(2), source="va", row=9)
+    s2 = Encoded(Task.A1A2, answer_ids=[7, 8], audio=speech(3), audio_frames=3, answer_frames=frames(2), source="va",
+                 row=9)  # fmt: skip
     s3 = Encoded(Task.A1T1, answer_ids=[5], audio=speech(1), audio_frames=1, source="ls", row="u1")
     b = OmniCollator(V, pad_to_multiple_of=8)([s1, s2, s3])
     assert b.input_ids.shape == (3, 8, 16)

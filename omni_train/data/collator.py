@@ -232,11 +232,11 @@ class OmniCollator:
                 audio_mask[b, speech_positions(enc)] = True
 
         spoken = [s for s in samples if s.task.audio_in]
-        audio, audio_samples = stack_clips([s.audio for s in spoken]) if spoken else (None, torch.zeros(0, dtype=torch.long))
+        audio, audio_samples = stack_clips([s.audio for s in spoken])  # (Ba, S), (Ba,)
         return Batch(
             input_ids=input_ids,
             targets=targets,
-            audio=audio,
+            audio=audio if spoken else None,
             audio_samples=audio_samples,
             audio_lengths=torch.tensor([s.audio_frames for s in spoken], dtype=torch.long),
             audio_mask=audio_mask,
