@@ -35,7 +35,7 @@ from omni_train.config import LoraConfig, StageConfig
 from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded
 from omni_train.generate import generate
-from omni_train.loss import head_cross_entropy, omni_loss
+from omni_train.loss import Segment, head_cross_entropy, omni_loss
 from omni_train.model import OmniGPT
 from omni_train.stages import STAGES
 from omni_train.tasks import Task
@@ -192,17 +192,18 @@ def test_a_head_in_row_blocks_scores_as_the_whole_head(softcap, with_bias):
     hs = [torch.randn(k, 16, requires_grad=True) for k in (9, 6)]
     ranges = [(0, 45), (45, 60)]  # the first crosses from the base rows into the new ones
     ts = [torch.randint(0, stop - start, (h.size(0),)) for h, (start, stop) in zip(hs, ranges)]
-    segments = [(h, t, *r) for h, t, r in zip(hs, ts, ranges)]
-    split = head_cross_entropy((base, new), bias, segments, chunk_size=4, softcap=softcap)
-    ref = head_cross_entropy(whole, whole_bias, segments, chunk_size=4, softcap=softcap)
+    segments = [Segment(h, torch.arange(h.size(0)), t, *r, weight) for h, t, r, weight in zip(hs, ts, ranges, (1, 0.5))]
+    split_total, split = head_cross_entropy((base, new), bias, segments, chunk_size=4, softcap=softcap)
+    ref_total, ref = head_cross_entropy(whole, whole_bias, segments, chunk_size=4, softcap=softcap)
+    torch.testing.assert_close(split_total, ref_total)
     for (m, losses, ok), (m_ref, losses_ref, ok_ref) in zip(split, ref):
         torch.testing.assert_close(m, m_ref)
         torch.testing.assert_close(losses, losses_ref)
         assert torch.equal(ok, ok_ref)
     wrt = [new, *hs] + ([bias[1]] if with_bias else [])
-    grads = torch.autograd.grad(split[0][0] + 0.5 * split[1][0], wrt)
+    grads = torch.autograd.grad(split_total, wrt)
     ref_wrt = [whole, *hs] + ([whole_bias] if with_bias else [])
-    ref_grads = torch.autograd.grad(ref[0][0] + 0.5 * ref[1][0], ref_wrt)
+    ref_grads = torch.autograd.grad(ref_total, ref_wrt)
     torch.testing.assert_close(grads[0], ref_grads[0][40:])  # the new rows' gradient, and only theirs
     for g, r in zip(grads[1:3], ref_grads[1:3]):
         torch.testing.assert_close(g, r)
@@ -356,7 +357,7 @@ def test_lora_settings_without_a_rank_are_named(caplog):
 def test_a_loss_over_blocks_needs_its_bias_as_blocks():
     w, h, t = (torch.randn(4, 3), torch.randn(2, 3)), torch.randn(3, 3), torch.zeros(3, dtype=torch.long)
     with pytest.raises(ValueError, match="bias as blocks"):
-        head_cross_entropy(w, torch.zeros(6), [(h, t, 0, 6)])
+        head_cross_entropy(w, torch.zeros(6), [Segment(h, torch.arange(3), t, 0, 6)])
 
 
 # ---- a LoRA run end to end: DDP, every stage's folder, exact resume -------------------------------
