@@ -121,9 +121,12 @@ class RandomFrames(nn.Module):
         super().__init__()
         self.width = width
 
-    def forward(self, mels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        from omni_train.audio import whisper_frames
+
         g = torch.Generator().manual_seed(0)
-        return torch.randn(mels.size(0), int(lengths.max()), self.width, generator=g)  # (Ba, F, width)
+        frames = max(whisper_frames(n) for n in samples.tolist())
+        return torch.randn(audio.size(0), frames, self.width, generator=g)  # (Ba, F, width)
 
 
 def child(args) -> None:

@@ -320,8 +320,7 @@ def build_data(cfg: DictConfig, stage: str, bundle: ModelBundle) -> OmniDataModu
     train, weights = build_sources(cfg, stage)
     val = {name: build_source(name, spec, None) for name, spec in cfg.data.val.items()}
     sample_encoder = SampleEncoder(
-        Tokenizer(bundle.tokenizer_dir), bundle.model.config.vocab, n_mels=bundle.encoder.n_mels,
-        pad_to_30s=bundle.pad_to_30s, too_long=d.too_long, max_seq_length=d.max_seq_length,
+        Tokenizer(bundle.tokenizer_dir), bundle.model.config.vocab, too_long=d.too_long, max_seq_length=d.max_seq_length,
     )  # fmt: skip
     # a stage may have its own batch size (stage 1 of a frozen LLM fits more rows)
     d = dataclasses.replace(d, max_tokens=s.max_tokens or d.max_tokens, max_batch_size=s.max_batch_size or d.max_batch_size)

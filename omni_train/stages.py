@@ -95,10 +95,11 @@ class OmniModule(L.LightningModule):
     # ---- the step -----------------------------------------------------------------------------
     def model_step(self, batch: Batch) -> LossOutput:
         features = None
-        if batch.mels is not None:
+        if batch.audio is not None:
             if self.encoder is None:
                 raise ValueError("this batch has speech input but the module has no Whisper encoder")
-            features = self.encoder(batch.mels, batch.audio_lengths)  # (Ba, F, whisper width)
+            # the log-mel is made here, batched on the step's device, not in the loader workers
+            features = self.encoder.encode_audio(batch.audio, batch.audio_samples)  # (Ba, F, whisper width)
         with_audio = bool(batch.loss_mask[:, :N_AUDIO_LAYERS].any())  # else skip the audio side
         h_text, h_audio = self.model.hidden_states(
             batch.input_ids, features, batch.audio_lengths, batch.audio_mask, with_audio=with_audio

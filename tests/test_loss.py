@@ -3,7 +3,7 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_omni
+from tiny import speech, tiny_omni
 
 import omni_train.loss as loss_module
 from omni_train.data.collator import OmniCollator
@@ -41,9 +41,9 @@ def test_chunked_matches_full_logits_and_gradients():
 def batch_for(vocab):
     frames = torch.randint(0, 4096, (3, 7))
     samples = [
-        Encoded(Task.A1A2, answer_ids=[5, 6], mel=torch.zeros(80, 4), audio_frames=2, answer_frames=frames),
+        Encoded(Task.A1A2, answer_ids=[5, 6], audio=speech(2), audio_frames=2, answer_frames=frames),
         Encoded(Task.T1T2, question_ids=[1, 2, 3], answer_ids=[7, 8, 9, 10]),
-        Encoded(Task.A1T1, answer_ids=[3], mel=torch.zeros(80, 6), audio_frames=3),
+        Encoded(Task.A1T1, answer_ids=[3], audio=speech(3), audio_frames=3),
     ]
     return OmniCollator(vocab)(samples)
 
