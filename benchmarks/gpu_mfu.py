@@ -104,7 +104,7 @@ def main() -> None:
 
     shape = SimpleNamespace(model=args.model, layers=args.layers, tiny=args.tiny, whisper_dim=768,
                             post_layers=6, max_tokens=args.seq)  # fmt: skip
-    omni, plain = build(shape, post_adapter=args.variant == "post_adapter")
+    omni, plain, _ = build(shape, post_adapter=args.variant == "post_adapter")  # not the own-vocabulary step
     omni.max_seq_length = args.seq  # litgpt counts FLOPs at max_seq_length
     plain._max_seq_length, plain.cos, plain.sin = args.seq, omni.cos, omni.sin
     omni.to(device)

@@ -8,6 +8,10 @@ same VoiceAssistant-shaped A1A2 batch through the real collator; Whisper's outpu
 frames of whisper-small's width (the frozen encoder is the same in both). LoRA is ``model.lora``
 as the qwen2.5_7b_lora experiment sets it (rank 16 on every projection, not the head).
 
+Variants (``--variants``): ``full`` and ``lora``, each also with ``model.activation_checkpointing``
+(``+ckpt``: each block recomputed in backward), and ``lora-dropout0+ckpt`` (LoRA without dropout,
+whose layers then keep no dropped copy of their input).
+
 How memory is measured: each variant runs in a fresh process, which notes its resident set once
 torch is imported (the zero), builds the model, resets its high-water mark (Linux:
 ``echo 5 > /proc/self/clear_refs``) and trains; the figure is the high-water mark after the steps
@@ -23,12 +27,14 @@ Projected: the measured peak minus the counted bytes is what the step adds (acti
 transients); measured at two depths, it splits into a part a layer and the rest, which give the
 peak at Qwen2.5-1.5B's full depth and vocabulary for the same batch (fp32 activations, as on CPU).
 
-    python benchmarks/lora_memory.py [--layers 1,2] [--base-vocab 8192] [--max-tokens 1024] [--steps 2] [--rounds 2] [--tiny]
+    python benchmarks/lora_memory.py [--layers 1,2] [--base-vocab 8192] [--max-tokens 1024] [--steps 2] [--rounds 2]
+                                     [--variants full,lora,full+ckpt,lora+ckpt] [--tiny]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -44,6 +50,17 @@ from torch import nn
 from omni_train.config import LoraConfig
 
 LORA = LoraConfig(r=16, alpha=32.0, dropout=0.05)  # experiment=qwen2.5_7b_lora's model.lora
+# variant -> (its model.lora, or None for full fine-tuning; model.activation_checkpointing)
+VARIANTS = {
+    "full": (None, False),
+    "lora": (LORA, False),
+    "full+ckpt": (None, True),
+    "lora+ckpt": (LORA, True),
+    "lora-dropout0+ckpt": (dataclasses.replace(LORA, dropout=0.0), True),
+}
+# ratios printed: (numerator, denominator), where both were measured
+PAIRS = [("lora", "full"), ("lora+ckpt", "full+ckpt"), ("lora+ckpt", "full"), ("lora-dropout0+ckpt", "full+ckpt"),
+         ("lora-dropout0+ckpt", "full"), ("full+ckpt", "full"), ("lora+ckpt", "lora")]  # fmt: skip
 WHISPER_SMALL_WIDTH = 768
 FULL_SHAPES = ("Qwen2.5-1.5B", "Qwen2.5-7B", "Llama-3.1-8B")
 GIB = 2**30
@@ -104,9 +121,12 @@ class RandomFrames(nn.Module):
         super().__init__()
         self.width = width
 
-    def forward(self, mels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        from omni_train.audio import whisper_frames
+
         g = torch.Generator().manual_seed(0)
-        return torch.randn(mels.size(0), int(lengths.max()), self.width, generator=g)  # (Ba, F, width)
+        frames = max(whisper_frames(n) for n in samples.tolist())
+        return torch.randn(audio.size(0), frames, self.width, generator=g)  # (Ba, F, width)
 
 
 def child(args) -> None:
@@ -119,8 +139,9 @@ def child(args) -> None:
     torch.manual_seed(0)
     config = omni_config(args.model, args.layers, args.tiny, args.whisper_width, args.base_vocab)
     model = OmniGPT(config)
-    if args.child == "lora":
-        model.add_lora(LORA, seed=0)
+    lora, model.activation_checkpointing = VARIANTS[args.child]
+    if lora is not None:
+        model.add_lora(lora, seed=0)
     module = stage3(model)
     module.encoder = RandomFrames(args.whisper_width)
     optimizer = module.configure_optimizers()["optimizer"]
@@ -149,7 +170,7 @@ def child(args) -> None:
 # ---- the driver ----------------------------------------------------------------------------------
 def measure(args, layers: int) -> dict[str, dict]:
     """Each variant `rounds` times in fresh processes, alternating; the median of each figure."""
-    runs: dict[str, list[dict]] = {"full": [], "lora": []}
+    runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     flags = ["--model", args.model, "--layers", str(layers), "--max-tokens", str(args.max_tokens),
              "--steps", str(args.steps), "--whisper-width", str(args.whisper_width)]  # fmt: skip
     flags += (["--tiny"] if args.tiny else []) + (["--base-vocab", str(args.base_vocab)] if args.base_vocab else [])
@@ -173,15 +194,21 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=1024, help="positions a batch (rows x padded length)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps a process, after one untimed step")
     parser.add_argument("--rounds", type=int, default=2, help="processes a variant (alternating)")
+    parser.add_argument("--variants", default="full,lora,full+ckpt,lora+ckpt",
+                        help=f"comma-separated, of: {', '.join(VARIANTS)}")  # fmt: skip
     parser.add_argument("--whisper-width", type=int, default=WHISPER_SMALL_WIDTH)
     parser.add_argument("--tiny", action="store_true", help="a 64-wide model with a 512-token base vocab (smoke test)")
-    parser.add_argument("--child", choices=["full", "lora"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tiny:
         args.max_tokens, args.steps, args.rounds, args.whisper_width = 256, 1, 1, 32
     if args.child:
         args.layers = int(args.layers)
         return child(args)
+    args.variants = args.variants.split(",")
+    if unknown := [v for v in args.variants if v not in VARIANTS]:
+        parser.error(f"--variants: no variant {', '.join(unknown)} (there are {', '.join(VARIANTS)})")
+    pairs = [(a, b) for a, b in PAIRS if a in args.variants and b in args.variants]
 
     print(f"LoRA: r={LORA.r} alpha={LORA.alpha:g} on query, key, value, projection, mlp (not the head)")
     print("counted at full depth (bf16-mixed: fp32 weights, gradients, AdamW state; activations not included):")
@@ -195,39 +222,46 @@ def main() -> None:
                   f"{r['optimizer_bytes'] / GIB:10.1f} GiB {r['static_bytes'] / GIB:6.1f} GiB")  # fmt: skip
         print(f"{name:14s} ratio lora/full static bytes {c['lora']['static_bytes'] / c['full']['static_bytes']:.3f}")
 
+    def kind(variant: str) -> str:  # whose counted bytes a variant has (activation checkpointing adds none)
+        return "full" if VARIANTS[variant][0] is None else "lora"
+
     depths = [int(d) for d in args.layers.split(",")]
-    added: dict[str, dict[int, float]] = {"full": {}, "lora": {}}  # bytes the step adds to the counted ones
-    peaks: dict[str, dict[int, float]] = {"full": {}, "lora": {}}
+    added: dict[str, dict[int, float]] = {v: {} for v in args.variants}  # bytes the step adds to the counted ones
+    peaks: dict[str, dict[int, float]] = {v: {} for v in args.variants}
     for layers in depths:
         config = omni_config(args.model, layers, args.tiny, args.whisper_width, args.base_vocab)
         predicted = {v: counted(config, LORA if v == "lora" else None) for v in ("full", "lora")}
         got = measure(args, layers)
+        first = got[args.variants[0]]
         print(f"measured: {args.model} width {config.n_embd}, {layers} layers, vocabulary {config.padded_vocab_size} "
-              f"(base {config.vocab.base_vocab_size}), {got['full']['rows']:.0f} rows x {got['full']['length']:.0f} "
+              f"(base {config.vocab.base_vocab_size}), {first['rows']:.0f} rows x {first['length']:.0f} "
               "positions, one thread")  # fmt: skip
         for v, r in got.items():
-            static = predicted[v]["static_bytes"]
+            count = predicted[kind(v)]
+            static = count["static_bytes"]
             added[v][layers], peaks[v][layers] = r["peak_bytes"] - static, r["peak_bytes"]
-            print(f"  {v:5s} params {predicted[v]['params'] / 1e6:7.1f} M, trained {predicted[v]['trainable'] / 1e6:7.1f} M; "
+            print(f"  {v:18s} params {count['params'] / 1e6:7.1f} M, trained {count['trainable'] / 1e6:7.1f} M; "
                   f"peak {r['peak_bytes'] / GIB:6.2f} GiB = counted {static / GIB:5.2f} GiB + step {added[v][layers] / GIB:5.2f} GiB; "
                   f"step {r['step_s']:.2f} s; first loss {r['loss']:.4f}")  # fmt: skip
-        print(f"  {layers} layers: ratio lora/full step time {got['lora']['step_s'] / got['full']['step_s']:.3f}")
+        for a, b in pairs:
+            print(f"  {layers} layers: ratio {a}/{b} step time {got[a]['step_s'] / got[b]['step_s']:.3f}")
     if len(depths) >= 2:
         a, b = depths[0], depths[-1]
         full_depth = omni_config(args.model, None, args.tiny, args.whisper_width).n_layer
         projected = {}
-        for v in ("full", "lora"):
+        for v in args.variants:
             per_layer = (added[v][b] - added[v][a]) / (b - a)
             rest = added[v][a] - a * per_layer
-            projected[v] = counts[args.model][v]["static_bytes"] + rest + full_depth * per_layer
-            print(f"projected: {args.model} at {full_depth} layers, same batch: {v:5s} counted "
-                  f"{counts[args.model][v]['static_bytes'] / GIB:5.1f} GiB + {full_depth} x {per_layer / 2**20:5.0f} MiB a layer "
+            static = counts[args.model][kind(v)]["static_bytes"]
+            projected[v] = static + rest + full_depth * per_layer
+            print(f"projected: {args.model} at {full_depth} layers, same batch: {v:18s} counted "
+                  f"{static / GIB:5.1f} GiB + {full_depth} x {per_layer / 2**20:5.0f} MiB a layer "
                   f"+ {rest / 2**20:5.0f} MiB = {projected[v] / GIB:5.1f} GiB")  # fmt: skip
-        print(
-            f"projected ratio lora/full peak memory at {full_depth} layers: {projected['lora'] / projected['full']:.3f}"
-        )
+        for x, y in pairs:
+            print(f"projected ratio {x}/{y} peak memory at {full_depth} layers: {projected[x] / projected[y]:.3f}")
     last = depths[-1]
-    print(f"ratio lora/full peak memory at {last} layers (measured): {peaks['lora'][last] / peaks['full'][last]:.3f}")
+    for x, y in pairs:
+        print(f"ratio {x}/{y} peak memory at {last} layers (measured): {peaks[x][last] / peaks[y][last]:.3f}")
 
 
 if __name__ == "__main__":

@@ -309,20 +309,21 @@ sees a big dog", so that a tiny model can learn it in minutes.
   resampled to 24 kHz and encoded with the codec in `snac/` into frames of 7 codes
   ("# c0 c1 c2 c3 c4 c5 c6 # ...").
 - The codec is `snac.SNAC` in the 24 kHz model's frame layout (3 codebooks of 4096, strides 4, 2, 1;
-  hop 512, so about 11.7 frames of 7 codes a second) with far fewer channels, trained from scratch
-  (no pretrained weights can be downloaded here) on the training sentences and the assistant's
-  answers, all spoken by the assistant's voice, with SNAC's reconstruction losses (multi-scale mel,
-  waveform, codebook and commitment; no adversarial term). 1200 steps of 8 windows of 0.34 s,
-  seed 0: 28 minutes on one thread of a loaded 2-core CPU (9.4 CPU minutes). Only the first 512
-  codes of each codebook are used, so that a tiny model can learn them. It keeps the timing,
-  loudness and voicing of speech but not yet its formants (every vowel comes out as about the
-  same one), so the demo's recogniser cannot read it (CER on the 40 held-out sentences,
+  hop 512, so about 11.7 frames of 7 codes a second) with far fewer channels (full convolutions, no
+  noise blocks), trained from scratch (no pretrained weights can be downloaded here) on the
+  training sentences and the assistant's answers, all spoken by the assistant's voice, with SNAC's
+  reconstruction losses (multi-scale mel, waveform, codebook and commitment; no adversarial term).
+  1200 steps of 8 windows of 0.34 s, seed 0: 31 minutes on one thread of a loaded 2-core CPU
+  (11.8 CPU minutes). Only the first 512 codes of each codebook are used, so that a tiny model can
+  learn them. It keeps the timing, loudness and voicing of speech and its vowels begin to differ,
+  but voiced sounds buzz at harmonics of the codec's frame rate (46.9 Hz) instead of the voice's
+  pitch, so the demo's recogniser reads it only in part (CER on the 40 held-out sentences,
   `data_prep/eval_demo_snac.py`):
 
   | speech | original | codec round trip |
   |---|---|---|
-  | `asr/heldout` (8 voices) | 3.7% | 78.8% |
-  | the same sentences in the assistant's voice | 3.3% | 80.2% |
+  | `asr/heldout` (8 voices) | 3.7% | 64.2% |
+  | the same sentences in the assistant's voice | 3.3% | 58.4% |
 
   Replace it with `hubertsiuzdak/snac_24khz` for real work.
 - Mini-Omni hears through a *pretrained* Whisper. `whisper.pt` stands in for it at toy scale:

@@ -7,8 +7,19 @@ here. This script trains a small one from scratch on CPU: `snac.SNAC` itself, wi
 model's frame layout (hop 512, three codebooks of 4096 at strides 4, 2, 1, so a coarse frame is 7
 codes in `omni_train.vocab.FRAME_ORDER`), but far fewer channels. The objective is SNAC's (after
 DAC) without the adversarial part: multi-scale log-mel L1, waveform L1, codebook and commitment
-losses. Without a discriminator the phase is only roughly right (the speech sounds buzzy), but
-the spectrum, and with it what is said, comes through.
+losses. Without a discriminator the phase is only roughly right (the speech sounds buzzy).
+
+What limits intelligibility is the decoder, not the quantizer: the quantized latents carry much
+of each frame's spectral shape (a least-squares probe reads about half of it), but the first codec
+(128 decoder channels narrowing to 8, depthwise, noise blocks) put out about one fixed spectrum
+whose loudness and voicing followed the speech, so every vowel sounded alike (80% CER). Its voiced sounds are
+periodic in the decoder's 512-sample frame: harmonics of 46.875 Hz (strongest at 93.75 Hz) in
+place of the voice's own pitch of about 109 Hz; the transposed convolutions that upsample the
+frames make that periodicity the cheapest, and no discriminator punishes it. Full convolutions,
+192 channels (96 after the first upsampling) and no noise blocks (they add texture under a
+discriminator; without one they only add hiss, and decoding becomes deterministic) start to
+move the formants at about the same CPU time per step, but the frame-rate harmonics are still
+there at this length of training (see data_prep/README.md).
 
 The training speech is the demo's training sentences only (``make_demo_data.make_sentences`` with
 the same seed and count as the shipped set; ``asr/heldout`` sentences are never seen), plus every
@@ -48,14 +59,14 @@ TINY_SNAC = dict(
     encoder_dim=8,  # latent_dim = 8 * 2**4 = 128 (snac_24khz: 48 -> 768)
     encoder_rates=[2, 4, 8, 8],  # hop 512 as snac_24khz: 2048 samples (~85 ms) per coarse frame
     latent_dim=None,
-    decoder_dim=128,  # snac_24khz: 1024
+    decoder_dim=192,  # 96, 48, 24, 12 channels after its 4 upsamplings (snac_24khz: 1024 -> 64)
     decoder_rates=[8, 8, 4, 2],
     attn_window_size=None,  # snac_24khz has local attention; convolutions are enough here
     codebook_size=4096,  # the token layout reserves 4096 codes a layer
     codebook_dim=8,
     vq_strides=[4, 2, 1],  # 1 + 2 + 4 = 7 codes a coarse frame
-    noise=True,
-    depthwise=True,
+    noise=False,  # SNAC's noise blocks serve its adversarial training; here they only add hiss
+    depthwise=False,  # full convolutions: at these widths as cheap a step, and the formants start to move
 )
 
 # DAC's multi-scale mel loss: 7 STFT windows, each with its own number of mel bands.
@@ -135,14 +146,19 @@ def seal_codebooks(model, n_codes: int) -> None:
             w[n_codes:] = w[:n_codes].repeat(math.ceil(w.size(0) / n_codes), 1)[: w.size(0) - n_codes]
 
 
-def training_speech(seed: int, n_train: int, workers: int) -> tuple[list[torch.Tensor], list[str], list[str]]:
-    """The demo's training sentences (same seed and count as make_demo_data) and every assistant answer, in its voice.
+def training_speech(
+    seed: int, n_train: int, workers: int, n_answers: int | None = None, n_heldout: int = 40
+) -> tuple[list[torch.Tensor], list[str], list[str]]:
+    """The demo's training sentences (same seed and count as make_demo_data) and the assistant's answers, in its voice.
+
+    Args:
+        n_answers: how many of the sorted answers (default all; ``--tiny`` takes a few).
 
     Returns:
         24 kHz clips ``(S,)``, the training sentences, and the held-out ones (for the final check only).
     """
-    train, heldout = make_sentences(random.Random(seed), n_train, 40)
-    answers = sorted({a for _, a in qa_pool()} | {a for _, a in IDENTITY})
+    train, heldout = make_sentences(random.Random(seed), n_train, n_heldout)
+    answers = sorted({a for _, a in qa_pool()} | {a for _, a in IDENTITY})[:n_answers]
     jobs = [(s, ASSISTANT) for s in train + answers]
     print(f"speaking {len(jobs)} training utterances with espeak-ng ...", flush=True)
     clips = [resample(a, r, SNAC_RATE) for a, r in speak_all(jobs, workers)]
@@ -155,7 +171,7 @@ def crops(audio: torch.Tensor, batch: int, length: int, gen: torch.Generator) ->
     return torch.stack([audio[s : s + length] for s in starts.tolist()])[:, None, :]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "omni_train" / "demo_data" / "snac")
     parser.add_argument("--steps", type=int, default=1200)
@@ -168,17 +184,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: deterministic)")
     parser.add_argument("--workers", type=int, default=2, help="espeak-ng processes at a time")
     parser.add_argument("--save-every", type=int, default=0, help="also write the codec every N steps (to listen)")
-    args = parser.parse_args()
+    parser.add_argument("--tiny", action="store_true",
+                        help="a smoke run in seconds: a narrow codec, a few sentences and steps (for tests)")
+    args = parser.parse_args(argv)
+    config, n_answers, n_heldout = TINY_SNAC, None, 40
+    if args.tiny:
+        config, n_answers, n_heldout = {**TINY_SNAC, "encoder_dim": 2, "decoder_dim": 16}, 2, 2
+        args.train, args.steps, args.batch_size, args.codes = 4, 3, 2, 16
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    clips, train, heldout = training_speech(args.seed, args.train, args.workers)
+    clips, train, heldout = training_speech(args.seed, args.train, args.workers, n_answers, n_heldout)
     gap = torch.zeros(SNAC_RATE // 10)
     audio = torch.cat([t for c in clips for t in (c, gap)])  # one stream; windows may span two clips
     print(f"{len(clips)} clips, {audio.numel() / SNAC_RATE / 60:.1f} min of speech", flush=True)
 
-    codec = SnacCodec.from_config(TINY_SNAC)
+    codec = SnacCodec.from_config(config)
     model = codec.model.train()
     model.requires_grad_(True)
     params = sum(p.numel() for p in model.parameters())

@@ -62,7 +62,7 @@ def batch(items):
 
 
 def features(encoder: WhisperEncoder, mels, frames) -> torch.Tensor:
-    return encoder._encode_masked(mels, frames, int(frames.max()))  # with gradients (forward is no_grad)
+    return encoder._encode_own_length(mels, frames, int(frames.max()))  # with gradients (forward is no_grad)
 
 
 def heldout_cer(encoder: WhisperEncoder, head: nn.Linear, root: Path) -> float:

@@ -189,30 +189,19 @@ def whisper_max_samples(max_seconds: float = MAX_SECONDS) -> int:
     return SAMPLES_PER_FRAME * int(max_seconds * 50) - 1
 
 
-def log_mel(
-    audio_16k: torch.Tensor,
-    n_mels: int = 80,
-    pad_to_30s: bool = False,
-    max_seconds: float = MAX_SECONDS,
-    too_long: Literal["cut", "drop"] = "cut",
+def whisper_input(
+    audio_16k: torch.Tensor, max_seconds: float = MAX_SECONDS, too_long: Literal["cut", "drop"] = "cut"
 ) -> torch.Tensor:
-    """Whisper's log-mel spectrogram (openai-whisper's own `log_mel_spectrogram`).
-
-    With ``pad_to_30s=False`` the audio is zero-padded only to ``320 * T`` samples, giving exactly
-    ``M = 2 * T`` mel frames (T = `whisper_frames`; the encoder's conv stride 2 makes that T
-    frames): short clips cost short sequences. With ``pad_to_30s=True`` it is Mini-Omni's input,
-    `whisper.pad_or_trim` to 30 s, ``M = 3000``.
+    """The part of a clip Whisper hears: all of it, or its first `max_seconds` when longer.
 
     Args:
         audio_16k: ``(num_samples,)`` mono audio at 16 kHz.
-        n_mels: 80, or 128 for whisper-large-v3.
-        pad_to_30s: reproduce Mini-Omni's 30-s padded input.
         max_seconds: longest clip kept, at most 30 (Whisper has 1500 positions).
         too_long: 'cut' keeps the first ``max_seconds`` (so that T = 50 * max_seconds); 'drop'
             raises `TooLongAudio`.
 
     Returns:
-        ``(n_mels, M)`` float32.
+        ``(num_samples',)`` float32, at most `whisper_max_samples` long.
     """
     if not 0 < max_seconds <= MAX_SECONDS:
         raise ValueError(f"max_seconds must be in (0, {MAX_SECONDS}], got {max_seconds}")
@@ -224,11 +213,69 @@ def log_mel(
         if too_long == "drop":
             raise TooLongAudio(f"audio of {audio_16k.numel() / WHISPER_SAMPLE_RATE:.2f} s exceeds {max_seconds} s")
         audio_16k = audio_16k[:max_samples]
-    if pad_to_30s:
-        return whisper.log_mel_spectrogram(whisper.pad_or_trim(audio_16k), n_mels)
-    frames = whisper_frames(audio_16k.numel(), max_seconds=max_seconds)
-    pad = SAMPLES_PER_FRAME * frames - audio_16k.numel()  # >= 0: T frames always cover the clip
-    return whisper.log_mel_spectrogram(audio_16k, n_mels, padding=pad)  # (n_mels, 2T)
+    return audio_16k
+
+
+def log_mels(
+    audio: torch.Tensor, samples: torch.Tensor | list[int], n_mels: int = 80, pad_to_30s: bool = False
+) -> torch.Tensor:
+    """Whisper's log-mel spectrogram of a batch of clips, on the clips' device: the one place it is made.
+
+    Each row is openai-whisper's `log_mel_spectrogram` of its own clip, however long the others
+    are: the clip is zero-padded to ``320 * T`` samples (T = `whisper_frames`), giving
+    ``M = 2 * T`` mel frames (the encoder's conv stride 2 makes that T frames), or with
+    ``pad_to_30s`` to 30 s as `whisper.pad_or_trim` does (Mini-Omni's input, ``M = 3000``).
+    Training calls this in the step (`WhisperEncoder.encode_audio`), on the GPU where there is
+    one, so loader workers only decode; inference and evaluation come the same way.
+
+    Args:
+        audio: ``(B, S)`` mono 16-kHz clips, zero-padded on the right.
+        samples: ``(B,)`` each clip's length in samples, at most `whisper_max_samples`
+            (`whisper_input` cuts longer ones).
+        n_mels: 80, or 128 for whisper-large-v3.
+        pad_to_30s: reproduce Mini-Omni's 30-s padded input.
+
+    Returns:
+        ``(B, n_mels, M)`` float32, ``M = 2 * max(T)`` (3000 with ``pad_to_30s``); each row's
+        frames past its own ``2 * T`` are zeros.
+    """
+    samples = [int(n) for n in torch.as_tensor(samples).reshape(-1).tolist()]
+    if audio.dim() != 2 or audio.size(0) != len(samples):
+        raise ValueError(f"expected audio (B, S) and samples (B,), got {tuple(audio.shape)} and {len(samples)}")
+    if samples and not 1 <= min(samples) <= max(samples) <= min(audio.size(1), whisper_max_samples()):
+        raise ValueError(f"samples must be in [1, {min(audio.size(1), whisper_max_samples())}], got {samples}")
+    mels = []
+    for clip, n in zip(audio.float(), samples):
+        # one clip at a time, at its own length: no STFT over batch padding (a few small kernels a
+        # row on a GPU), and each row is openai-whisper's own function of its clip, exactly
+        if pad_to_30s:
+            mels.append(whisper.log_mel_spectrogram(whisper.pad_or_trim(clip[:n]), n_mels))
+        else:
+            pad = SAMPLES_PER_FRAME * whisper_frames(n) - n  # >= 0: T frames always cover the clip
+            mels.append(whisper.log_mel_spectrogram(clip[:n], n_mels, padding=pad))  # (n_mels, 2T)
+    M = max((m.size(1) for m in mels), default=0)
+    return torch.stack([F.pad(m, (0, M - m.size(1))) for m in mels]) if mels else audio.new_zeros(0, n_mels, 0)
+
+
+def stack_clips(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips ``(S_i,)`` -> one zero-padded batch ``(B, max S_i)`` and their lengths ``(B,)`` (for `log_mels`)."""
+    samples = torch.tensor([c.numel() for c in clips], dtype=torch.long)
+    audio = torch.zeros(len(clips), int(samples.max()) if len(clips) else 0)
+    for b, c in enumerate(clips):
+        audio[b, : c.numel()] = c.reshape(-1)
+    return audio, samples
+
+
+def log_mel(
+    audio_16k: torch.Tensor,
+    n_mels: int = 80,
+    pad_to_30s: bool = False,
+    max_seconds: float = MAX_SECONDS,
+    too_long: Literal["cut", "drop"] = "cut",
+) -> torch.Tensor:
+    """One clip's log-mel, ``(n_mels, M)`` (`log_mels` of a batch of one, after `whisper_input`)."""
+    clip = whisper_input(audio_16k, max_seconds, too_long)
+    return log_mels(clip[None], [clip.numel()], n_mels, pad_to_30s)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,11 +440,12 @@ class WhisperEncoder(nn.Module):
     """openai-whisper's `AudioEncoder`, frozen, encoding audio of any length up to 30 s.
 
     Whisper's own forward asserts a 30-s input. By default (``pad_to_30s=False``) this runs its
-    convolutions, positional embedding, blocks and ``ln_post`` on just ``2 * F`` mel frames, with
-    the batch padding masked: mel frames past a row's ``2 * frames`` are zeroed (as the convs'
-    own zero padding would be) and padded encoder frames are masked out of attention, so a row's
-    valid frames are the same alone or in any batch (to float tolerance), and padded frames are
-    returned as zeros. ``pad_to_30s=True`` reproduces Mini-Omni instead: the whole 30-s window
+    convolutions, positional embedding, blocks and ``ln_post`` on each row's own ``2 * frames``
+    mel frames: mel frames past them are zeroed (as the convs' own zero padding would be), and the
+    blocks run on the real frames of all rows packed together, each row attending only to itself,
+    so a row's frames are the same alone or in any batch (to float tolerance), batch padding costs
+    no work, and padded frames are returned as zeros. ``pad_to_30s=True`` reproduces Mini-Omni
+    instead: the whole 30-s window
     (real frames attending to the padding too), sliced to F. The two give different features;
     a model trained with one should be run with the same one.
 
@@ -455,6 +503,23 @@ class WhisperEncoder(nn.Module):
     def train(self, mode: bool = True) -> WhisperEncoder:
         return super().train(False)  # frozen: a parent's .train() must not turn dropout/etc. on
 
+    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """Encode a batch of clips: their log-mel (`log_mels`, on the clips' device), then `forward`.
+
+        Training, evaluation and inference all come through here, so the features are made the
+        same way everywhere.
+
+        Args:
+            audio: ``(B, S)`` mono 16-kHz clips, zero-padded (each cut by `whisper_input`).
+            samples: ``(B,)`` each clip's length in samples.
+
+        Returns:
+            ``(B, F, width)`` features, ``F = max(T)`` (T = `whisper_frames` of each clip).
+        """
+        samples = torch.as_tensor(samples).reshape(-1)
+        frames = torch.tensor([whisper_frames(int(n)) for n in samples.tolist()], device=audio.device)
+        return self(log_mels(audio, samples, self.n_mels, self.pad_to_30s), frames)
+
     def forward(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Encode a batch of log-mels.
 
@@ -480,7 +545,7 @@ class WhisperEncoder(nn.Module):
         with torch.no_grad():
             if self.pad_to_30s:
                 return self.encoder(self._silence_padded(x, frames))[:, :f_max]
-            return self._encode_masked(x, frames, f_max)
+            return self._encode_own_length(x, frames, f_max)
 
     def _silence_padded(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Extend to 3000 mel frames as `whisper.pad_or_trim` would have: batch padding becomes silence.
@@ -497,7 +562,15 @@ class WhisperEncoder(nn.Module):
         fill = past & (x == 0).all(dim=1)  # (B, 3000)
         return torch.where(fill[:, None, :], silence[:, None, None], x)
 
-    def _encode_masked(self, mels: torch.Tensor, frames: torch.Tensor, f_max: int) -> torch.Tensor:
+    def _encode_own_length(self, mels: torch.Tensor, frames: torch.Tensor, f_max: int) -> torch.Tensor:
+        """Whisper's encoder on each row's real frames only: no work is spent on batch padding.
+
+        The convolutions run on the batch with the mel padding zeroed (their own zero padding at a
+        clip's end is then what a row alone sees; they are ~2% of the time). After them the real
+        frames of all rows are packed into one ``(N, width)`` sequence, ``N = sum(frames)``: the
+        projections and MLPs, which are most of the work, run on that, and attention runs row by
+        row on the row's own frames, so there is no mask (and no masked padding keys) either.
+        """
         enc = self.encoder
         mel_valid = torch.arange(2 * f_max, device=mels.device)[None, :] < 2 * frames[:, None]  # (B, 2F)
         x = torch.where(mel_valid[:, None, :], mels[..., : 2 * f_max], 0.0)  # (B, n_mels, 2F)
@@ -505,24 +578,31 @@ class WhisperEncoder(nn.Module):
         x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, F, width)
         x = (x + enc.positional_embedding[:f_max]).to(x.dtype)
         valid = torch.arange(f_max, device=x.device)[None, :] < frames[:, None]  # (B, F)
-        mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, F): keys to attend
+        rows = frames.tolist()
+        x = x[valid]  # (N, width): real frames, row after row
         for block in enc.blocks:
-            x = self._block(block, x, mask)
-        x = enc.ln_post(x)
-        return x.masked_fill(~valid[..., None], 0.0)
+            x = self._block(block, x, rows)
+        out = x.new_zeros(valid.shape + (x.size(-1),))  # (B, F, width): padded frames are zeros
+        out[valid] = enc.ln_post(x)
+        return out
 
     @staticmethod
-    def _block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Whisper's `ResidualAttentionBlock` with a key-padding mask (its own SDPA path takes none).
+    def _block(block: nn.Module, x: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """Whisper's `ResidualAttentionBlock` on packed rows ``(N, width)``, each attending to itself.
 
-        Whisper scales q and k by ``d**-0.25`` each, i.e. SDPA's default ``d**-0.5``.
+        Whisper scales q and k by ``d**-0.25`` each, i.e. SDPA's default ``d**-0.5``. One SDPA
+        call a row keeps attention exactly the row's own (a batch of a few rows; on a GPU a large
+        batch of short rows pays one small kernel launch a row a layer).
         """
         attn = block.attn
         h = block.attn_ln(x)
-        B, T, C = h.shape
-        q, k, v = (p(h).view(B, T, attn.n_head, -1).transpose(1, 2) for p in (attn.query, attn.key, attn.value))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, n_head, T, head_size)
-        x = x + attn.out(a.transpose(1, 2).reshape(B, T, C))
+        N, C = h.shape
+        q, k, v = (p(h).view(N, attn.n_head, -1).transpose(0, 1) for p in (attn.query, attn.key, attn.value))
+        a = [  # (n_head, F_i, head_size) a row
+            F.scaled_dot_product_attention(qi, ki, vi)
+            for qi, ki, vi in zip(q.split(rows, 1), k.split(rows, 1), v.split(rows, 1))
+        ]
+        x = x + attn.out(torch.cat(a, dim=1).transpose(0, 1).reshape(N, C))
         return x + block.mlp(block.mlp_ln(x))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 import whisper
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from litgpt.config import Config
 from litgpt.model import GPT
@@ -87,6 +88,7 @@ def build_model(
     if m.lora.r:
         lora = m.lora if isinstance(m.lora, LoraConfig) else LoraConfig(**plain(m.lora))
         bundle.model.add_lora(lora, seed=seed)
+    bundle.model.activation_checkpointing = m.activation_checkpointing
     return bundle
 
 
@@ -318,8 +320,7 @@ def build_data(cfg: DictConfig, stage: str, bundle: ModelBundle) -> OmniDataModu
     train, weights = build_sources(cfg, stage)
     val = {name: build_source(name, spec, None) for name, spec in cfg.data.val.items()}
     sample_encoder = SampleEncoder(
-        Tokenizer(bundle.tokenizer_dir), bundle.model.config.vocab, n_mels=bundle.encoder.n_mels,
-        pad_to_30s=bundle.pad_to_30s, too_long=d.too_long, max_seq_length=d.max_seq_length,
+        Tokenizer(bundle.tokenizer_dir), bundle.model.config.vocab, too_long=d.too_long, max_seq_length=d.max_seq_length,
     )  # fmt: skip
     # a stage may have its own batch size (stage 1 of a frozen LLM fits more rows)
     d = dataclasses.replace(d, max_tokens=s.max_tokens or d.max_tokens, max_batch_size=s.max_batch_size or d.max_batch_size)
@@ -345,7 +346,10 @@ def build_trainer(
     if kwargs.get("enable_progress_bar", True):
         callbacks = [*callbacks, stage_progress_bar(stage)]
     if isinstance(kwargs.get("strategy"), dict):
-        kwargs["strategy"] = instantiate(kwargs["strategy"])
+        try:
+            kwargs["strategy"] = instantiate(kwargs["strategy"])
+        except InstantiationException as err:  # a strategy factory's ConfigError, as its own one line
+            raise err.__cause__ if isinstance(err.__cause__, ConfigError) else err
     loggers = [
         instantiate(spec, save_dir=str(stage_dir / "logs"), name=stage) for spec in plain(cfg.logger).values() if spec
     ]

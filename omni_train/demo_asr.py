@@ -22,7 +22,15 @@ import torch
 import torch.nn as nn
 import torchaudio.functional as AF
 
-from omni_train.audio import WHISPER_SAMPLE_RATE, AudioSource, WhisperEncoder, load_audio, log_mel, whisper_frames
+from omni_train.audio import (
+    WHISPER_SAMPLE_RATE,
+    AudioSource,
+    WhisperEncoder,
+    load_audio,
+    stack_clips,
+    whisper_frames,
+    whisper_input,
+)
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 CTC_HEAD_FILE = "whisper_ctc.pt"  # beside whisper.pt: {"alphabet": str, "state_dict": nn.Linear's}
@@ -80,12 +88,9 @@ class DemoRecognizer:
         """Clips ``(S_i,)`` at 16 kHz -> their transcripts (uppercase), in one padded batch."""
         if not audios:
             return []
-        mels = [log_mel(a, self.encoder.n_mels) for a in audios]  # (n_mels, 2 T_i) each
-        frames = torch.tensor([whisper_frames(a.numel()) for a in audios])  # (B,)
-        batch = torch.zeros(len(mels), self.encoder.n_mels, 2 * int(frames.max()))  # (B, n_mels, 2 T)
-        for b, m in enumerate(mels):
-            batch[b, :, : m.size(1)] = m
-        best = self.head(self.encoder(batch, frames).float()).argmax(-1)  # (B, T)
+        audio, samples = stack_clips([whisper_input(a) for a in audios])  # (B, S), (B,)
+        frames = torch.tensor([whisper_frames(n) for n in samples.tolist()])  # (B,)
+        best = self.head(self.encoder.encode_audio(audio, samples).float()).argmax(-1)  # (B, T)
         return [self._collapse(best[b, : frames[b]].tolist()) for b in range(len(audios))]
 
     def _collapse(self, path: list[int]) -> str:

@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, WhisperEncoder, load_audio, log_mel, whisper_frames
+from omni_train.audio import (
+    WHISPER_SAMPLE_RATE,
+    SnacCodec,
+    WhisperEncoder,
+    load_audio,
+    stack_clips,
+    whisper_frames,
+    whisper_input,
+)
 from omni_train.data.collator import build_prompt, drop_oldest_turns
 from omni_train.data.samples import Encoded, Turn
 from omni_train.model import OmniGPT
@@ -264,14 +272,10 @@ def _finish(text: torch.Tensor, audio: torch.Tensor | None, eot: int) -> Generat
 # ---- from audio and text ------------------------------------------------------------------------
 def encode_speech(encoder: WhisperEncoder, audios: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """16 kHz clips -> Whisper features ``(B, F, width)`` and their frames ``(B,)`` (each prompt's T)."""
-    audios = [torch.as_tensor(a, dtype=torch.float32).reshape(-1) for a in audios]
-    mels = [log_mel(a, encoder.n_mels, pad_to_30s=encoder.pad_to_30s) for a in audios]
-    frames = torch.tensor([whisper_frames(a.numel()) for a in audios])
-    batch = torch.zeros(len(mels), encoder.n_mels, max(m.size(1) for m in mels))
-    for b, m in enumerate(mels):
-        batch[b, :, : m.size(1)] = m
+    audio, samples = stack_clips([whisper_input(a) for a in audios])  # (B, S), (B,): as training's batches
+    frames = torch.tensor([whisper_frames(n) for n in samples.tolist()])
     device = next(encoder.parameters()).device
-    return encoder(batch.to(device), frames.to(device)), frames
+    return encoder.encode_audio(audio.to(device), samples.to(device)), frames
 
 
 def decode_text(tokenizer, ids: list[int]) -> str:

@@ -20,6 +20,7 @@ from litgpt import lora as litgpt_lora
 from litgpt.config import Config
 from litgpt.lora import LoRALinear, lora_filter
 from litgpt.model import GPT, Block, batched_index_select, do_softcapping
+from torch.utils.checkpoint import checkpoint
 
 from omni_train.config import LoraConfig
 from omni_train.vocab import N_AUDIO_LAYERS, N_LAYERS, TEXT_LAYER, Vocab
@@ -173,6 +174,8 @@ class OmniGPT(GPT):
         super().__init__(config)  # lm_head, wte (both over the whole 8-layer table), h, ln_f
         self.config: OmniConfig = config
         self.lora: LoraConfig | None = None  # set by `add_lora`
+        # recompute each block in backward instead of keeping its activations (``model.activation_checkpointing``)
+        self.activation_checkpointing = False
         if config.asr_adapter == "mlp":
             self.whisper_adapter = nn.Linear(config.whisper_adapter_dim, config.n_embd)
         elif config.asr_adapter == "llamamlp":
@@ -390,11 +393,16 @@ class OmniGPT(GPT):
 
     def _run_blocks(self, blocks, x, cos, sin, mask, input_pos, input_pos_maxp1) -> torch.Tensor:
         rope_indices = self.config.rope_indices
+        # Checkpointed, a block keeps only its inputs for backward, which runs it again first; the
+        # non-reentrant checkpoint restores the RNG state, so LoRA's dropout draws the same masks
+        # twice and the gradients are those of the plain run. Without gradients there is no backward.
+        checkpointed = self.activation_checkpointing and torch.is_grad_enabled()
         for idx, block in enumerate(blocks):
-            if rope_indices is not None:
-                x = block(x, cos[..., rope_indices[idx]], sin[..., rope_indices[idx]], mask, input_pos, input_pos_maxp1)
+            c, s = (cos, sin) if rope_indices is None else (cos[..., rope_indices[idx]], sin[..., rope_indices[idx]])
+            if checkpointed:
+                x = checkpoint(block, x, c, s, mask, input_pos, input_pos_maxp1, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, input_pos, input_pos_maxp1)
+                x = block(x, c, s, mask, input_pos, input_pos_maxp1)
         return x
 
     def hidden_states(

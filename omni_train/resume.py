@@ -40,6 +40,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
 from omni_train.atomic import atomic_write, remove, swap_in
+from omni_train.config import ConfigError
 from omni_train.distributed import gather_objects, rng_states, set_rng_states
 
 log = logging.getLogger(__name__)
@@ -95,17 +96,19 @@ class AtomicFSDPStrategy(FSDPStrategy):
         self.barrier("atomic_fsdp_save_done")
 
 
-def fsdp_strategy(activation_checkpointing: bool = False, sharding_strategy: str = "FULL_SHARD", **kwargs):
-    """Lightning's FSDP with one unit a transformer block (and sharded checkpoints, swapped in whole)."""
+def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", **kwargs):
+    """Lightning's FSDP with one unit a transformer block (and sharded checkpoints, swapped in whole).
+
+    Activation checkpointing is ``model.activation_checkpointing``, the same under every strategy;
+    Lightning's own switches for it are refused here, so that there is one way to say it.
+    """
     from litgpt.model import Block
 
-    return AtomicFSDPStrategy(
-        auto_wrap_policy={Block},
-        activation_checkpointing_policy={Block} if activation_checkpointing else None,
-        sharding_strategy=sharding_strategy,
-        state_dict_type="sharded",
-        **kwargs,
-    )
+    for key in ("activation_checkpointing", "activation_checkpointing_policy"):
+        if key in kwargs:
+            raise ConfigError(f"trainer.strategy.{key}: use model.activation_checkpointing=true (any strategy)")
+    return AtomicFSDPStrategy(auto_wrap_policy={Block}, sharding_strategy=sharding_strategy,
+                              state_dict_type="sharded", **kwargs)  # fmt: skip
 
 
 # ---- where a stage continues ---------------------------------------------------------------------

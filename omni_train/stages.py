@@ -95,10 +95,11 @@ class OmniModule(L.LightningModule):
     # ---- the step -----------------------------------------------------------------------------
     def model_step(self, batch: Batch) -> LossOutput:
         features = None
-        if batch.mels is not None:
+        if batch.audio is not None:
             if self.encoder is None:
                 raise ValueError("this batch has speech input but the module has no Whisper encoder")
-            features = self.encoder(batch.mels, batch.audio_lengths)  # (Ba, F, whisper width)
+            # the log-mel is made here, batched on the step's device, not in the loader workers
+            features = self.encoder.encode_audio(batch.audio, batch.audio_samples)  # (Ba, F, whisper width)
         with_audio = bool(batch.loss_mask[:, :N_AUDIO_LAYERS].any())  # else skip the audio side
         h_text, h_audio = self.model.hidden_states(
             batch.input_ids, features, batch.audio_lengths, batch.audio_mask, with_audio=with_audio
@@ -216,20 +217,41 @@ class OmniModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    # ---- checkpoints: the frozen encoder is never saved with the trained weights ------------------
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm}: FSDP clips by norm only")
+            # each rank holds a shard of the gradients: the root FSDP module computes the norm of them all
+            # (Lightning's FSDP precision refuses to clip by norm, having no reference to that module)
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ---- checkpoints: the frozen encoder is not saved with the trained weights ---------------------
+    # (except in FSDP's sharded checkpoints: Lightning loads those itself, asking for every key of the
+    # module's state dict, and the encoder's shards are a small part of a model FSDP is needed for)
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith(ENCODER_PREFIX)]:
-            del state[key]
+        if not self._sharded_checkpoints():
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(ENCODER_PREFIX)]:
+                del state[key]
         checkpoint["bad_steps"] = self.bad_steps
         checkpoint["optimisation"] = {k: getattr(self.cfg, k) for k in OPTIMISATION}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.bad_steps = checkpoint.get("bad_steps", 0)
         self._resumed_from = checkpoint.get("optimisation")
-        if self.encoder is not None:
+        if self.encoder is not None and "state_dict" in checkpoint:  # none: FSDP has loaded its shards already
             state = checkpoint["state_dict"]
             state.update({ENCODER_PREFIX + k: v for k, v in self.encoder.state_dict().items()})
+
+    def _sharded_checkpoints(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
 
     def on_train_start(self) -> None:
         """A resumed stage trains with the settings it is given now, from the step it stopped at.

@@ -293,7 +293,7 @@ def _trained_model(trainer: L.Trainer, module: OmniModule, stage_dir: Path) -> O
         return None
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
 
-    state = _load_distributed_checkpoint(final)["state_dict"]
+    state = _load_distributed_checkpoint(final)["model"]  # Lightning saves the module's state dict as "model"
     model = OmniGPT(module.model.config)
     if module.model.lora is not None:  # the shards hold the unmerged LoRA model's tensors
         model.add_lora(module.model.lora)

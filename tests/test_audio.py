@@ -20,7 +20,9 @@ from omni_train.audio import (
     WhisperEncoder,
     load_audio,
     log_mel,
+    log_mels,
     save_wav,
+    stack_clips,
     whisper_frames,
 )
 from omni_train.vocab import unflatten_snac
@@ -173,6 +175,28 @@ def test_log_mel_covers_exactly_2T_frames(n_mels):
     torch.testing.assert_close(m[:, :-2], m30[:, : m.size(1) - 2])
 
 
+@pytest.mark.parametrize("pad_to_30s", [False, True])
+def test_log_mels_of_a_batch_are_whispers_own_per_clip(pad_to_30s):
+    """The step's batched log-mel is openai-whisper's `log_mel_spectrogram` of each clip alone:
+    clips ending a few samples before a frame boundary (the STFT reflects at the end), silence
+    next to loud speech (each row's log floor is its own maximum - 8), the longest clip kept."""
+    g = torch.Generator().manual_seed(0)
+    lengths = [320 * 40 - 10, 30390, 2240, 16000 * 3 + 5, 479999]
+    clips = [torch.randn(n, generator=g) * (1e-4 if i == 2 else 0.3) for i, n in enumerate(lengths)]
+    audio, samples = stack_clips(clips)
+    out = log_mels(audio, samples, pad_to_30s=pad_to_30s)
+    assert out.shape == (5, 80, 3000)
+    for i, clip in enumerate(clips):
+        if pad_to_30s:
+            ref = whisper.log_mel_spectrogram(whisper.pad_or_trim(clip))
+        else:
+            ref = whisper.log_mel_spectrogram(clip, padding=320 * whisper_frames(clip.numel()) - clip.numel())
+        torch.testing.assert_close(out[i, :, : ref.size(1)], ref, atol=1e-5, rtol=0)
+        assert (out[i, :, ref.size(1) :] == 0).all()
+    with pytest.raises(ValueError, match="samples must be"):
+        log_mels(audio, [480000] * 5)
+
+
 def test_long_audio_is_cut_or_dropped():
     a = torch.from_numpy(tone(31.0, 16000))
     m = log_mel(a)
@@ -262,6 +286,16 @@ def test_pad_to_30s_reproduces_mini_omni(encoder):
         cos = torch.nn.functional.cosine_similarity(masked[i, :f], out30[i, :f], dim=-1).mean().item()
         print(f"row {i}: cosine(masked audio-length frames, Mini-Omni 30-s frames) = {cos:.4f} (random weights)")
         assert cos < 0.9999  # the two modes really differ: real frames attend to 30 s of padding in one
+
+
+def test_encode_audio_is_the_encoder_on_each_clips_log_mel(encoder):
+    """Training's path (clips in, log-mel in the step) gives the features of the loader-made log-mel."""
+    mels, frames, clips = clip_mels([0.3, 1.7, 0.9])
+    audio, samples = stack_clips(clips)
+    torch.testing.assert_close(encoder.encode_audio(audio, samples), encoder(collate(mels), torch.tensor(frames)))
+    enc30 = WhisperEncoder(encoder.encoder, pad_to_30s=True)
+    mels30 = torch.stack([log_mel(c, pad_to_30s=True) for c in clips])
+    torch.testing.assert_close(enc30.encode_audio(audio, samples), enc30(mels30, torch.tensor(frames)))
 
 
 def test_encoder_rejects_bad_input(encoder):

@@ -43,7 +43,11 @@ def test_padding_benchmark_prints_both_fractions():
 @pytest.mark.parametrize(
     "script, args, expect",
     [
-        ("step_overhead.py", ["--tiny", "--layers", "1"], ["lm_head", "post_adapter", "voice_assistant", "dense"]),
+        (
+            "step_overhead.py",
+            ["--tiny", "--layers", "1", "--spread", "0.01", "--max-reps", "2"],
+            ["lm_head", "post_adapter", "voice_assistant", "dense", "omni / own vocab (512 vocab)", "(2 repetitions)"],
+        ),
         ("whisper_encoder.py", ["--tiny"], ["cosine similarity"]),
         ("data_path.py", ["--tiny"], ["samples per CPU-second", "demand"]),
         ("scaling.py", ["--tiny"], ["GPU-h", "finetune"]),
@@ -62,7 +66,9 @@ def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch,
 
 def test_loss_memory_benchmark_measures_both_paths_in_fresh_processes(monkeypatch, capsys):
     out = run_here("loss_memory.py", "--tiny", monkeypatch=monkeypatch, capsys=capsys)
-    assert "chunked  peak" in out and "naive    peak" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("chunked ", "naive "))}
+    assert set(rows) == {"chunked", "naive"}
+    assert float(rows["chunked"][-1]) < 1e-5  # the gradient, sampled, against the naive path's
     assert float(out.split("loss relative difference: ")[1].split()[0]) < 1e-5
     assert last_ratio(out) > 0
 
@@ -90,12 +96,15 @@ def test_benchmark_of_whole_runs_on_its_smallest_shape(script, expect):
 
 
 def test_lora_memory_benchmark_measures_both_variants_in_fresh_processes(monkeypatch, capsys):
-    out = run_here("lora_memory.py", "--tiny", monkeypatch=monkeypatch, capsys=capsys)
-    measured = [line.strip() for line in out.splitlines() if line.startswith(("  full ", "  lora "))]
+    # two of the four default variants, as many processes as before checkpointing was measured
+    out = run_here("lora_memory.py", "--tiny", "--variants", "full,lora+ckpt", monkeypatch=monkeypatch, capsys=capsys)
+    measured = [line.strip() for line in out.splitlines() if line.startswith(("  full", "  lora"))]
     assert len(measured) == 4 and all("peak" in line for line in measured)  # 2 variants x 2 depths
     lines = {line.split()[0]: line for line in measured}  # the deeper model's
-    # B starts at zero, so the LoRA model's first step scores exactly what the full model's does
+    assert lines.keys() == {"full", "lora+ckpt"}
+    # B starts at zero, so the LoRA model's first step scores exactly what the full model's does, and
+    # activation checkpointing changes no number
     first_loss = {v: float(line.rsplit("loss ", 1)[1]) for v, line in lines.items()}
-    assert first_loss["lora"] == pytest.approx(first_loss["full"], rel=1e-5)
-    assert "ratio lora/full step time" in out
+    assert all(loss == pytest.approx(first_loss["full"], rel=1e-5) for loss in first_loss.values())
+    assert "ratio lora+ckpt/full step time" in out and "ratio lora+ckpt/full peak memory" in out
     assert last_ratio(out) > 0

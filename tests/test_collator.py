@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import speech
 
 from omni_train.data.collator import OmniCollator, sequence_length
 from omni_train.data.samples import Encoded
@@ -23,16 +24,12 @@ def frames(n):  # frame j's code for layer i is 10 * j + i, easy to read in a fa
     return torch.tensor([[10 * j + i for i in range(7)] for j in range(n)])
 
 
-def mel(T):
-    return torch.randn(80, 2 * T)
-
-
 def collate(*samples):
     return OmniCollator(V)(list(samples))
 
 
 def test_design_worked_example_a1a2():
-    enc = Encoded(Task.A1A2, answer_ids=[7, 8], mel=mel(2), audio_frames=2, answer_frames=frames(2))
+    enc = Encoded(Task.A1A2, answer_ids=[7, 8], audio=speech(2), audio_frames=2, answer_frames=frames(2))
     batch = collate(enc)
     P, PA = PAD_T, PAD_A
     row_text = [INPUT_T, P, P, EOT, ANSWER_T, 7, 8, EOT] + [P] * 7
@@ -49,11 +46,11 @@ def test_design_worked_example_a1a2():
     # Whisper frames 0 and 1 go to positions 1 and 2
     assert batch.audio_mask[0].nonzero().flatten().tolist() == [1, 2]
     assert batch.audio_lengths.tolist() == [2]
-    assert batch.mels.shape == (1, 80, 4)
+    assert batch.audio.shape == (1, 321) and batch.audio_samples.tolist() == [321]
 
 
 def test_golden_a1t1_asr():
-    enc = Encoded(Task.A1T1, answer_ids=[7, 8, 9], mel=mel(2), audio_frames=2)
+    enc = Encoded(Task.A1T1, answer_ids=[7, 8, 9], audio=speech(2), audio_frames=2)
     b = collate(enc)
     text = [INPUT_T, PAD_T, PAD_T, EOT, ASR, 7, 8, 9, EOT]
     layer3 = [a(3, c) for c in [INPUT_A, PAD_A, PAD_A, EOA, PAD_A, PAD_A, PAD_A, PAD_A, PAD_A]]
@@ -71,11 +68,11 @@ def test_golden_t1t2_text_qa():
     assert b.input_ids[0, 0].tolist() == [a(0, PAD_A)] * 8  # pad_a x (n + 2), then X_a = pad_a
     assert b.targets[0, 7].tolist() == [X] * 5 + [4, 5, EOT]
     assert (b.targets[0, :7] == X).all()
-    assert b.mels is None and not b.audio_mask.any()
+    assert b.audio is None and not b.audio_mask.any()
 
 
 def test_golden_a1t2():
-    enc = Encoded(Task.A1T2, answer_ids=[4], mel=mel(1), audio_frames=1)
+    enc = Encoded(Task.A1T2, answer_ids=[4], audio=speech(1), audio_frames=1)
     b = collate(enc)
     assert b.input_ids[0, 7].tolist() == [INPUT_T, PAD_T, EOT, ANSWER_T, 4]
     assert b.input_ids[0, 5].tolist() == [a(5, c) for c in [INPUT_A, PAD_A, EOA, PAD_A, PAD_A]]
@@ -106,28 +103,22 @@ def test_long_text_answer_pads_audio_layers():
 
 def test_mixed_batch_padding_and_masks():
     s1 = Encoded(Task.T1T2, question_ids=[1], answer_ids=[2], source="orca", row=3)
-    s2 = Encoded(Task.A1A2, answer_ids=[7, 8], mel=mel(3), audio_frames=3, answer_frames=frames(2), source="va", row=9)
-    s3 = Encoded(Task.A1T1, answer_ids=[5], mel=mel(1), audio_frames=1, source="ls", row="u1")
+    s2 = Encoded(Task.A1A2, answer_ids=[7, 8], audio=speech(3), audio_frames=3, answer_frames=frames(2), source="va",
+                 row=9)  # fmt: skip
+    s3 = Encoded(Task.A1T1, answer_ids=[5], audio=speech(1), audio_frames=1, source="ls", row="u1")
     b = OmniCollator(V, pad_to_multiple_of=8)([s1, s2, s3])
     assert b.input_ids.shape == (3, 8, 16)
     assert b.lengths.tolist() == [sequence_length(s) for s in (s1, s2, s3)]
     assert [TASKS[i] for i in b.task_ids] == [Task.T1T2, Task.A1A2, Task.A1T1]
     assert b.sources == ["orca", "va", "ls"] and b.rows == [3, 9, "u1"]
     assert b.audio_lengths.tolist() == [3, 1]  # rows 1 and 2, in row order
-    assert b.mels.shape == (2, 80, 6) and (b.mels[1, :, 2:] == 0).all()
+    assert b.audio.shape == (2, 641) and b.audio_samples.tolist() == [641, 1] and (b.audio[1, 1:] == 0).all()
     assert int(b.audio_mask.sum()) == 4
     # batch padding: pad ids in the inputs, no loss
     n = b.lengths[0]
     assert (b.input_ids[0, 7, n:] == PAD_T).all() and (b.input_ids[0, 2, n:] == a(2, PAD_A)).all()
     assert (b.targets[0, :, n:] == X).all()
     assert b.padding_fraction == pytest.approx(1 - b.lengths.sum().item() / 48)
-
-
-def test_mel_bins_must_agree():
-    s1 = Encoded(Task.A1T1, answer_ids=[5], mel=torch.zeros(80, 2), audio_frames=1, source="x", row=1)
-    s2 = Encoded(Task.A1T1, answer_ids=[5], mel=torch.zeros(128, 2), audio_frames=1, source="y", row=2)
-    with pytest.raises(ValueError, match="y row 2: 128 mel bins"):
-        collate(s1, s2)
 
 
 # ---- invariants over random samples ---------------------------------------------------------
@@ -141,7 +132,7 @@ def encoded(draw):
     kw = dict(answer_ids=draw(text_ids))
     if task.audio_in:
         T = draw(st.integers(1, 10))
-        kw.update(mel=torch.zeros(80, 2 * T), audio_frames=T)
+        kw.update(audio=torch.zeros(80, 2 * T), audio_frames=T)
     else:
         kw.update(question_ids=draw(text_ids))
     if task.audio_out:

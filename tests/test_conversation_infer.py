@@ -17,7 +17,7 @@ from test_generate import DIMS, SNAC_TINY, clips, make_model
 from tiny import train_tokenizer
 
 import omni_train.generate
-from omni_train.audio import SnacCodec, WhisperEncoder, load_audio, log_mel
+from omni_train.audio import SnacCodec, WhisperEncoder, load_audio
 from omni_train.checkpoints import load_omni, save_omni
 from omni_train.cli.infer import as_mini_omni_returns, main
 from omni_train.data.collator import OmniCollator, build_prompt
@@ -68,7 +68,7 @@ def test_generation_reads_the_row_training_lays_out(task, model, encoder, tokeni
     enc = Encoded(task, [], history=history)
     if task.audio_in:
         features, frames = encode_speech(encoder, [wave])
-        enc.audio_frames, enc.mel = int(frames[0]), log_mel(wave, encoder.n_mels)
+        enc.audio_frames, enc.audio = int(frames[0]), wave
     else:
         features = frames = None
         enc.question_ids = tokenizer.encode("question answer speech", bos=False, eos=False).tolist()
@@ -80,7 +80,7 @@ def test_generation_reads_the_row_training_lays_out(task, model, encoder, tokeni
 
     enc.answer_ids = g.text_tokens
     b = OmniCollator(vocab)([enc])
-    feats = encoder(b.mels, b.audio_lengths) if task.audio_in else None
+    feats = encoder.encode_audio(b.audio, b.audio_samples) if task.audio_in else None
     with torch.inference_mode():
         h_text, _ = model.hidden_states(b.input_ids, feats, b.audio_lengths, b.audio_mask, with_audio=False)
         trained = model.logits(h_text[0], model.text_head())  # (L, text vocab)

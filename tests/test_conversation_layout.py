@@ -4,6 +4,7 @@ here independently of the collator, and invariants over random conversations."""
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import speech
 
 from omni_train.data.collator import OmniCollator, build_prompt, drop_oldest_turns, sequence_length
 from omni_train.data.samples import Encoded
@@ -27,7 +28,7 @@ def worked_example(history_loss=False):
     """DESIGN.md's multi-turn example: one earlier turn (question [3, 4], answer [5]), then the
     single-turn A1A2 example (T = 2 Whisper frames, answer text [7, 8], N = 2 SNAC frames)."""
     return Encoded(
-        Task.A1A2, answer_ids=[7, 8], mel=torch.randn(80, 4), audio_frames=2, answer_frames=frames(2),
+        Task.A1A2, answer_ids=[7, 8], audio=speech(2), audio_frames=2, answer_frames=frames(2),
         history=[([3, 4], [5])], history_loss=history_loss,
     )  # fmt: skip
 
@@ -107,7 +108,7 @@ def conversation(draw):
               history_loss=draw(st.booleans()))  # fmt: skip
     if task.audio_in:
         T = draw(st.integers(1, 6))
-        kw.update(mel=torch.zeros(80, 2 * T), audio_frames=T)
+        kw.update(audio=speech(T), audio_frames=T)
     else:
         kw.update(question_ids=draw(ids))
     if task.audio_out:

@@ -11,6 +11,7 @@ import torch
 from test_sources import VA_SCHEMA  # the real set's columns and types, defined once
 from tiny import train_tokenizer
 
+from omni_train.audio import whisper_frames
 from omni_train.config import DataConfig
 from omni_train.data import sources
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
@@ -48,7 +49,7 @@ def va_parquet(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     tokenizer = train_tokenizer(tmp_path_factory.mktemp("tok"))
-    return SampleEncoder(tokenizer, Vocab(512), n_mels=80, max_seq_length=512)
+    return SampleEncoder(tokenizer, Vocab(512), max_seq_length=512)
 
 
 def test_voice_assistant_parquet_to_batches(va_parquet, encoder):
@@ -67,8 +68,9 @@ def test_voice_assistant_parquet_to_batches(va_parquet, encoder):
     for b in batches:
         assert b.input_ids.size(0) * b.input_ids.size(-1) <= 400
         assert b.targets.shape == b.input_ids.shape
-        if b.mels is not None:
-            assert b.mels.size(1) == 80 and b.mels.size(-1) >= 2 * b.audio_lengths.max()
+        if b.audio is not None:  # decoded 16-kHz audio: the log-mel is the step's to make
+            assert b.audio.size(-1) == int(b.audio_samples.max())
+            assert [whisper_frames(n) for n in b.audio_samples.tolist()] == b.audio_lengths.tolist()
             assert int(b.audio_mask.sum()) == int(b.audio_lengths.sum())
         for i, task in enumerate([TASKS[i] for i in b.task_ids]):
             assert (b.targets[i, :7] != IGNORE_INDEX).any() == task.audio_out

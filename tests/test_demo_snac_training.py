@@ -1,5 +1,7 @@
-"""data_prep/train_demo_snac.py's pieces: its quantizer is SNAC's own, sealed rows are never chosen, its mel loss."""
+"""data_prep/train_demo_snac.py's pieces (its quantizer is SNAC's own, sealed rows are never chosen, its mel
+loss), a --tiny run of it end to end, and eval_demo_snac.py's round-trip CER table."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,7 +12,12 @@ from omni_train.audio import SnacCodec
 from tests.tiny import SNAC_TINY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_prep"))
-import train_demo_snac  # noqa: E402
+import eval_demo_snac
+import train_demo_snac
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="needs espeak-ng (apt-get install espeak-ng)"
+)
 
 
 @pytest.fixture
@@ -52,3 +59,41 @@ def test_mel_loss_ignores_what_is_quieter_than_its_floor():
     assert loss(silence, silence).item() == 0.0
     assert loss(hiss, silence).item() < 0.01  # under the floor: silence
     assert loss(speech_level, silence).item() > 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_trained(tmp_path_factory):
+    """``train_demo_snac.py --tiny``: espeak-ng speech, 3 steps of training, the codec written and read back."""
+    out = tmp_path_factory.mktemp("snac")
+    train_demo_snac.main(["--tiny", "--out", str(out), "--workers", "1"])
+    return out
+
+
+@needs_espeak
+def test_tiny_run_writes_a_codec_in_the_demo_frame_layout(tiny_trained):
+    codec = SnacCodec.from_pretrained(tiny_trained)
+    assert codec.model.hop_length == 512 and codec.model.vq_strides == [4, 2, 1]
+    assert codec.config == {**train_demo_snac.TINY_SNAC, "encoder_dim": 2, "decoder_dim": 16}
+    codes = codec.encode(torch.randn(24000) * 0.1)  # (N, 7): one coarse frame per 2048 samples
+    assert codes.shape == (12, 7)
+    assert int(codes.max()) < 16  # --tiny keeps 16 rows a codebook; the rest are sealed
+    assert codec.decode(codes).shape == (12 * 2048,)
+
+
+@needs_espeak
+def test_round_trip_cer_table(tiny_trained, capsys):
+    """The demo recogniser reads the held-out originals, and not a 3-step codec's round trips."""
+    table = eval_demo_snac.main(["--snac", str(tiny_trained), "--limit", "2"])
+    assert set(table) == {"asr/heldout (8 voices)", "assistant voice"}
+    for original, round_trip in table.values():
+        assert original < 20
+        assert round_trip > 50
+    assert "round trip:" in capsys.readouterr().out
+
+
+def test_spectral_peaks_are_a_pitchs_harmonics():
+    t = torch.arange(16000) / 16000
+    buzz = sum(torch.sin(2 * torch.pi * 110 * k * t) / k for k in range(1, 30))  # 110 Hz, harmonics fading
+    peaks = eval_demo_snac.spectral_peaks([buzz], 16000, n=5)
+    assert len(peaks) == 5
+    assert all(abs(p - want) < 4 for p, want in zip(peaks, [110, 220, 330, 440, 550]))  # 3.9 Hz bins

@@ -68,7 +68,7 @@ def manifest(tmp_path, bad: list[bool], audio: str = "good.wav"):
 
 @pytest.fixture(scope="module")
 def encoder():
-    return SampleEncoder(Tokenizer(DEMO_DATA / "tokenizer"), Vocab(1024), n_mels=80, max_seq_length=512)
+    return SampleEncoder(Tokenizer(DEMO_DATA / "tokenizer"), Vocab(1024), max_seq_length=512)
 
 
 # ---------------------------------------------------------------------------------- the skip limit

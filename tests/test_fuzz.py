@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from litgpt.tokenizer import Tokenizer
 from test_sources import VA_SCHEMA
+from tiny import speech
 
 from omni_train.config import DEMO_DATA
 from omni_train.data import sources
@@ -87,7 +88,7 @@ def encoded(draw, v: Vocab):
     kw = {"answer_ids": draw(ids)}
     if task.audio_in:
         T = draw(st.integers(1, 30))
-        kw.update(mel=torch.zeros(80, 2 * T), audio_frames=T)
+        kw.update(audio=speech(T), audio_frames=T)
     else:
         kw.update(question_ids=draw(ids))
     if task.audio_out:
@@ -130,7 +131,7 @@ va_rows = st.lists(
 
 @pytest.fixture(scope="module")
 def encoder():
-    return SampleEncoder(Tokenizer(DEMO_DATA / "tokenizer"), Vocab(1024), n_mels=80, max_seq_length=4096)
+    return SampleEncoder(Tokenizer(DEMO_DATA / "tokenizer"), Vocab(1024), max_seq_length=4096)
 
 
 @FUZZ

@@ -5,13 +5,15 @@ from, each stage trains exactly its parts and never the base (bit for bit), the 
 give the unmerged model's logits (our format, Mini-Omni's, and generation), and the loss over a
 head split into row blocks equals the loss over the whole head. End to end: a LoRA run under DDP
 (sample logger, val/wer, plain merged folders that omni-infer and omni-eval read) and an
-interrupted LoRA stage that resumes exactly. With MINI_OMNI_DIR set, Mini-Omni's own `GPT` scores
-a LoRA export as the unmerged model does.
+interrupted LoRA stage with activation checkpointing that resumes exactly. With MINI_OMNI_DIR set,
+Mini-Omni's own `GPT` scores a LoRA export as the unmerged model does; with OMNI_TEST_FSDP_CPU set,
+a LoRA stage under the FSDP preset on 2 CPU processes resumes exactly from its sharded checkpoint.
 """
 
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +37,7 @@ from omni_train.config import LoraConfig, StageConfig
 from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded
 from omni_train.generate import generate
-from omni_train.loss import head_cross_entropy, omni_loss
+from omni_train.loss import Segment, head_cross_entropy, omni_loss
 from omni_train.model import OmniGPT
 from omni_train.stages import STAGES
 from omni_train.tasks import Task
@@ -192,17 +194,18 @@ def test_a_head_in_row_blocks_scores_as_the_whole_head(softcap, with_bias):
     hs = [torch.randn(k, 16, requires_grad=True) for k in (9, 6)]
     ranges = [(0, 45), (45, 60)]  # the first crosses from the base rows into the new ones
     ts = [torch.randint(0, stop - start, (h.size(0),)) for h, (start, stop) in zip(hs, ranges)]
-    segments = [(h, t, *r) for h, t, r in zip(hs, ts, ranges)]
-    split = head_cross_entropy((base, new), bias, segments, chunk_size=4, softcap=softcap)
-    ref = head_cross_entropy(whole, whole_bias, segments, chunk_size=4, softcap=softcap)
+    segments = [Segment(h, torch.arange(h.size(0)), t, *r, weight) for h, t, r, weight in zip(hs, ts, ranges, (1, 0.5))]
+    split_total, split = head_cross_entropy((base, new), bias, segments, chunk_size=4, softcap=softcap)
+    ref_total, ref = head_cross_entropy(whole, whole_bias, segments, chunk_size=4, softcap=softcap)
+    torch.testing.assert_close(split_total, ref_total)
     for (m, losses, ok), (m_ref, losses_ref, ok_ref) in zip(split, ref):
         torch.testing.assert_close(m, m_ref)
         torch.testing.assert_close(losses, losses_ref)
         assert torch.equal(ok, ok_ref)
     wrt = [new, *hs] + ([bias[1]] if with_bias else [])
-    grads = torch.autograd.grad(split[0][0] + 0.5 * split[1][0], wrt)
+    grads = torch.autograd.grad(split_total, wrt)
     ref_wrt = [whole, *hs] + ([whole_bias] if with_bias else [])
-    ref_grads = torch.autograd.grad(ref[0][0] + 0.5 * ref[1][0], ref_wrt)
+    ref_grads = torch.autograd.grad(ref_total, ref_wrt)
     torch.testing.assert_close(grads[0], ref_grads[0][40:])  # the new rows' gradient, and only theirs
     for g, r in zip(grads[1:3], ref_grads[1:3]):
         torch.testing.assert_close(g, r)
@@ -356,7 +359,7 @@ def test_lora_settings_without_a_rank_are_named(caplog):
 def test_a_loss_over_blocks_needs_its_bias_as_blocks():
     w, h, t = (torch.randn(4, 3), torch.randn(2, 3)), torch.randn(3, 3), torch.zeros(3, dtype=torch.long)
     with pytest.raises(ValueError, match="bias as blocks"):
-        head_cross_entropy(w, torch.zeros(6), [(h, t, 0, 6)])
+        head_cross_entropy(w, torch.zeros(6), [Segment(h, torch.arange(3), t, 0, 6)])
 
 
 # ---- a LoRA run end to end: DDP, every stage's folder, exact resume -------------------------------
@@ -373,6 +376,7 @@ def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path, capsys):
     run = tmp_path / "run"
     done = omni_train(
         "experiment=demo", "model.lora.r=4", "trainer=ddp_cpu", "eval.asr=null", "eval.speak=null",
+        "model.activation_checkpointing=true",  # checkpointed blocks under DDP's gradient hooks
         "stages.alignment.max_steps=2", "stages.adaption.max_steps=2", "stages.finetune.max_steps=2",
         f"hydra.run.dir={run}", "+callbacks.probe._target_=ddp_probe.Probe", f"+callbacks.probe.out={tmp_path / 'probe'}",
         # the sample logger and val/wer answer with the unmerged LoRA model, on rank 0 while the other waits
@@ -432,6 +436,7 @@ def aligned(tmp_path_factory) -> Path:
 def test_an_interrupted_lora_stage_resumes_exactly(tmp_path, aligned):
     common = [
         "experiment=demo", "stage=adaption", f"init_from={aligned}", "model.lora.r=4", "model.lora.dropout=0.1",
+        "model.activation_checkpointing=true",  # its recomputed dropout masks must not shift the resumed RNG stream
         "eval.asr=null", "eval.speak=null", "~data.val.asr_heldout", f"stages.adaption.max_steps={STEPS}",
         "stages.adaption.log_every=1", "stages.adaption.max_tokens=1024", "data.buffer_size=24", *HALF,
     ]  # fmt: skip
@@ -459,3 +464,41 @@ def test_an_interrupted_lora_stage_resumes_exactly(tmp_path, aligned):
         for k in a:
             torch.testing.assert_close(a[k], b[k], msg=k)
     assert any(b["transformer.h.0.attn.qkv.lora_B"].flatten()), "stage 2 trains the LoRA matrices"
+
+
+@pytest.mark.skipif(
+    not os.environ.get("OMNI_TEST_FSDP_CPU"), reason="OMNI_TEST_FSDP_CPU is not set: two FSDP runs of 2 processes"
+)
+def test_a_lora_stage_under_fsdp_resumes_from_its_shards_exactly(tmp_path, aligned):
+    """The FSDP preset on 2 CPU processes (`fsdp_cpu`): sharded checkpoints, a resume from one, and
+    the consolidated merged model; with activation checkpointing around the FSDP-wrapped blocks."""
+    run, steps = tmp_path / "run", 4
+    common = [
+        "experiment=demo", "stage=adaption", f"init_from={aligned}", "model.lora.r=4", "model.lora.dropout=0.1",
+        "model.activation_checkpointing=true", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2",
+        "trainer.precision=32-true", "trainer.strategy._target_=fsdp_cpu.strategy", "eval.asr=null", "eval.speak=null",
+        "~data.val.asr_heldout", f"stages.adaption.max_steps={steps}", "stages.adaption.checkpoint_every=2",
+        "stages.adaption.keep_checkpoints=2", "stages.adaption.max_tokens=1024", "data.buffer_size=24", *HALF,
+        f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    done = omni_train(*common, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stage = run / "adaption"
+    shards = stage / "checkpoints" / "step-2.ckpt"
+    assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one file a rank
+    want = {name: torch.load(stage / "model" / name, weights_only=True) for name in (ckpt.WEIGHTS_FILE, ckpt.LORA_FILE)}
+    model, _ = ckpt.load_checkpoint(stage / "model")  # consolidated and merged: a plain model, no LoRA code
+    assert model.lora is None and any(want[ckpt.LORA_FILE]["transformer.h.0.attn.qkv.lora_B"].flatten())
+
+    # lose everything after step 2: resume=auto continues from its shards
+    for path in (stage / "summary.json", stage / "model", *(stage / "checkpoints").glob("*")):
+        if path != shards:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    done = omni_train(*common, "resume=auto", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["stages"]["adaption"]["resumed_from"] == str(shards)
+    for name, tensors in want.items():
+        got = torch.load(stage / "model" / name, weights_only=True)
+        assert got.keys() == tensors.keys()
+        for k in tensors:
+            torch.testing.assert_close(got[k], tensors[k], msg=k)

@@ -1,19 +1,24 @@
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_omni
+from tiny import speech, tiny_omni
 
+import omni_train.loss as loss_module
 from omni_train.data.collator import OmniCollator
 from omni_train.data.samples import Encoded
-from omni_train.loss import head_cross_entropy, omni_loss
+from omni_train.loss import Segment, head_cross_entropy, omni_loss
 from omni_train.model import OmniGPT
 from omni_train.tasks import Task
 from omni_train.vocab import IGNORE_INDEX
 
 
 def linear_cross_entropy(h, weight, bias, targets, chunk_size=2048, softcap=None):
-    """The chunked loss of one whole head: (mean, per-position losses, argmax right)."""
-    return head_cross_entropy(weight, bias, [(h, targets, 0, weight.size(0))], chunk_size, softcap)[0]
+    """The chunked loss of one whole head over every row of `h`: (mean, per-position losses, argmax right)."""
+    segment = Segment(h, torch.arange(h.size(0)), targets, 0, weight.size(0))
+    total, [(_, losses, correct)] = head_cross_entropy(weight, bias, [segment], chunk_size, softcap)
+    return total, losses, correct
 
 
 def test_chunked_matches_full_logits_and_gradients():
@@ -36,9 +41,9 @@ def test_chunked_matches_full_logits_and_gradients():
 def batch_for(vocab):
     frames = torch.randint(0, 4096, (3, 7))
     samples = [
-        Encoded(Task.A1A2, answer_ids=[5, 6], mel=torch.zeros(80, 4), audio_frames=2, answer_frames=frames),
+        Encoded(Task.A1A2, answer_ids=[5, 6], audio=speech(2), audio_frames=2, answer_frames=frames),
         Encoded(Task.T1T2, question_ids=[1, 2, 3], answer_ids=[7, 8, 9, 10]),
-        Encoded(Task.A1T1, answer_ids=[3], mel=torch.zeros(80, 6), audio_frames=3),
+        Encoded(Task.A1T1, answer_ids=[3], audio=speech(3), audio_frames=3),
     ]
     return OmniCollator(vocab)(samples)
 
@@ -88,7 +93,8 @@ def test_row_ranges_of_one_head_match_sliced_logits_and_gradients(softcap):
     hs = [torch.randn(k, 16, requires_grad=True) for k in (9, 0, 5)]
     ranges = [(0, 40), (40, 50), (50, 60)]
     ts = [torch.randint(0, stop - start, (h.size(0),)) for h, (start, stop) in zip(hs, ranges)]
-    out = head_cross_entropy(w, b, [(h, t, *r) for h, t, r in zip(hs, ts, ranges)], chunk_size=4, softcap=softcap)
+    segments = [Segment(h, torch.arange(h.size(0)), t, *r, weight) for h, t, r, weight in zip(hs, ts, ranges, (1, 3, 0.25))]
+    total, out = head_cross_entropy(w, b, segments, chunk_size=4, softcap=softcap)
     assert len(out) == 2  # the empty segment is left out
     refs = []
     for h, t, (start, stop) in zip(hs, ts, ranges):
@@ -96,9 +102,10 @@ def test_row_ranges_of_one_head_match_sliced_logits_and_gradients(softcap):
             z = F.linear(h, w[start:stop], b[start:stop])
             refs.append(F.cross_entropy(torch.tanh(z / softcap) * softcap if softcap else z, t))
     for (mean, _, _), ref in zip(out, refs):
-        torch.testing.assert_close(mean, ref)
+        torch.testing.assert_close(mean, ref.detach())
     # weighted as omni_loss weighs layers; gradients must follow each segment's own weight
-    grads = torch.autograd.grad(out[0][0] + 0.25 * out[1][0], (w, b, hs[0], hs[2]))
+    torch.testing.assert_close(total, refs[0] + 0.25 * refs[1])
+    grads = torch.autograd.grad(total, (w, b, hs[0], hs[2]))
     for g, r in zip(grads, torch.autograd.grad(refs[0] + 0.25 * refs[1], (w, b, hs[0], hs[2]))):
         torch.testing.assert_close(g, r)
 
@@ -106,7 +113,7 @@ def test_row_ranges_of_one_head_match_sliced_logits_and_gradients(softcap):
 def test_overlapping_row_ranges_are_refused():
     w, h, t = torch.randn(10, 4), torch.randn(3, 4), torch.zeros(3, dtype=torch.long)
     with pytest.raises(ValueError, match="overlap"):
-        head_cross_entropy(w, None, [(h, t, 0, 6), (h, t, 5, 10)])
+        head_cross_entropy(w, None, [Segment(h, torch.arange(3), t, 0, 6), Segment(h, torch.arange(3), t, 5, 10)])
 
 
 def test_loss_under_bf16_autocast_runs_its_matmuls_in_bf16():
@@ -153,3 +160,55 @@ def test_no_gradient_work_without_grad_mode(monkeypatch):
     assert not calls and not mean.requires_grad
     linear_cross_entropy(h, w, None, t)
     assert calls  # with grad mode on, the weight gradient is made in the forward
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunks_cut_by_logits_hold_one_chunk_at_a_time(monkeypatch, softcap):
+    """A chunk holds at most MAX_CHUNK_LOGITS logits (half the rows beside a soft cap's tanh), and
+    the last chunk's logits are gone before the next chunk's are made."""
+    torch.manual_seed(0)
+    h = torch.randn(37, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (37,))
+    z = F.linear(h, w)
+    ref = F.cross_entropy(torch.tanh(z / softcap) * softcap if softcap else z, t)
+    ref_grads = torch.autograd.grad(ref, (h, w))
+
+    monkeypatch.setattr(loss_module, "MAX_CHUNK_LOGITS", 7 * 50)  # 7 positions a chunk, 3 beside a tanh
+    made, alive_at_each = [], []
+    linear = F.linear
+
+    def recording_linear(*args):
+        alive_at_each.append(sum(out() is not None for out in made))
+        out = linear(*args)
+        made.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(F, "linear", recording_linear)
+    mean, _, _ = linear_cross_entropy(h, w, None, t, chunk_size=2048, softcap=softcap)
+    monkeypatch.undo()
+    rows = 3 if softcap else 7
+    assert len(made) == -(-37 // rows)  # ceil: the last chunk is the remainder
+    assert not any(alive_at_each)
+    torch.testing.assert_close(mean, ref)
+    for g, r in zip(torch.autograd.grad(mean, (h, w)), ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_layers_reading_one_hidden_tensor_share_its_gradient():
+    """Segments index the rows they score in one (B, T, C) tensor, overlapping as layers do."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 16, requires_grad=True)
+    w = torch.randn(30, 16, requires_grad=True)
+    rows = [torch.tensor([0, 3, 4, 7, 9]), torch.tensor([1, 3, 8])]
+    ranges = [(0, 20), (20, 30)]
+    ts = [torch.randint(0, stop - start, (r.numel(),)) for r, (start, stop) in zip(rows, ranges)]
+    segments = [Segment(h, r, t, *rng, weight) for r, t, rng, weight in zip(rows, ts, ranges, (2.0, 0.5))]
+    total, _ = head_cross_entropy(w, None, segments, chunk_size=2)
+    flat = h.flatten(0, 1)
+    ref = sum(wt * F.cross_entropy(F.linear(flat[r], w[a:b]), t) for r, t, (a, b), wt in zip(rows, ts, ranges, (2.0, 0.5)))
+    torch.testing.assert_close(total, ref)
+    grads = torch.autograd.grad(total, (h, w))
+    for g, r in zip(grads, torch.autograd.grad(ref, (h, w))):
+        torch.testing.assert_close(g, r)
+    assert grads[0][1, 0].abs().sum() == 0  # row 5 is in no segment

@@ -233,7 +233,7 @@ def test_a_sharded_fsdp_checkpoint_is_swapped_in_whole(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def demo_data():
     tokenizer = Tokenizer(DEMO / "tokenizer")
-    encoder = SampleEncoder(tokenizer, Vocab(1024), n_mels=80, max_seq_length=512)
+    encoder = SampleEncoder(tokenizer, Vocab(1024), max_seq_length=512)
     train_sources = {"asr": sources.librispeech(DEMO / "asr" / "train", name="asr"),
                      "qa": sources.open_orca(DEMO / "textqa.jsonl", name="qa")}
     return train_sources, encoder

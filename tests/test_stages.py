@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import tiny_omni
+from tiny import speech, tiny_omni
 from whisper.model import ModelDimensions
 
 from omni_train.audio import WhisperEncoder
@@ -23,11 +23,10 @@ DIMS = ModelDimensions(
 def all_tasks_batch(vocab):
     g = torch.Generator().manual_seed(0)
     frames = torch.randint(0, 4096, (3, 7), generator=g)
-    mel = lambda T: torch.randn(80, 2 * T, generator=g)  # noqa: E731
     samples = [
-        Encoded(Task.A1T1, answer_ids=[5, 6], mel=mel(3), audio_frames=3),
+        Encoded(Task.A1T1, answer_ids=[5, 6], audio=speech(3, g), audio_frames=3),
         Encoded(Task.T1A2, question_ids=[1, 2], answer_ids=[1, 2], answer_frames=frames),
-        Encoded(Task.A1A2, answer_ids=[7], mel=mel(2), audio_frames=2, answer_frames=frames),
+        Encoded(Task.A1A2, answer_ids=[7], audio=speech(2, g), audio_frames=2, answer_frames=frames),
         Encoded(Task.T1T2, question_ids=[3], answer_ids=[4, 9]),
     ]
     return OmniCollator(vocab)(samples)

@@ -1,5 +1,6 @@
 """Tiny litgpt configs of several architecture families, for tests that must run in seconds."""
 
+import torch
 from litgpt.config import Config
 
 from omni_train.model import OmniConfig
@@ -60,3 +61,8 @@ def train_tokenizer(directory, vocab_size: int = 300):
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "add_bos_token": False}
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
     return LitTokenizer(directory)
+
+
+def speech(T: int, generator=None):
+    """A 16-kHz clip of exactly T Whisper frames (the shortest such: ``320 * (T - 1) + 1`` samples), noise."""
+    return 0.1 * torch.randn(320 * (T - 1) + 1, generator=generator)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from omni_train.audio import stack_clips
 from omni_train.data.samples import Encoded
 from omni_train.data.skips import SkipCounter
 from omni_train.tasks import TASKS
@@ -146,8 +147,9 @@ class Batch:
     Attributes:
         input_ids: ``(B, 8, L)``; batch padding is pad_a / pad_t of each layer.
         targets: ``(B, 8, L)``; `IGNORE_INDEX` wherever no loss is taken.
-        mels: ``(Ba, n_mels, M)`` log-mel of the rows with speech input (zero-padded), or None.
-        audio_lengths: ``(Ba,)`` Whisper frames of each of those rows (in row order).
+        audio: ``(Ba, S)`` 16-kHz question audio of the rows with speech input (zero-padded), or None.
+        audio_samples: ``(Ba,)`` samples of each of those clips (in row order).
+        audio_lengths: ``(Ba,)`` Whisper frames of each of them.
         audio_mask: ``(B, L)`` positions whose audio layers take the Whisper frames.
         lengths: ``(B,)`` real (unpadded) positions of each row.
         task_ids: ``(B,)`` index into `TASKS`.
@@ -160,7 +162,8 @@ class Batch:
 
     input_ids: torch.Tensor
     targets: torch.Tensor
-    mels: torch.Tensor | None
+    audio: torch.Tensor | None
+    audio_samples: torch.Tensor
     audio_lengths: torch.Tensor
     audio_mask: torch.Tensor
     lengths: torch.Tensor
@@ -228,21 +231,14 @@ class OmniCollator:
             if enc.task.audio_in:
                 audio_mask[b, speech_positions(enc)] = True
 
-        audio = [(b, s) for b, s in enumerate(samples) if s.task.audio_in]
-        mels = None
-        if audio:
-            n_mels = audio[0][1].mel.size(0)
-            M = max(s.mel.size(1) for _, s in audio)
-            mels = torch.zeros(len(audio), n_mels, M)
-            for j, (_, s) in enumerate(audio):
-                if s.mel.size(0) != n_mels:
-                    raise ValueError(f"{s.source} row {s.row!r}: {s.mel.size(0)} mel bins, batch has {n_mels}")
-                mels[j, :, : s.mel.size(1)] = s.mel
+        spoken = [s for s in samples if s.task.audio_in]
+        audio, audio_samples = stack_clips([s.audio for s in spoken])  # (Ba, S), (Ba,)
         return Batch(
             input_ids=input_ids,
             targets=targets,
-            mels=mels,
-            audio_lengths=torch.tensor([s.audio_frames for _, s in audio], dtype=torch.long),
+            audio=audio if spoken else None,
+            audio_samples=audio_samples,
+            audio_lengths=torch.tensor([s.audio_frames for s in spoken], dtype=torch.long),
             audio_mask=audio_mask,
             lengths=torch.tensor(lengths),
             task_ids=torch.tensor([TASKS.index(s.task) for s in samples]),

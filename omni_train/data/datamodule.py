@@ -30,8 +30,8 @@ from omni_train.audio import (
     AudioError,
     TooLongAudio,
     load_audio,
-    log_mel,
     whisper_frames,
+    whisper_input,
     whisper_max_samples,
 )
 from omni_train.config import DataConfig
@@ -55,13 +55,11 @@ class SkipSample(Exception):
 
 @dataclass
 class SampleEncoder:
-    """Tokenises the texts and turns the question audio into Whisper's log-mel.
+    """Tokenises the texts and decodes the question audio to 16 kHz (its log-mel is made in the step).
 
     Args:
         tokenizer: anything with ``encode(text) -> ids`` (litgpt's `Tokenizer`).
         vocab: the layout; text ids must stay below its base vocabulary.
-        n_mels: 80 for Whisper up to large-v2, 128 for large-v3.
-        pad_to_30s: Mini-Omni's padded Whisper input instead of the audio's own length.
         too_long: audio over 30 s is ``cut`` to 30 s (counted as a cut: `Encoded.cut_from_s`) or
             ``drop``ped (a counted skip).
         max_seq_length: longer samples are skipped (counted), never truncated into wrong layouts; a
@@ -70,8 +68,6 @@ class SampleEncoder:
 
     tokenizer: Any
     vocab: Vocab
-    n_mels: int = 80
-    pad_to_30s: bool = False
     too_long: str = "cut"
     max_seq_length: int = 2048
 
@@ -98,12 +94,12 @@ class SampleEncoder:
         if sample.task.audio_in:
             try:
                 audio = load_audio(sample.question_audio, WHISPER_SAMPLE_RATE)
-                enc.mel = log_mel(audio, self.n_mels, pad_to_30s=self.pad_to_30s, too_long=self.too_long)
+                enc.audio = whisper_input(audio, too_long=self.too_long)
             except AudioError as err:
                 reason = "audio too long" if isinstance(err, TooLongAudio) else "unreadable audio"
                 raise SkipSample(reason, str(err)) from err
             enc.audio_frames = whisper_frames(audio.numel())
-            if audio.numel() > whisper_max_samples():  # not dropped above: log_mel cut it
+            if audio.numel() > whisper_max_samples():  # not dropped above: whisper_input cut it
                 enc.cut_from_s = audio.numel() / WHISPER_SAMPLE_RATE
         else:
             enc.question_ids = self.text_ids(sample.question_text, "question text")
@@ -305,7 +301,7 @@ class OmniDataModule(L.LightningDataModule):
 
     Args:
         train: name -> `Source` of the training mixture; weights: name -> its share.
-        encoder: turns each `Sample` into token ids and log-mel (in the loader workers).
+        encoder: turns each `Sample` into token ids and 16-kHz audio (in the loader workers).
         cfg: the batching and loader settings (`DataConfig`; a stage's own ``max_tokens`` and
             ``max_batch_size`` already in it); the schema's defaults when None.
         val: name -> `Source` read once, in order, at each validation.

@@ -1,5 +1,5 @@
 """What flows through the data path: a source yields `Sample`s, a dataset encodes them into
-`Encoded` (token ids, log-mel), and the collator turns a list of `Encoded` into a `Batch`.
+`Encoded` (token ids, 16-kHz question audio), and the collator turns a list of `Encoded` into a `Batch`.
 
 A sample of a conversation is the current turn (the task's question and answer) plus its
 `history`: the earlier exchanges as text, oldest first (DESIGN.md, "Conversations").
@@ -56,9 +56,10 @@ class Sample:
 
 @dataclass
 class Encoded:
-    """A `Sample` ready for the collator: token ids and Whisper input, made in the loader workers.
+    """A `Sample` ready for the collator: token ids and Whisper's input audio, made in the loader workers.
 
-    Exactly one of `question_ids` (text prompt) and `mel` (speech prompt) is set. `audio_frames` is
+    Exactly one of `question_ids` (text prompt) and `audio` (speech prompt) is set; the log-mel of
+    `audio` is made in the training step, batched (`WhisperEncoder.encode_audio`). `audio_frames` is
     the number of Whisper frames the prompt holds (DESIGN.md's T), ``int(ms / 20) + 1``. `history`
     holds the earlier turns' ``(question ids, answer ids)``, oldest first; `dropped_turns` counts
     the oldest ones left out to fit ``max_seq_length`` (`collator.drop_oldest_turns`).
@@ -67,7 +68,7 @@ class Encoded:
     task: Task
     answer_ids: list[int]
     question_ids: list[int] | None = None
-    mel: torch.Tensor | None = None  # (n_mels, M) log-mel, M >= 2 * audio_frames
+    audio: torch.Tensor | None = None  # (S,) 16-kHz question audio as Whisper hears it (`whisper_input`)
     audio_frames: int = 0
     answer_frames: torch.Tensor | None = None  # (N, 7) layer-local SNAC codes
     source: str = ""
