@@ -146,13 +146,15 @@ class OmniModule(L.LightningModule):
     def logs_this_step(self) -> bool:
         """Whether the loggers write this training step's values (every ``log_every`` steps).
 
-        Lightning's `log` costs about 3 ms of CPU a call whether or not the value is written (it moves
-        each value through its result collection): with the ten values of a step, 17% of the demo's
-        stage-2 CPU time (BENCHMARKS.md section 14), and the same milliseconds on every GPU step.
-        Values no logger writes are therefore not logged at all; the progress bar's figures then
-        change every ``log_every`` steps. Every rank decides alike, so the loss's all-reduce stays in step.
+        Lightning's `log` costs about 4 ms of CPU a call whether or not the value is written (it moves
+        each value through its result collection): with the ten values of a step, 17% of the CPU time
+        of the demo's 1024-token stage-2 steps (BENCHMARKS.md section 14), and the same milliseconds
+        on every GPU step. Values no logger writes are therefore not logged at all; the progress bar's
+        figures then change every ``log_every`` steps. Every rank decides alike, so the loss's
+        all-reduce stays in step.
         """
         trainer = self._trainer
+        # Lightning's own test (private; it writes the step's values when this is true)
         return trainer is None or trainer._logger_connector.should_update_logs
 
     def _skip_step(self, grad_norm: torch.Tensor | None) -> bool:
