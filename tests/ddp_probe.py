@@ -16,7 +16,8 @@ class Probe(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.samples += [f"{s}|{r}" for s, r in zip(batch.sources, batch.rows)]
-        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+        if "train/loss" in trainer.callback_metrics:  # logged only on the steps the loggers write (log_every)
+            self.losses.append(float(trainer.callback_metrics["train/loss"]))
 
     def on_train_end(self, trainer, module) -> None:
         weights = torch.cat([p.detach().flatten() for p in module.model.parameters()])
