@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from omni_train.data.samples import Encoded
 from omni_train.tasks import Task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_at(rev: str, into: Path) -> Path:
+    """The ``omni_train`` package as git revision `rev` has it, written under `into` (a folder to put
+    first on a child process's PYTHONPATH): "before" variants run the old code beside the new."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "omni_train"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
 
 # A VoiceAssistant-400K-like row: a spoken question of 2-15 s and a spoken answer of 3-20 s (as in
 # padding.py); the answer text runs at about 3 tokens a second of speech.

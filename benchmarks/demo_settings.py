@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import package_at
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["stages.alignment.max_steps=2", "stages.adaption.max_steps=2", "stages.finetune.max_steps=2",
         "eval.asr_max_utterances=2", "eval.max_new_tokens=4", "eval.speak=null"]  # fmt: skip
@@ -76,11 +78,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = []  # (name, source tree, overrides)
         if args.before:
-            tree = Path(tmp) / "before"
-            tree.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "omni_train"], capture_output=True,
-                                     check=True).stdout  # fmt: skip
-            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+            tree = package_at(args.before, Path(tmp) / "before")
             runs.append((f"the demo at {args.before}", tree, []))
         runs += [(s or "the demo as configured here", ROOT, shlex.split(s)) for s in args.setting]
         cpu: dict[str, list[float]] = {name: [] for name, _, _ in runs}

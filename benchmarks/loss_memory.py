@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import TINY
+from common import TINY, package_at
 from litgpt.config import Config
 
 import omni_train.loss
@@ -135,11 +135,7 @@ def main() -> None:
         for n in filter(None, args.chunk_logits.split(",")):
             variants[f"chunked 2^{int(n)}"] = (ROOT, int(n))
         if args.before:
-            old = Path(tmp) / "before"
-            old.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "omni_train"],
-                                     capture_output=True, check=True).stdout  # fmt: skip
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+            old = package_at(args.before, Path(tmp) / "before")
             variants[f"before ({args.before})"] = (old, None)
         runs: dict[str, list[dict]] = {"naive": [run(ROOT, "naive", None, args)], **{name: [] for name in variants}}
         for _ in range(args.reps):

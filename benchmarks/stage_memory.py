@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import package_at
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -93,11 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"now": ROOT}
         if args.before:
-            old = Path(tmp) / "before"
-            old.mkdir()
-            archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.before, "omni_train"],
-                                     capture_output=True, check=True).stdout  # fmt: skip
-            subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+            old = package_at(args.before, Path(tmp) / "before")
             trees = {f"before ({args.before})": old, **trees}
         rows = {name: run(tree, args) for name, tree in trees.items()}
 
