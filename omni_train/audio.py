@@ -520,6 +520,14 @@ class WhisperEncoder(nn.Module):
         frames = torch.tensor([whisper_frames(int(n)) for n in samples.tolist()], device=audio.device)
         return self(log_mels(audio, samples, self.n_mels, self.pad_to_30s), frames)
 
+    def encode_clips(self, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """16-kHz clips ``(S_i,)``, each cut to what Whisper hears, batched as training's batches
+        are -> features ``(B, F, width)`` (on the encoder's device) and frames ``(B,)`` (each prompt's T)."""
+        audio, samples = stack_clips([whisper_input(c) for c in clips])  # (B, S), (B,)
+        device = next(self.parameters()).device
+        features = self.encode_audio(audio.to(device), samples.to(device))
+        return features, torch.tensor([whisper_frames(n) for n in samples.tolist()])
+
     def forward(self, mels: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """Encode a batch of log-mels.
 

@@ -22,15 +22,7 @@ import torch
 import torch.nn as nn
 import torchaudio.functional as AF
 
-from omni_train.audio import (
-    WHISPER_SAMPLE_RATE,
-    AudioSource,
-    WhisperEncoder,
-    load_audio,
-    stack_clips,
-    whisper_frames,
-    whisper_input,
-)
+from omni_train.audio import WHISPER_SAMPLE_RATE, AudioSource, WhisperEncoder, load_audio
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
 CTC_HEAD_FILE = "whisper_ctc.pt"  # beside whisper.pt: {"alphabet": str, "state_dict": nn.Linear's}
@@ -88,9 +80,8 @@ class DemoRecognizer:
         """Clips ``(S_i,)`` at 16 kHz -> their transcripts (uppercase), in one padded batch."""
         if not audios:
             return []
-        audio, samples = stack_clips([whisper_input(a) for a in audios])  # (B, S), (B,)
-        frames = torch.tensor([whisper_frames(n) for n in samples.tolist()])  # (B,)
-        best = self.head(self.encoder.encode_audio(audio, samples).float()).argmax(-1)  # (B, T)
+        features, frames = self.encoder.encode_clips(audios)  # (B, T, width), (B,)
+        best = self.head(features.float()).argmax(-1)  # (B, T)
         return [self._collapse(best[b, : frames[b]].tolist()) for b in range(len(audios))]
 
     def _collapse(self, path: list[int]) -> str:

@@ -49,7 +49,6 @@ from omni_train.generate import (
     answer_room,
     decode_text,
     encode_history,
-    encode_speech,
     generate,
     transcribe,
 )
@@ -381,7 +380,7 @@ def spoken_answers(
         if task.audio_in:
             if missing := [q.id for q in batch if q.audio is None]:
                 raise ValueError(f"task {task.value} needs spoken questions; {missing[:3]} have no audio")
-            features, frames = encode_speech(encoder, [load_audio(q.audio, WHISPER_SAMPLE_RATE) for q in batch])
+            features, frames = encoder.encode_clips([load_audio(q.audio, WHISPER_SAMPLE_RATE) for q in batch])
             prompts = [build_prompt(Encoded(task, [], audio_frames=int(T)), vocab) for T in frames]
         else:
             if missing := [q.id for q in batch if not q.text]:
@@ -674,7 +673,7 @@ def dialogue(
         features = frames = None
         if task.audio_in:
             waves = [load_audio(s.question_audio, WHISPER_SAMPLE_RATE) for s in batch]
-            features, frames = encode_speech(encoder, waves)
+            features, frames = encoder.encode_clips(waves)
             for e, T in zip(encs, frames.tolist()):
                 e.audio_frames = T
         else:

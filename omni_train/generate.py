@@ -31,15 +31,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from omni_train.audio import (
-    WHISPER_SAMPLE_RATE,
-    SnacCodec,
-    WhisperEncoder,
-    load_audio,
-    stack_clips,
-    whisper_frames,
-    whisper_input,
-)
+from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, WhisperEncoder, load_audio
 from omni_train.data.collator import build_prompt, drop_oldest_turns
 from omni_train.data.samples import Encoded, Turn
 from omni_train.model import OmniGPT
@@ -270,14 +262,6 @@ def _finish(text: torch.Tensor, audio: torch.Tensor | None, eot: int) -> Generat
 
 
 # ---- from audio and text ------------------------------------------------------------------------
-def encode_speech(encoder: WhisperEncoder, audios: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """16 kHz clips -> Whisper features ``(B, F, width)`` and their frames ``(B,)`` (each prompt's T)."""
-    audio, samples = stack_clips([whisper_input(a) for a in audios])  # (B, S), (B,): as training's batches
-    frames = torch.tensor([whisper_frames(n) for n in samples.tolist()])
-    device = next(encoder.parameters()).device
-    return encoder.encode_audio(audio.to(device), samples.to(device)), frames
-
-
 def decode_text(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(torch.tensor(ids, dtype=torch.long)).strip()
 
@@ -296,7 +280,7 @@ def transcribe(
     texts = [""] * len(audios)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        features, frames = encode_speech(encoder, [audios[i] for i in idx])
+        features, frames = encoder.encode_clips([audios[i] for i in idx])
         prompts = [build_prompt(Encoded(Task.A1T1, [], audio_frames=int(T)), vocab) for T in frames]
         for i, g in zip(idx, generate(model, prompts, Task.A1T1, features, frames, max_new_tokens=max_new_tokens)):
             texts[i] = decode_text(tokenizer, g.text_tokens)
@@ -346,7 +330,7 @@ def _inputs(
     if encoder is None:
         raise ValueError("speech input needs a Whisper encoder")
     wave = audio if isinstance(audio, torch.Tensor) else load_audio(audio, WHISPER_SAMPLE_RATE)
-    features, frames = encode_speech(encoder, [wave])
+    features, frames = encoder.encode_clips([wave])
     enc.audio_frames = int(frames[0])
     dropped = drop_oldest_turns(enc, model.max_seq_length, room)
     prompts = [build_prompt(Encoded(t, [], audio_frames=enc.audio_frames, history=enc.history), vocab) for t in tasks]

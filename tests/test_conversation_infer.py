@@ -22,7 +22,7 @@ from omni_train.checkpoints import load_omni, save_omni
 from omni_train.cli.infer import as_mini_omni_returns, main
 from omni_train.data.collator import OmniCollator, build_prompt
 from omni_train.data.samples import Encoded, Turn
-from omni_train.generate import Conversation, answer, encode_history, encode_speech, generate, transcribe
+from omni_train.generate import Conversation, answer, encode_history, generate, transcribe
 from omni_train.tasks import Task
 
 HISTORY = [Turn("what is two plus three", "two plus three is five"), Turn("the model hears", "and talks")]
@@ -67,7 +67,7 @@ def test_generation_reads_the_row_training_lays_out(task, model, encoder, tokeni
     (wave,) = clips(0.6)
     enc = Encoded(task, [], history=history)
     if task.audio_in:
-        features, frames = encode_speech(encoder, [wave])
+        features, frames = encoder.encode_clips([wave])
         enc.audio_frames, enc.audio = int(frames[0]), wave
     else:
         features = frames = None
@@ -90,7 +90,7 @@ def test_generation_reads_the_row_training_lays_out(task, model, encoder, tokeni
 
 def test_conversation_rows_batch_with_others_and_the_history_matters(model, encoder, tokenizer):
     vocab = model.config.vocab
-    features, frames = encode_speech(encoder, clips(0.5, 0.8))
+    features, frames = encoder.encode_clips(clips(0.5, 0.8))
     history = encode_history(tokenizer, HISTORY)
     prompts = [
         build_prompt(Encoded(Task.A1T2, [], audio_frames=int(frames[0]), history=history), vocab),

@@ -13,7 +13,6 @@ from omni_train.data.samples import Encoded
 from omni_train.generate import (
     answer,
     decode_steps,
-    encode_speech,
     generate,
     sample,
     stream_answer,
@@ -60,7 +59,7 @@ def mixed_batch(model, encoder):
     """One row of every task, with five different prompt lengths."""
     vocab = model.config.vocab
     tasks = [Task.A1T1, Task.T1A2, Task.A1T2, Task.A1A2, Task.T1T2]
-    features, frames = encode_speech(encoder, clips(1.0, 0.4, 0.7))
+    features, frames = encoder.encode_clips(clips(1.0, 0.4, 0.7))
     questions = iter([[5, 6, 7], [8, 9, 10, 11, 12, 13, 14]])
     speech = iter(frames.tolist())
     encoded = [Encoded(t, [], audio_frames=next(speech)) if t.audio_in else Encoded(t, [], next(questions))
@@ -122,7 +121,7 @@ def test_transcribe_batched_equals_one_by_one(encoder, tokenizer):
 def test_every_task_respects_the_layer_ranges(task, model, encoder):
     vocab = model.config.vocab
     if task.audio_in:
-        features, frames = encode_speech(encoder, clips(0.5))
+        features, frames = encoder.encode_clips(clips(0.5))
         prompt, extra = build_prompt(Encoded(task, [], audio_frames=int(frames[0])), vocab), (features, frames)
     else:
         prompt, extra = build_prompt(Encoded(task, [], [5, 6, 7]), vocab), ()
