@@ -56,6 +56,7 @@ def test_padding_benchmark_prints_both_fractions():
         ("checkpoint_size.py", ["--tiny"], ["alignment", "keep_checkpoints=1"]),
         ("demo_profile.py", ["--tiny"], ["forward and loss", "Whisper encoder", "held-out WER"]),
         ("demo_settings.py", ["--tiny", "--setting", ""], ["held-out WER: before", "adaption", "finetune", "CPU"]),
+        ("demo_reading.py", ["--tiny"], ["adapter output", "another's audio", "layer 3:"]),
     ],
 )
 def test_benchmark_runs_on_its_smallest_shape(script, args, expect, monkeypatch, capsys):
