@@ -2,40 +2,19 @@
 
 import pytest
 import torch
-from tiny import speech, tiny_omni
-from whisper.model import ModelDimensions
+from tiny import WHISPER, all_tasks_batch, tiny_omni
 
 from omni_train.audio import WhisperEncoder
 from omni_train.checkpoints import ModelBundle
 from omni_train.config import StageConfig
-from omni_train.data.collator import OmniCollator
-from omni_train.data.samples import Encoded
 from omni_train.model import OmniGPT
-from omni_train.stages import STAGES, warmup_cosine
-from omni_train.tasks import Task
-
-DIMS = ModelDimensions(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
-    n_vocab=100, n_text_ctx=8, n_text_state=32, n_text_head=2, n_text_layer=1,
-)
-
-
-def all_tasks_batch(vocab):
-    g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, 4096, (3, 7), generator=g)
-    samples = [
-        Encoded(Task.A1T1, answer_ids=[5, 6], audio=speech(3, g), audio_frames=3),
-        Encoded(Task.T1A2, question_ids=[1, 2], answer_ids=[1, 2], answer_frames=frames),
-        Encoded(Task.A1A2, answer_ids=[7], audio=speech(2, g), audio_frames=2, answer_frames=frames),
-        Encoded(Task.T1T2, question_ids=[3], answer_ids=[4, 9]),
-    ]
-    return OmniCollator(vocab)(samples)
+from omni_train.stages import STAGES, grad_norm, warmup_cosine
 
 
 def run_steps(stage, post_adapter, steps=3):
     torch.manual_seed(0)
     model = OmniGPT(tiny_omni(post_adapter=post_adapter))
-    encoder = WhisperEncoder.from_dims(DIMS)
+    encoder = WhisperEncoder.from_dims(WHISPER)
     module = STAGES[stage](ModelBundle(model, encoder), StageConfig(tasks={}, max_steps=10, max_lr=1e-2, warmup_steps=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     enc_before = {k: v.clone() for k, v in encoder.state_dict().items()}
@@ -84,7 +63,7 @@ def test_finetune_trains_everything(post_adapter):
 
 
 def test_frozen_encoder_is_not_saved_in_lightning_checkpoints():
-    module = STAGES["finetune"](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS)))
+    module = STAGES["finetune"](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)))
     ckpt = {"state_dict": module.state_dict()}
     assert any(k.startswith("encoder.") for k in ckpt["state_dict"])
     module.on_save_checkpoint(ckpt)
@@ -110,7 +89,7 @@ def test_fsdp_refused_only_where_rows_are_masked(stage):
     from omni_train.builders import check_strategy
     from omni_train.config import ConfigError
 
-    module = STAGES[stage](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS)))
+    module = STAGES[stage](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)))
     check_strategy(SimpleNamespace(strategy=DDPStrategy()), module)  # DDP keeps the hooks: always fine
     if stage == "alignment":
         with pytest.raises(ConfigError, match="trainer=ddp"):
@@ -132,7 +111,7 @@ def test_only_the_steps_the_loggers_write_are_logged(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     model = OmniGPT(tiny_omni())
-    module = STAGES["finetune"](ModelBundle(model, WhisperEncoder.from_dims(DIMS)),
+    module = STAGES["finetune"](ModelBundle(model, WhisperEncoder.from_dims(WHISPER)),
                                 StageConfig(tasks={}, max_steps=10, max_lr=1e-3, warmup_steps=1))  # fmt: skip
     batch, calls = [None], []
 
@@ -152,3 +131,42 @@ def test_only_the_steps_the_loggers_write_are_logged(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     for key in ("train/loss", "train/grad_norm", "train/padding", "train/bad_steps", "train/tokens_per_s"):
         assert [int(r["step"]) for r in rows if r.get(key)] == [2, 5], key
+
+
+def _fsdp_grad_norms(rank: int, init_file: str, out: str) -> None:
+    """One of two gloo ranks: the same model whole and under FSDP, one backward on this rank's batch."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    whole = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    sharded = FullyShardedDataParallel(copy.deepcopy(whole), device_id=torch.device("cpu"))
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(rank))
+    sharded(x).square().sum().backward()  # FSDP leaves each rank its shard of the ranks' mean gradient
+    whole(x).square().sum().backward()
+    for p in whole.parameters():  # what DDP would hold: the mean gradient, whole, on every rank
+        dist.all_reduce(p.grad)
+        p.grad /= 2
+
+    def summed(t):
+        dist.all_reduce(t)
+        return t
+
+    norms = {"whole": grad_norm(whole.parameters()), "shard": grad_norm(sharded.parameters()),
+             "sharded": grad_norm(sharded.parameters(), summed)}  # fmt: skip
+    torch.save(norms, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_the_gradient_norm_under_fsdp_is_the_whole_gradients(tmp_path):
+    """The logged and checked `train/grad_norm` under FSDP: every rank gets the norm of the whole
+    gradient, not of its own shard. Real FSDP shards on two CPU processes over gloo."""
+    torch.multiprocessing.spawn(_fsdp_grad_norms, args=(str(tmp_path / "init"), str(tmp_path / "norms")), nprocs=2)
+    ranks = [torch.load(tmp_path / f"norms.{r}") for r in range(2)]
+    for norms in ranks:
+        torch.testing.assert_close(norms["sharded"], norms["whole"])
+        assert norms["shard"] < 0.99 * norms["whole"]  # a shard alone is not the whole
+    torch.testing.assert_close(ranks[0]["sharded"], ranks[1]["sharded"])
