@@ -4,7 +4,9 @@ For a stage's model folder (or, without ``--model``, the untrained demo model: t
 fresh adapter), on the demo's held-out utterances (A1T1, teacher-forced):
 
 - the scale of what the LLM reads: RMS of the base vocabulary's embedding rows, of the Whisper
-  adapter's output and of its part that varies from frame to frame;
+  adapter's output and of its part that varies from frame to frame; and whether the adapter is a
+  linear or a quadratic map of the frames: the cosine of its output for -x against that for x, less
+  the bias (-1: odd, like a linear map; +1: even, like a product of two linear maps);
 - the transcript loss with each utterance's own audio, with another utterance's (the batch rolled by
   one row; the frame count kept) and with none (zero features): how much the LLM uses the audio;
 - the attention from transcript positions to the audio frames, per layer and head: the mass on the
@@ -95,13 +97,14 @@ def main() -> None:
     loader = loaders[0] if isinstance(loaders, list) else loaders
 
     losses: dict[str, list[float]] = {"own audio": [], "another's audio": [], "no audio": []}
-    adapted, first = [], None
+    adapted, flipped, first = [], [], None
     with torch.no_grad():
         for batch in loader:
             first = first or batch
             features = encoder.encode_audio(batch.audio, batch.audio_samples)  # (B, F, whisper width)
             valid = torch.arange(features.size(1)) < batch.audio_lengths[:, None]
             adapted.append(model.whisper_adapter(features[valid]))  # (frames, C)
+            flipped.append(model.whisper_adapter(-features[valid]))
             other = features.roll(1, dims=0) * valid[..., None]  # another row's features, this row's frame count
             for name, f in (("own audio", features), ("another's audio", other), ("no audio", torch.zeros_like(features))):
                 h_text, h_audio = model.hidden_states(batch.input_ids, f, batch.audio_lengths, batch.audio_mask, with_audio=False)
@@ -109,13 +112,15 @@ def main() -> None:
             if args.tiny:
                 break
         maps = attention_weights(model, first, encoder.encode_audio(first.audio, first.audio_samples))
+        bias = model.whisper_adapter(torch.zeros(1, encoder.width))  # the output for x = 0
 
     out = torch.cat(adapted)
+    parity = F.cosine_similarity(torch.cat(flipped) - bias, out - bias, dim=-1).mean().item()
     vocab = model.config.vocab
     rows = model.transformer.wte.weight[: min(model.config.vocab_size, vocab.base_vocab_size)]
     print(f"model: {args.model or 'untrained (base LLM, fresh adapter)'}; adapter {model.config.asr_adapter}")
     print(f"RMS: base vocabulary rows {rms(rows):.3f}; adapter output {rms(out):.3f}, "
-          f"its frame-to-frame part {rms(out - out.mean(0)):.3f}")  # fmt: skip
+          f"its frame-to-frame part {rms(out - out.mean(0)):.3f}; cosine of adapter(-x) and adapter(x) {parity:+.2f}")  # fmt: skip
     print("held-out transcript loss (nats a token), teacher-forced:")
     for name, values in losses.items():
         print(f"  {name:16s} {statistics.mean(values):.3f}")
