@@ -100,14 +100,17 @@ def main() -> None:
     adapted, flipped, first = [], [], None
     with torch.no_grad():
         for batch in loader:
-            first = first or batch
+            first = batch if first is None else first
             features = encoder.encode_audio(batch.audio, batch.audio_samples)  # (B, F, whisper width)
             valid = torch.arange(features.size(1)) < batch.audio_lengths[:, None]
             adapted.append(model.whisper_adapter(features[valid]))  # (frames, C)
             flipped.append(model.whisper_adapter(-features[valid]))
             other = features.roll(1, dims=0) * valid[..., None]  # another row's features, this row's frame count
-            for name, f in (("own audio", features), ("another's audio", other), ("no audio", torch.zeros_like(features))):
-                h_text, h_audio = model.hidden_states(batch.input_ids, f, batch.audio_lengths, batch.audio_mask, with_audio=False)
+            inputs = {"own audio": features, "another's audio": other, "no audio": torch.zeros_like(features)}
+            for name, f in inputs.items():
+                h_text, h_audio = model.hidden_states(
+                    batch.input_ids, f, batch.audio_lengths, batch.audio_mask, with_audio=False
+                )
                 losses[name].append(omni_loss(model, h_text, h_audio, batch.targets, batch.task_ids).loss.item())
             if args.tiny:
                 break
@@ -120,7 +123,8 @@ def main() -> None:
     rows = model.transformer.wte.weight[: min(model.config.vocab_size, vocab.base_vocab_size)]
     print(f"model: {args.model or 'untrained (base LLM, fresh adapter)'}; adapter {model.config.asr_adapter}")
     print(f"RMS: base vocabulary rows {rms(rows):.3f}; adapter output {rms(out):.3f}, "
-          f"its frame-to-frame part {rms(out - out.mean(0)):.3f}; cosine of adapter(-x) and adapter(x) {parity:+.2f}")  # fmt: skip
+          f"its frame-to-frame part {rms(out - out.mean(0)):.3f}")  # fmt: skip
+    print(f"cosine of adapter(-x) and adapter(x), less its bias: {parity:+.2f} (-1: linear, odd; +1: even)")
     print("held-out transcript loss (nats a token), teacher-forced:")
     for name, values in losses.items():
         print(f"  {name:16s} {statistics.mean(values):.3f}")
