@@ -11,9 +11,8 @@ import copy
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_resume import config
-from test_stages import DIMS, all_tasks_batch
-from tiny import tiny_omni
+from runs import config
+from tiny import WHISPER, all_tasks_batch, tiny_omni
 
 from omni_train.audio import WhisperEncoder
 from omni_train.builders import build_model, build_trainer
@@ -38,7 +37,7 @@ def finetune_module(lora: bool, post_adapter: bool, checkpointed: bool):
                     p.normal_(0, 0.1)
     model.activation_checkpointing = checkpointed
     torch.manual_seed(1)
-    module = STAGES["finetune"](ModelBundle(model, WhisperEncoder.from_dims(DIMS)),
+    module = STAGES["finetune"](ModelBundle(model, WhisperEncoder.from_dims(WHISPER)),
                                 StageConfig(tasks={}, max_steps=10, max_lr=1e-2, warmup_steps=1))  # fmt: skip
     module.train()
     return module

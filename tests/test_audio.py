@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 import whisper
-from tiny import SNAC_TINY, WHISPER_DIMS
+from tiny import SNAC_TINY, WHISPER_DIMS, whisper_model
 from whisper.model import ModelDimensions
 
 from omni_train.audio import (
@@ -311,7 +311,7 @@ def test_encoder_rejects_bad_input(encoder):
 def test_from_pretrained_whisper_checkpoint(tmp_path, n_mels):
     torch.manual_seed(1)
     dims = ModelDimensions(**{**asdict(DIMS), "n_mels": n_mels})
-    model = whisper.model.Whisper(dims)
+    model = whisper_model(dims)
     path = tmp_path / "tiny.pt"
     torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)  # openai-whisper's format
     enc = WhisperEncoder.from_pretrained(path)

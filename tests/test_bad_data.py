@@ -9,7 +9,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_train import SHORT, config
+from runs import SHORT, config
 
 from omni_train.config import DEMO_DATA
 from omni_train.data import sources

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import whisper
 from bench_fixtures import HELDOUT, llama_questions, trivia_qa, uro_jsonl
 from bench_fixtures import voicebench as voicebench_snapshot
+from fake_judge import FakeJudge, serving
 from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import save_config
-from test_voicebench import FakeJudge
-from tiny import SNAC_TINY, WHISPER_DIMS, tiny_base, train_tokenizer
-from whisper.model import ModelDimensions
+from tiny import JUDGE_DIMS, SNAC_TINY, tiny_base, train_tokenizer, whisper_model
 
 from omni_train.audio import SnacCodec, WhisperEncoder, load_audio
 from omni_train.checkpoints import load_base, load_omni, save_omni
@@ -28,7 +26,6 @@ from omni_train.evals import report as eval_report
 from omni_train.generate import answer
 from omni_train.vocab import EOA, N_AUDIO_LAYERS
 
-JUDGE_DIMS = ModelDimensions(**{**WHISPER_DIMS, "n_vocab": 51864, "n_text_ctx": 16})
 COMMON = ["--device", "cpu", "--max-new-tokens", "8", "--batch-size", "2"]
 
 
@@ -51,9 +48,9 @@ def run(tmp_path_factory):
         for layer in range(N_AUDIO_LAYERS):
             model.audio_head(layer)[0][EOA] = 0
     ckpt = save_omni(model, root / "run" / "finetune" / "model", base)
-    judge = whisper.model.Whisper(JUDGE_DIMS)  # also the checkpoint's encoder: one small file
+    judge = whisper_model(JUDGE_DIMS)  # also the checkpoint's encoder: one small file
     torch.save({"dims": asdict(JUDGE_DIMS), "model_state_dict": judge.state_dict()}, ckpt / "whisper.pt")
-    SnacCodec.from_config({**SNAC_TINY, "noise": False}).save_pretrained(ckpt / "snac")
+    SnacCodec.from_config(SNAC_TINY).save_pretrained(ckpt / "snac")
     data = root / "data"
     return {"run": root / "run", "ckpt": ckpt, "whisper": str(ckpt / "whisper.pt"), "eval": root / "run" / "eval",
             "llama": llama_questions(data), "trivia": trivia_qa(data), "uro": uro_jsonl(data),
@@ -136,23 +133,16 @@ def test_spoken_qa_mistakes(run, capsys):
 def vb(run):
     """The rule-scored subsets and two judged ones, against a fake judge on 127.0.0.1."""
     import os
-    import threading
-    from http.server import HTTPServer
 
-    FakeJudge.requests, FakeJudge.fail_first = [], False
-    server = HTTPServer(("127.0.0.1", 0), FakeJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = run["eval"] / "voicebench"
     os.environ["VB_TEST_JUDGE_KEY"] = FakeJudge.key
     try:
-        main(["voicebench", "--checkpoint", str(run["ckpt"]), "--data", str(run["voicebench"]), "--out-dir", str(out),
-              "--subsets", "mmsu", "openbookqa", "ifeval", "advbench", "commoneval", "sd-qa",
-              "--judge-url", f"http://127.0.0.1:{server.server_port}/v1", "--judge-key-env", "VB_TEST_JUDGE_KEY",
-              *COMMON])  # fmt: skip
+        with serving(fail_first=False) as url:
+            main(["voicebench", "--checkpoint", str(run["ckpt"]), "--data", str(run["voicebench"]),
+                  "--out-dir", str(out), "--subsets", "mmsu", "openbookqa", "ifeval", "advbench", "commoneval", "sd-qa",
+                  "--judge-url", url, "--judge-key-env", "VB_TEST_JUDGE_KEY", *COMMON])  # fmt: skip
     finally:
         del os.environ["VB_TEST_JUDGE_KEY"]
-        server.shutdown()
-        server.server_close()
     return out
 
 

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 import wandb
-from test_train import SHORT, config
+from runs import SHORT, config
 
 from omni_train.callbacks import SampleLogger, evaluating
 from omni_train.config import DEMO_DATA

@@ -17,10 +17,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import whisper
-from test_generate import DIMS, SNAC_TINY
-from test_train import SHORT, config, omni_train
-from tiny import tiny_omni, train_tokenizer
+from runs import SHORT, config, omni_train
+from tiny import SNAC_TINY, WHISPER, tiny_omni, train_tokenizer, whisper_model
 
 from omni_train.audio import AudioModelError, DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import CheckpointError, ModelBundle, load_checkpoint, load_omni, save_omni
@@ -45,7 +43,7 @@ def files(tmp_path_factory):
     train_tokenizer(root / "tokenizer")
     torch.manual_seed(0)
     ckpt = save_omni(OmniGPT(tiny_omni()), root / "ckpt", root / "tokenizer")
-    torch.save({"dims": asdict(DIMS), "model_state_dict": whisper.model.Whisper(DIMS).state_dict()}, ckpt / "whisper.pt")
+    torch.save({"dims": asdict(WHISPER), "model_state_dict": whisper_model(WHISPER).state_dict()}, ckpt / "whisper.pt")
     SnacCodec.from_config(SNAC_TINY).save_pretrained(ckpt / "snac")
     truncated = save_omni(load_omni(ckpt)[0], root / "truncated", ckpt)
     weights = (ckpt / "lit_model.pth").read_bytes()

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import whisper
 from litgpt.tokenizer import Tokenizer
-from test_eval import JUDGE_DIMS
-from tiny import SNAC_TINY, tiny_omni, train_tokenizer
+from tiny import JUDGE_DIMS, SNAC_TINY, tiny_omni, train_tokenizer, whisper_model
 
 from omni_train import evaluate
 from omni_train.audio import SnacCodec
@@ -38,9 +36,9 @@ def files(tmp_path_factory):
     train_tokenizer(root / "tokenizer")
     torch.manual_seed(0)
     ckpt = save_omni(OmniGPT(tiny_omni(whisper_dim=JUDGE_DIMS.n_audio_state)), root / "ckpt", root / "tokenizer")
-    judge = whisper.model.Whisper(JUDGE_DIMS)
+    judge = whisper_model(JUDGE_DIMS)
     torch.save({"dims": asdict(JUDGE_DIMS), "model_state_dict": judge.state_dict()}, ckpt / "whisper.pt")
-    SnacCodec.from_config({**SNAC_TINY, "noise": False}).save_pretrained(ckpt / "snac")
+    SnacCodec.from_config(SNAC_TINY).save_pretrained(ckpt / "snac")
     rows = []
     for k, (q1, a1, q2, a2) in enumerate([
         ("what is two plus three", "two plus three is five", "and what is that plus one", "five plus one is six"),

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import whisper
 from litgpt.tokenizer import Tokenizer
-from test_generate import DIMS, SNAC_TINY, clips, make_model
-from tiny import train_tokenizer
+from tiny import SNAC_TINY, WHISPER, clips, make_model, train_tokenizer, whisper_model
 
 import omni_train.generate
 from omni_train.audio import SnacCodec, WhisperEncoder, load_audio
@@ -36,7 +34,7 @@ def model():
 @pytest.fixture(scope="module")
 def encoder():
     torch.manual_seed(0)
-    return WhisperEncoder.from_dims(DIMS)
+    return WhisperEncoder.from_dims(WHISPER)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +48,8 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
     train_tokenizer(root / "tokenizer")
     full = save_omni(make_model(), root / "full", root / "tokenizer")
-    state = whisper.model.Whisper(DIMS).state_dict()
-    torch.save({"dims": asdict(DIMS), "model_state_dict": state}, full / "whisper.pt")
+    state = whisper_model(WHISPER).state_dict()
+    torch.save({"dims": asdict(WHISPER), "model_state_dict": state}, full / "whisper.pt")
     SnacCodec.from_config(SNAC_TINY).save_pretrained(full / "snac")
     sf.write(root / "question.wav", 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32), 16000)
     return {"full": full, "question": root / "question.wav"}

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from test_prep import SNAC_TINY, tone
+from tiny import SNAC_TINY, tone
 
 from omni_train import prep
 from omni_train.audio import SnacCodec, load_audio

@@ -4,7 +4,7 @@ only, mixed by weight, and its batches train the current answers of those rows."
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_train import config
+from runs import config
 
 from omni_train.builders import build_data, build_model, build_module, build_sources
 from omni_train.config import ConfigError

@@ -8,8 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
-from test_sources import VA_SCHEMA  # the real set's columns and types, defined once
-from tiny import train_tokenizer
+from tiny import VA_SCHEMA, train_tokenizer
 
 from omni_train.audio import whisper_frames
 from omni_train.config import DataConfig

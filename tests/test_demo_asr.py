@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn as nn
 import whisper
+from tiny import WHISPER_DIMS, whisper_model
 
 from omni_train.audio import WhisperEncoder, load_audio, save_wav
 from omni_train.demo_asr import CTC_HEAD_FILE, DEMO_DATA, DemoRecognizer, cer, normalize, save_ctc_head
 from omni_train.evaluate import librispeech_utterances
-from tests.tiny import WHISPER_DIMS
 
 ALPHABET = " ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
 
@@ -53,7 +53,7 @@ def test_cer_normalises_case_punctuation_and_spaces():
 
 
 def test_head_file_round_trip_and_mismatches(tmp_path):
-    model = whisper.model.Whisper(whisper.model.ModelDimensions(**WHISPER_DIMS))
+    model = whisper_model(whisper.model.ModelDimensions(**WHISPER_DIMS))
     torch.save({"dims": WHISPER_DIMS, "model_state_dict": model.state_dict()}, tmp_path / "whisper.pt")
     with pytest.raises(FileNotFoundError, match=CTC_HEAD_FILE):
         DemoRecognizer.load(tmp_path / "whisper.pt")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import SNAC_TINY
 
 from omni_train.audio import SnacCodec
-from tests.tiny import SNAC_TINY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data_prep"))
 import eval_demo_snac

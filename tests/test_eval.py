@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import whisper
 from litgpt.config import Config
 from litgpt.model import GPT
 from litgpt.tokenizer import Tokenizer
 from litgpt.utils import save_config
-from tiny import SNAC_TINY, WHISPER_DIMS, tiny_base, train_tokenizer
-from whisper.model import ModelDimensions
+from tiny import JUDGE_DIMS, SNAC_TINY, tiny_base, train_tokenizer, whisper_model
 
 from omni_train import evaluate
 from omni_train.audio import SnacCodec, WhisperEncoder, load_audio
@@ -27,7 +25,6 @@ from omni_train.generate import answer, transcribe
 
 HELDOUT = Path(evaluate.__file__).parent / "demo_data" / "asr" / "heldout"
 # a full Whisper (its tokenizer needs the English vocabulary: 51864) with the tiny encoder's shape
-JUDGE_DIMS = ModelDimensions(**{**WHISPER_DIMS, "n_vocab": 51864, "n_text_ctx": 16})
 TEXT = ["the model hears and talks", "what is two plus three", "question answer speech the model talks"]
 
 
@@ -46,9 +43,9 @@ def files(tmp_path_factory):
         shutil.copy(f, base_dir)
     model, _ = load_base(base_dir, whisper_adapter_dim=JUDGE_DIMS.n_audio_state, post_adapter_layers=2)
     ckpt = save_omni(model, root / "ckpt", base_dir)
-    judge = whisper.model.Whisper(JUDGE_DIMS)  # also the checkpoint's encoder: one small file
+    judge = whisper_model(JUDGE_DIMS)  # also the checkpoint's encoder: one small file
     torch.save({"dims": asdict(JUDGE_DIMS), "model_state_dict": judge.state_dict()}, ckpt / "whisper.pt")
-    SnacCodec.from_config({**SNAC_TINY, "noise": False}).save_pretrained(ckpt / "snac")
+    SnacCodec.from_config(SNAC_TINY).save_pretrained(ckpt / "snac")
 
     # two splits, one where the tarballs put it (LibriSpeech/NAME), one right under the root
     speakers = sorted(HELDOUT.glob("*/*/*.trans.txt"))

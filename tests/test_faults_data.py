@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 import torch
 from litgpt.tokenizer import Tokenizer
-from test_train import SHORT, config
+from runs import SHORT, config
 
 from omni_train.config import DEMO_DATA, DataConfig
 from omni_train.data import sources

@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_train import SHORT, config, omni_train
+from runs import SHORT, config, omni_train
 
 from omni_train.config import ConfigError
 from omni_train.resume import RunLock, RunLocked, resume_point

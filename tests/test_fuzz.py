@@ -16,8 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from litgpt.tokenizer import Tokenizer
-from test_sources import VA_SCHEMA
-from tiny import speech
+from tiny import VA_SCHEMA, speech
 
 from omni_train.config import DEMO_DATA
 from omni_train.data import sources

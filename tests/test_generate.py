@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import SNAC_TINY, WHISPER_DIMS, tiny_omni, train_tokenizer
-from whisper.model import ModelDimensions
+from tiny import SNAC_TINY, WHISPER, clips, make_model, train_tokenizer
 
 from omni_train.audio import SnacCodec, WhisperEncoder
 from omni_train.data.collator import build_prompt
@@ -21,17 +20,8 @@ from omni_train.generate import (
     to_frames,
     transcribe,
 )
-from omni_train.model import OmniGPT
 from omni_train.tasks import Task
 from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, apply_delay
-
-DIMS = ModelDimensions(**WHISPER_DIMS)
-SNAC_TINY = {**SNAC_TINY, "noise": False}  # deterministic decoding
-
-
-def make_model(family="qwen2", seed=0, **omni) -> OmniGPT:
-    torch.manual_seed(seed)
-    return OmniGPT(tiny_omni(family, **omni)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +32,12 @@ def model():
 @pytest.fixture(scope="module")
 def encoder():
     torch.manual_seed(0)
-    return WhisperEncoder.from_dims(DIMS)
+    return WhisperEncoder.from_dims(WHISPER)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
-
-
-def clips(*seconds, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [0.1 * torch.randn(int(s * 16000), generator=g) for s in seconds]
 
 
 def mixed_batch(model, encoder):

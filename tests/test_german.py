@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_train import config
+from runs import config
 
 from omni_train import evaluate
 from omni_train.cli.eval import main as omni_eval

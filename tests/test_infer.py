@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import whisper
 from litgpt.tokenizer import Tokenizer
-from test_generate import DIMS, SNAC_TINY
-from tiny import tiny_omni, train_tokenizer
+from tiny import SNAC_TINY, WHISPER, tiny_omni, train_tokenizer, whisper_model
 
 from omni_train.audio import SnacCodec, WhisperEncoder, load_audio
 from omni_train.checkpoints import export_mini_omni, load_omni, save_omni
@@ -31,7 +29,7 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     bare = save_omni(OmniGPT(tiny_omni()), root / "bare", tokenizer_dir)
     full = save_omni(load_omni(bare)[0], root / "full", tokenizer_dir)
-    torch.save({"dims": asdict(DIMS), "model_state_dict": whisper.model.Whisper(DIMS).state_dict()}, full / "whisper.pt")
+    torch.save({"dims": asdict(WHISPER), "model_state_dict": whisper_model(WHISPER).state_dict()}, full / "whisper.pt")
     SnacCodec.from_config(SNAC_TINY).save_pretrained(full / "snac")
     question = root / "question.wav"
     sf.write(question, 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32), 16000)

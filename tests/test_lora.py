@@ -22,10 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_resume import COMMON, DEMO, TESTS, trace
-from test_resume import config as resume_config
-from test_stages import DIMS, all_tasks_batch
-from tiny import FAMILIES, tiny_omni, train_tokenizer
+from runs import DEMO, SHORT_STAGE1, STEPS, config, omni_train, trace
+from tiny import FAMILIES, WHISPER, all_tasks_batch, tiny_omni, train_tokenizer
 
 from omni_train import checkpoints as ckpt
 from omni_train.audio import WhisperEncoder
@@ -148,7 +146,7 @@ def test_only_chosen_projections_get_an_update():
 @pytest.mark.parametrize("post_adapter", [False, True])
 def test_each_stage_trains_its_parts_and_never_the_base(stage, post_adapter):
     model, _ = lora_model(post_adapter=post_adapter)
-    encoder = WhisperEncoder.from_dims(DIMS)
+    encoder = WhisperEncoder.from_dims(WHISPER)
     cfg = StageConfig(tasks={}, max_steps=10, max_lr=1e-2, warmup_steps=1)
     module = STAGES[stage](ModelBundle(model, encoder), cfg)
     trains = TRAINS[stage] | ({"post_adapter"} if post_adapter and stage != "adaption" else set())
@@ -178,7 +176,7 @@ def test_fsdp_is_allowed_in_every_lora_stage():
     from omni_train.builders import check_strategy
 
     for stage in STAGES:  # no table is masked: the new rows are tensors of their own
-        module = STAGES[stage](ModelBundle(lora_model()[0], WhisperEncoder.from_dims(DIMS)))
+        module = STAGES[stage](ModelBundle(lora_model()[0], WhisperEncoder.from_dims(WHISPER)))
         check_strategy(SimpleNamespace(strategy=FSDPStrategy()), module)
 
 
@@ -245,8 +243,8 @@ def test_model_folder_holds_merged_weights_and_the_lora_matrices_alone(tmp_path,
     trained_updates(model)
     bundle = ModelBundle(model, None, tokenizer_dir, "whisper.pt", "snac", False, "/runs/x/alignment/model")
     out = bundle.save(tmp_path / "model")
-    loaded, config = ckpt.load_omni(out)  # our normal format, loaded with no LoRA code
-    assert config == model.config and loaded.lora is None
+    loaded, loaded_config = ckpt.load_omni(out)  # our normal format, loaded with no LoRA code
+    assert loaded_config == model.config and loaded.lora is None
     assert_same_logits(model, loaded)
     info = json.loads((out / ckpt.LORA_INFO).read_text())
     assert info["applies_to"] == "/runs/x/alignment/model" and info["r"] == LORA.r and info["head"] is True
@@ -349,10 +347,10 @@ def test_add_lora_refuses_what_it_cannot_do():
 def test_lora_settings_without_a_rank_are_named(caplog):
     from omni_train.train import check
 
-    check(resume_config("experiment=demo", "model.lora.alpha=32"))
+    check(config("experiment=demo", "model.lora.alpha=32"))
     assert "model.lora.alpha=32.0: not used, LoRA is off (model.lora.r=0)" in caplog.text
     caplog.clear()
-    check(resume_config("experiment=demo", "model.lora.r=8", "model.lora.alpha=32"))
+    check(config("experiment=demo", "model.lora.r=8", "model.lora.alpha=32"))
     assert "model.lora" not in caplog.text
 
 
@@ -363,15 +361,6 @@ def test_a_loss_over_blocks_needs_its_bias_as_blocks():
 
 
 # ---- a LoRA run end to end: DDP, every stage's folder, exact resume -------------------------------
-def omni_train(*args: str, cwd, timeout: int = 900) -> subprocess.CompletedProcess:
-    """The CLI in its own session (a signal to its group reaches nothing else), this checkout's code first."""
-    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "HYDRA_FULL_ERROR": "1"}
-    cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
-                          start_new_session=True)  # fmt: skip
-
-
 def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path, capsys):
     run = tmp_path / "run"
     done = omni_train(
@@ -383,7 +372,7 @@ def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path, capsys):
         "+callbacks.samples._target_=omni_train.callbacks.SampleLogger", "+callbacks.samples.every_n_steps=2",
         "+callbacks.samples.max_speech=1", "+callbacks.samples.max_new_tokens=8",
         f"+callbacks.samples.wer={DEMO / 'asr' / 'heldout'}", "+callbacks.samples.wer_max_utterances=2",
-        cwd=tmp_path,
+        cwd=tmp_path, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     for stage in ("alignment", "adaption", "finetune"):
@@ -414,8 +403,7 @@ def test_a_lora_run_under_ddp_writes_plain_merged_folders(tmp_path, capsys):
         assert same_base == (stage == "alignment")  # stage 1 keeps the LLM; stages 2-3 merge their updates
 
 
-HALF = [o for o in COMMON if o.startswith("model.")]  # test_resume's half-size demo model (a random base)
-STEPS = 6
+HALF = [o for o in SHORT_STAGE1 if o.startswith("model.")]  # the half-size demo model of the resume tests (a random base)
 
 
 def adaption_steps(run: Path) -> list[dict]:
@@ -428,7 +416,7 @@ def adaption_steps(run: Path) -> list[dict]:
 def aligned(tmp_path_factory) -> Path:
     """A stage-1 model folder to start stage 2 (which trains the LoRA matrices) from."""
     run = tmp_path_factory.mktemp("aligned")
-    train(resume_config("experiment=demo", "stage=alignment", "stages.alignment.max_steps=1", "eval.asr=null",
+    train(config("experiment=demo", "stage=alignment", "stages.alignment.max_steps=1", "eval.asr=null",
                         "eval.speak=null", *HALF, f"run_dir={run}"))  # fmt: skip
     return run / "alignment" / "model"
 
@@ -442,15 +430,15 @@ def test_an_interrupted_lora_stage_resumes_exactly(tmp_path, aligned):
     ]  # fmt: skip
     reference = tmp_path / "reference"
     train(
-        resume_config(*common, f"run_dir={reference}", f"stages.adaption.checkpoint_every={STEPS}", *trace(reference))
+        config(*common, f"run_dir={reference}", f"stages.adaption.checkpoint_every={STEPS}", *trace(reference))
     )
 
     run = tmp_path / "run"
     killed = omni_train(*common, f"hydra.run.dir={run}", "stages.adaption.checkpoint_every=2",
                         *trace(run, signal_at=3, signal_name="SIGKILL"), cwd=tmp_path)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    summary = train(resume_config(*common, f"run_dir={run}", "stages.adaption.checkpoint_every=2", "resume=auto",
-                                  *trace(run)))  # fmt: skip
+    summary = train(config(*common, f"run_dir={run}", "stages.adaption.checkpoint_every=2", "resume=auto",
+                           *trace(run)))  # fmt: skip
     assert summary["stages"]["adaption"]["resumed_from"].endswith("last.ckpt")
 
     got, want = adaption_steps(run), adaption_steps(reference)
@@ -481,7 +469,7 @@ def test_a_lora_stage_under_fsdp_resumes_from_its_shards_exactly(tmp_path, align
         "stages.adaption.keep_checkpoints=2", "stages.adaption.max_tokens=1024", "data.buffer_size=24", *HALF,
         f"hydra.run.dir={run}",
     ]  # fmt: skip
-    done = omni_train(*common, cwd=tmp_path)
+    done = omni_train(*common, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     stage = run / "adaption"
     shards = stage / "checkpoints" / "step-2.ckpt"
@@ -494,7 +482,7 @@ def test_a_lora_stage_under_fsdp_resumes_from_its_shards_exactly(tmp_path, align
     for path in (stage / "summary.json", stage / "model", *(stage / "checkpoints").glob("*")):
         if path != shards:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    done = omni_train(*common, "resume=auto", cwd=tmp_path)
+    done = omni_train(*common, "resume=auto", cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["stages"]["adaption"]["resumed_from"] == str(shards)
     for name, tensors in want.items():

@@ -6,9 +6,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_stages import DIMS, all_tasks_batch
-from test_train import SHORT, config
-from tiny import tiny_omni
+from runs import SHORT, config
+from tiny import WHISPER, all_tasks_batch, tiny_omni
 from torch.utils.data import DataLoader
 
 from omni_train.audio import WhisperEncoder
@@ -79,7 +78,7 @@ def test_a_non_finite_step_is_skipped_and_counted(fault):
     model = OmniGPT(tiny_omni())
     cls = InfLoss if fault == "loss" else MultimodalFinetuning
     stage = StageConfig(tasks={}, max_steps=10, max_lr=1e-2, warmup_steps=1)
-    module = cls(ModelBundle(model, WhisperEncoder.from_dims(DIMS)), stage)
+    module = cls(ModelBundle(model, WhisperEncoder.from_dims(WHISPER)), stage)
     module.fault_steps = (2,)
     states = States()
     callbacks = [states] + ([NaNGrads([2])] if fault == "gradient" else [])

@@ -6,10 +6,10 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from tiny import SNAC_TINY, tone
 
 from omni_train import prep
 from omni_train.audio import SnacCodec, load_audio
@@ -17,21 +17,10 @@ from omni_train.cli.prep import main
 from omni_train.data import sources
 from omni_train.data.snac_format import parse_answer_snac
 
-# tests/test_audio.py's tiny SNAC: SNAC 24 kHz's shape shrunk to 32 samples a coarse frame
-SNAC_TINY = dict(
-    sampling_rate=24000, encoder_dim=8, encoder_rates=[2, 4], decoder_dim=16, decoder_rates=[4, 2],
-    attn_window_size=None, codebook_size=4096, codebook_dim=4, vq_strides=[4, 2, 1],
-)  # fmt: skip
 # 16 kHz clips, as LibriSpeech; in a shard of 4, length-sorted batches of 2 pair equal lengths, so the
 # batched codes must equal single-clip codes exactly
 SECONDS = [0.05, 0.1, 0.05, 0.1, 0.02]
 TEXTS = ["HELLO WORLD", "THE MODEL HEARS", "AND TALKS BACK", "ONE TWO THREE FOUR", "YES"]
-
-
-def tone(seconds: float, rate: int, seed: int) -> np.ndarray:
-    t = np.arange(int(round(seconds * rate))) / rate
-    rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,15 @@
 
 import io
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import runs
 
 from omni_train.redact import MASK, ScrubbedRecords, ScrubbedStream, Secrets, mask_override, masked_argv
 
-TESTS = Path(__file__).parent
 SECRETS = {  # one a form a secret arrives in
     "override": "wb-0verride-s3cret-value",  # logger.wandb.api_key=...
     "added": "hf_added-s3cret-value",  # +hf_token=...
@@ -22,10 +21,7 @@ SHORT = ["experiment=demo", "stage=alignment", "stages.alignment.max_steps=2", "
 
 
 def omni_train(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "WANDB_MODE": "offline",
-           "OMNI_TEST_API_KEY": SECRETS["env"], **env}  # fmt: skip
-    cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False)
+    return runs.omni_train(*args, cwd=cwd, env={"WANDB_MODE": "offline", "OMNI_TEST_API_KEY": SECRETS["env"], **env})
 
 
 def files_holding(root: Path, secret: str) -> list[str]:

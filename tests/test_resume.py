@@ -1,7 +1,7 @@
 """A stage stopped anywhere continues as if it had not: SIGKILL, SIGTERM/SIGUSR1, a failed checkpoint write.
 
-The runs are the demo's stage 1, cut to 6 steps of small batches of a smaller model. `Trace` (added through the config,
-as a user's callback would be) appends each step's rows and loss to a file at once, so even a
+The runs are the demo's stage 1, cut to 6 steps of small batches of a smaller model (`runs.SHORT_STAGE1`). `runs.Trace`
+(added through the config, as a user's callback would be) appends each step's rows and loss to a file at once, so even a
 SIGKILLed run leaves its log, and can send a signal to its own process at a chosen step.
 """
 
@@ -11,78 +11,22 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from litgpt.tokenizer import Tokenizer
+from runs import DEMO, SHORT_STAGE1, STEPS, config, omni_train, trace
 
 from omni_train.atomic import DiskFull
-from omni_train.cli.train import CONFIGS
-from omni_train.config import ConfigError, DataConfig, register
+from omni_train.config import ConfigError, DataConfig
 from omni_train.data import sources
 from omni_train.data.datamodule import OmniDataModule, SampleEncoder
 from omni_train.resume import AtomicFSDPStrategy, RngState
 from omni_train.train import train
 from omni_train.vocab import Vocab
-
-TESTS = Path(__file__).parent
-DEMO = TESTS.parent / "omni_train" / "demo_data"
-STEPS = 6
-COMMON = [  # about 3 batches a bucketing buffer, so resumes land inside buffers too
-    "experiment=demo", "stage=alignment", "eval.asr=null", "eval.speak=null", "~data.val.asr_heldout",
-    f"stages.alignment.max_steps={STEPS}", "stages.alignment.log_every=1", "stages.alignment.max_tokens=1024",
-    "data.buffer_size=24", "+logger.csv.flush_logs_every_n_steps=1",
-    # half the demo model, so a random base: 47 MB checkpoints (mostly the 7 x 4160 audio rows of wte and lm_head,
-    # and their Adam state)
-    "model.checkpoint_dir=null", "model.overrides.n_layer=2", "model.overrides.n_embd=64", "model.overrides.head_size=16",
-    "model.overrides.intermediate_size=128",
-]
-
-
-class Trace(L.Callback):
-    """Appends {step, rows, loss} after every step (flushed: a killed run keeps it); at `signal_at`
-    sends `signal_name` to its own process (or, with `group`, to its process group, loader workers too)."""
-
-    def __init__(self, out: str, signal_at: int = 0, signal_name: str = "", group: bool = False) -> None:
-        self.out, self.signal_at, self.signal_name, self.group = Path(out), signal_at, signal_name, group
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        record = {"step": trainer.global_step, "rank": trainer.global_rank, "loss": float(outputs["loss"]),
-                  "rows": [f"{s}|{r}" for s, r in zip(batch.sources, batch.rows)]}
-        with open(self.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if trainer.global_step == self.signal_at:
-            sig = getattr(signal, self.signal_name)
-            if self.group:  # from another process, as a scheduler's signal comes
-                kill = ["kill", f"-{sig.name.removeprefix('SIG')}", "--", f"-{os.getpgid(0)}"]
-                subprocess.run(kill, check=True, start_new_session=True)
-            else:
-                os.kill(os.getpid(), sig)
-
-
-def config(*overrides: str):
-    register()
-    with initialize_config_dir(CONFIGS, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def omni_train(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The CLI in its own session, so a signal to its process group reaches nothing else."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "HYDRA_FULL_ERROR": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240, check=False,
-                          start_new_session=True)
-
-
-def trace(run: Path, **kwargs) -> list[str]:
-    args = [f"+callbacks.trace._target_={__name__}.Trace", f"+callbacks.trace.out={run / 'trace.jsonl'}"]
-    return args + [f"+callbacks.trace.{k}={v}" for k, v in kwargs.items()]
 
 
 def steps(run: Path) -> dict[int, dict]:
@@ -126,7 +70,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run every interrupted one must reproduce."""
     run = tmp_path_factory.mktemp("reference")
-    train(config(*COMMON, f"run_dir={run}", f"stages.alignment.checkpoint_every={STEPS}", *trace(run)))
+    train(config(*SHORT_STAGE1, f"run_dir={run}", f"stages.alignment.checkpoint_every={STEPS}", *trace(run)))
     want = steps(run)
     # a restart from the stream's beginning would train step 3 on step 1's rows, and the losses move
     assert want[3]["rows"] != want[1]["rows"] and len({r["loss"] for r in want.values()}) == STEPS
@@ -136,13 +80,13 @@ def reference(tmp_path_factory) -> Path:
 
 def test_sigkill_then_resume_auto_matches_the_uninterrupted_run(tmp_path, reference):
     run = tmp_path / "run"
-    killed = omni_train(*COMMON, f"hydra.run.dir={run}", "stages.alignment.checkpoint_every=2",
+    killed = omni_train(*SHORT_STAGE1, f"hydra.run.dir={run}", "stages.alignment.checkpoint_every=2",
                         *trace(run, signal_at=3, signal_name="SIGKILL"), cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert saved_step(run / "alignment" / "checkpoints" / "last.ckpt") == 2  # step 3 was trained, then lost
     assert not (run / "alignment" / "model").exists()
 
-    summary = train(config(*COMMON, f"run_dir={run}", "stages.alignment.checkpoint_every=2", "resume=auto",
+    summary = train(config(*SHORT_STAGE1, f"run_dir={run}", "stages.alignment.checkpoint_every=2", "resume=auto",
                            *trace(run)))
     assert summary["stages"]["alignment"]["resumed_from"].endswith("last.ckpt")
     assert len((run / "trace.jsonl").read_text().splitlines()) == 3 + STEPS - 2  # steps 1-3, then 3-6 again
@@ -160,7 +104,7 @@ def test_sigusr1_and_sigterm_save_stop_and_resume(tmp_path, reference):
     every = "stages.alignment.checkpoint_every=4"  # step 2: the signal handler saves; step 4: ModelCheckpoint does
 
     # SLURM's warning before the time limit: save after the step in progress, requeue, exit 128 + 10
-    first = omni_train(*COMMON, f"hydra.run.dir={run}", every, *trace(run, signal_at=1, signal_name="SIGUSR1"),
+    first = omni_train(*SHORT_STAGE1, f"hydra.run.dir={run}", every, *trace(run, signal_at=1, signal_name="SIGUSR1"),
                        cwd=tmp_path, env=slurm)
     assert first.returncode == 128 + signal.SIGUSR1, first.stderr[-3000:]
     assert "SIGUSR1: stage alignment stopped after step 2" in first.stderr and "resume=auto" in first.stderr
@@ -169,19 +113,19 @@ def test_sigusr1_and_sigterm_save_stop_and_resume(tmp_path, reference):
     assert not list(run.rglob("hpc_ckpt_*.ckpt"))  # Lightning's own SIGUSR1 handler did not run
 
     # SIGTERM to the whole process group, the loader worker included: it must not die of it
-    second = omni_train(*COMMON, f"hydra.run.dir={run}", every, "resume=auto", "data.num_workers=1",
+    second = omni_train(*SHORT_STAGE1, f"hydra.run.dir={run}", every, "resume=auto", "data.num_workers=1",
                         *trace(run, signal_at=3, signal_name="SIGTERM", group=True), cwd=tmp_path)
     assert second.returncode == 128 + signal.SIGTERM, second.stderr[-3000:]
     assert "SIGTERM: stage alignment stopped after step 4" in second.stderr
     assert saved_step(run / "alignment" / "checkpoints" / "last.ckpt") == 4
 
-    train(config(*COMMON, f"run_dir={run}", every, "resume=auto", *trace(run)))
+    train(config(*SHORT_STAGE1, f"run_dir={run}", every, "resume=auto", *trace(run)))
     assert_same_run(run, reference)
 
 
 def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    common = [*COMMON, f"run_dir={run}", "stages.alignment.max_steps=4", "stages.alignment.checkpoint_every=2"]
+    common = [*SHORT_STAGE1, f"run_dir={run}", "stages.alignment.max_steps=4", "stages.alignment.checkpoint_every=2"]
     real_save, writes = torch.save, []
 
     def disk_full_on_second_last_ckpt(obj, f, *args, **kwargs):
@@ -305,7 +249,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 def test_only_the_newest_step_checkpoints_are_kept_across_a_resume(tmp_path):
     run, ckpts = tmp_path / "run", tmp_path / "run" / "alignment" / "checkpoints"
-    common = [*COMMON, f"run_dir={run}", "stages.alignment.checkpoint_every=1", "stages.alignment.keep_checkpoints=2"]
+    common = [*SHORT_STAGE1, f"run_dir={run}", "stages.alignment.checkpoint_every=1", "stages.alignment.keep_checkpoints=2"]
     train(config(*common, "stages.alignment.max_steps=3"))
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step-2.ckpt", "step-3.ckpt"]
     (run / "alignment" / "summary.json").unlink()  # as if it had stopped at step 3 of 5
@@ -316,8 +260,8 @@ def test_only_the_newest_step_checkpoints_are_kept_across_a_resume(tmp_path):
 
 def test_keep_checkpoints_0_keeps_last_ckpt_only(tmp_path):
     run = tmp_path / "run"
-    train(config(*COMMON, f"run_dir={run}", "stages.alignment.max_steps=2", "stages.alignment.checkpoint_every=1",
+    train(config(*SHORT_STAGE1, f"run_dir={run}", "stages.alignment.max_steps=2", "stages.alignment.checkpoint_every=1",
                  "stages.alignment.keep_checkpoints=0"))  # fmt: skip
     assert [p.name for p in (run / "alignment" / "checkpoints").iterdir()] == ["last.ckpt"]
     with pytest.raises(ConfigError, match="stages.alignment.keep_checkpoints=-1"):
-        train(config(*COMMON, f"run_dir={run}", "stages.alignment.keep_checkpoints=-1"))
+        train(config(*SHORT_STAGE1, f"run_dir={run}", "stages.alignment.keep_checkpoints=-1"))

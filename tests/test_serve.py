@@ -21,9 +21,7 @@ import pytest
 import soundfile as sf
 import torch
 import uvicorn
-import whisper
-from test_generate import DIMS
-from tiny import tiny_omni, train_tokenizer
+from tiny import WHISPER, tiny_omni, train_tokenizer, whisper_model
 
 import omni_train.serve as serve
 from omni_train.audio import SnacCodec, load_audio
@@ -47,7 +45,7 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     ckpt = save_omni(OmniGPT(tiny_omni()), root / "model", root / "tokenizer")
     torch.save(
-        {"dims": asdict(DIMS), "model_state_dict": whisper.model.Whisper(DIMS).state_dict()}, ckpt / "whisper.pt"
+        {"dims": asdict(WHISPER), "model_state_dict": whisper_model(WHISPER).state_dict()}, ckpt / "whisper.pt"
     )
     config = json.loads((DEMO_SNAC / "config.json").read_text())
     SnacCodec.from_config({**config, "noise": False}).save_pretrained(ckpt / "snac")

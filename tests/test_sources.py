@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import torch
+from tiny import VA_SCHEMA
 
 from omni_train.data import sources
 from omni_train.data.skips import SkipCounter, TooManySkips
@@ -64,19 +65,6 @@ class ParquetSpy:
 
 
 # ---------------------------------------------------------------------------------------------- VoiceAssistant
-
-VA_SCHEMA = pa.schema(
-    [
-        ("split_name", pa.string()),
-        ("index", pa.string()),
-        ("round", pa.string()),
-        ("question", pa.string()),
-        ("question_audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
-        ("answer", pa.string()),
-        ("answer_snac", pa.string()),
-    ]
-)
-
 
 @pytest.fixture(scope="module")
 def va_dir(tmp_path_factory):

@@ -2,40 +2,19 @@
 
 import pytest
 import torch
-from tiny import speech, tiny_omni
-from whisper.model import ModelDimensions
+from tiny import WHISPER, all_tasks_batch, tiny_omni
 
 from omni_train.audio import WhisperEncoder
 from omni_train.checkpoints import ModelBundle
 from omni_train.config import StageConfig
-from omni_train.data.collator import OmniCollator
-from omni_train.data.samples import Encoded
 from omni_train.model import OmniGPT
 from omni_train.stages import STAGES, warmup_cosine
-from omni_train.tasks import Task
-
-DIMS = ModelDimensions(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1,
-    n_vocab=100, n_text_ctx=8, n_text_state=32, n_text_head=2, n_text_layer=1,
-)
-
-
-def all_tasks_batch(vocab):
-    g = torch.Generator().manual_seed(0)
-    frames = torch.randint(0, 4096, (3, 7), generator=g)
-    samples = [
-        Encoded(Task.A1T1, answer_ids=[5, 6], audio=speech(3, g), audio_frames=3),
-        Encoded(Task.T1A2, question_ids=[1, 2], answer_ids=[1, 2], answer_frames=frames),
-        Encoded(Task.A1A2, answer_ids=[7], audio=speech(2, g), audio_frames=2, answer_frames=frames),
-        Encoded(Task.T1T2, question_ids=[3], answer_ids=[4, 9]),
-    ]
-    return OmniCollator(vocab)(samples)
 
 
 def run_steps(stage, post_adapter, steps=3):
     torch.manual_seed(0)
     model = OmniGPT(tiny_omni(post_adapter=post_adapter))
-    encoder = WhisperEncoder.from_dims(DIMS)
+    encoder = WhisperEncoder.from_dims(WHISPER)
     module = STAGES[stage](ModelBundle(model, encoder), StageConfig(tasks={}, max_steps=10, max_lr=1e-2, warmup_steps=1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     enc_before = {k: v.clone() for k, v in encoder.state_dict().items()}
@@ -84,7 +63,7 @@ def test_finetune_trains_everything(post_adapter):
 
 
 def test_frozen_encoder_is_not_saved_in_lightning_checkpoints():
-    module = STAGES["finetune"](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS)))
+    module = STAGES["finetune"](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)))
     ckpt = {"state_dict": module.state_dict()}
     assert any(k.startswith("encoder.") for k in ckpt["state_dict"])
     module.on_save_checkpoint(ckpt)
@@ -110,7 +89,7 @@ def test_fsdp_refused_only_where_rows_are_masked(stage):
     from omni_train.builders import check_strategy
     from omni_train.config import ConfigError
 
-    module = STAGES[stage](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(DIMS)))
+    module = STAGES[stage](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)))
     check_strategy(SimpleNamespace(strategy=DDPStrategy()), module)  # DDP keeps the hooks: always fine
     if stage == "alignment":
         with pytest.raises(ConfigError, match="trainer=ddp"):
@@ -132,7 +111,7 @@ def test_only_the_steps_the_loggers_write_are_logged(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     model = OmniGPT(tiny_omni())
-    module = STAGES["finetune"](ModelBundle(model, WhisperEncoder.from_dims(DIMS)),
+    module = STAGES["finetune"](ModelBundle(model, WhisperEncoder.from_dims(WHISPER)),
                                 StageConfig(tasks={}, max_steps=10, max_lr=1e-3, warmup_steps=1))  # fmt: skip
     batch, calls = [None], []
 

@@ -1,44 +1,24 @@
 """omni-train end to end: the configs, the staged run, resume, DDP, and users' mistakes."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
-from hydra import compose, initialize_config_dir
 from litgpt.config import Config
 from omegaconf import OmegaConf
+from runs import SHORT, config, omni_train
 
 from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.cli.train import CONFIGS
-from omni_train.config import ConfigError, register
+from omni_train.config import ConfigError
 from omni_train.model import OmniConfig
 from omni_train.redact import redacted
 from omni_train.train import train
 
-TESTS = Path(__file__).parent
 PRESETS = sorted(p.stem for p in (Path(CONFIGS) / "model").glob("*.yaml") if not p.stem.startswith("_"))
 TINY = [p for p in PRESETS if p.startswith("tiny")]
-SHORT = [  # the demo cut to seconds: 2 steps a stage, 2 held-out utterances
-    "experiment=demo", "stages.alignment.max_steps=2", "stages.adaption.max_steps=2",
-    "stages.finetune.max_steps=2", "eval.asr_max_utterances=2", "eval.max_new_tokens=4",
-]
-
-
-def config(*overrides: str):
-    register()
-    with initialize_config_dir(CONFIGS, version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def omni_train(*args: str, cwd: Path, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), **(env or {})}
-    cmd = [sys.executable, "-m", "omni_train.cli.train", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 from bench_fixtures import voicebench as voicebench_snapshot
+from fake_judge import FakeJudge, serving
 
 from omni_train.evals import voicebench
 
@@ -94,44 +91,10 @@ def test_snapshot_layout(tmp_path):
         voicebench.subset_splits(root, "mmlu")
 
 
-class FakeJudge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint: answers "Yes" or "4" after checking the key; the first
-    request gets a 503 (the client must retry)."""
-
-    key, requests, fail_first = "sk-test-not-a-real-key", [], True
-
-    def do_POST(self):  # http.server's name
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeJudge.requests.append({"path": self.path, "auth": self.headers["Authorization"], "body": body})
-        if FakeJudge.fail_first:
-            FakeJudge.fail_first = False
-            return self._reply(503, {"error": "busy"})
-        if self.headers["Authorization"] != f"Bearer {FakeJudge.key}":
-            return self._reply(401, {"error": "bad key"})
-        text = "Yes" if "Reference answer" in body["messages"][-1]["content"] else "4"
-        self._reply(200, {"choices": [{"message": {"content": text}} for _ in range(body["n"])]})
-
-    def _reply(self, code, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def judge_server():
-    FakeJudge.requests, FakeJudge.fail_first = [], True
-    server = HTTPServer(("127.0.0.1", 0), FakeJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(fail_first=True) as url:
+        yield url
 
 
 def test_judge_client(judge_server, monkeypatch):

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import whisper
+from runs import SHORT, config
 from safetensors.torch import save_file
-from test_train import SHORT, config
-from tiny import WHISPER_DIMS
+from tiny import WHISPER_DIMS, whisper_model
 from whisper.model import ModelDimensions
 
 from omni_train.audio import AudioModelError, WhisperEncoder, load_whisper, log_mel, whisper_frames
@@ -99,7 +99,7 @@ def openai_file(path: Path, model: whisper.model.Whisper) -> Path:
 @pytest.fixture(scope="module")
 def large_v3_tiny():
     torch.manual_seed(3)
-    return whisper.model.Whisper(LARGE_V3_TINY)
+    return whisper_model(LARGE_V3_TINY)
 
 
 @pytest.mark.parametrize("form", ["safetensors", "sharded", "bin"])
