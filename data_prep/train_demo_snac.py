@@ -1,31 +1,36 @@
 """Train the demo's tiny SNAC codec (``omni_train/demo_data/snac``) on the demo's training speech.
 
-    python data_prep/train_demo_snac.py [--out omni_train/demo_data/snac] [--steps 1200] [--seed 0]
+    python data_prep/train_demo_snac.py [--out omni_train/demo_data/snac] [--steps 2600] [--seed 0]
 
 Mini-Omni speaks through the pretrained ``hubertsiuzdak/snac_24khz``, which cannot be downloaded
 here. This script trains a small one from scratch on CPU: `snac.SNAC` itself, with the 24 kHz
 model's frame layout (hop 512, three codebooks of 4096 at strides 4, 2, 1, so a coarse frame is 7
 codes in `omni_train.vocab.FRAME_ORDER`), but far fewer channels. The objective is SNAC's (after
-DAC) without the adversarial part: multi-scale log-mel L1, waveform L1, codebook and commitment
-losses. Without a discriminator the phase is only roughly right (the speech sounds buzzy).
+DAC): multi-scale log-mel L1, waveform L1, codebook and commitment losses, and from a fifth of the
+steps on an adversarial term, HiFi-GAN's multi-period discriminator (narrow: 8 to 32 channels,
+about 15% more CPU a step) with feature matching. The defaults take 31 CPU minutes on one thread.
 
-What limits intelligibility is the decoder, not the quantizer: the quantized latents carry much
-of each frame's spectral shape (a least-squares probe reads about half of it), but the first codec
-(128 decoder channels narrowing to 8, depthwise, noise blocks) put out about one fixed spectrum
-whose loudness and voicing followed the speech, so every vowel sounded alike (80% CER). Its voiced sounds are
-periodic in the decoder's 512-sample frame: harmonics of 46.875 Hz (strongest at 93.75 Hz) in
-place of the voice's own pitch of about 109 Hz; the transposed convolutions that upsample the
-frames make that periodicity the cheapest, and no discriminator punishes it. Full convolutions,
-192 channels (96 after the first upsampling) and no noise blocks (they add texture under a
-discriminator; without one they only add hiss, and decoding becomes deterministic) start to
-move the formants at about the same CPU time per step, but the frame-rate harmonics are still
-there at this length of training (see data_prep/README.md).
+Why this recipe (each figure: the demo recogniser's CER on the 40 held-out sentences in the
+assistant's voice after a round trip, ``data_prep/eval_demo_snac.py``; originals 3.3%):
+
+- The decoder limits intelligibility, not the quantizer. The first codec (128 depthwise decoder
+  channels narrowing to 8, SNAC's noise blocks) put out about one spectrum for every vowel
+  (80%). Full convolutions, 192 channels (96 after the first upsampling) and no noise blocks (they
+  add texture under a discriminator; without one only hiss) move the formants at about the same
+  CPU time a step. Decoding the encoder's unquantized latents is no upper bound here: the decoder
+  only ever saw quantized ones (75% against 58% for a codec trained 1200 steps).
+- Length of training is the main lever: 600 steps 78%, 1200 steps 58% (both without the
+  discriminator), 2600 steps 41%.
+- The period discriminator (it compares samples one period apart) read 74% against 78% without
+  it at 600 steps. It does not cure the buzz, though: voiced sounds stay periodic in the decoder's
+  512-sample frame, harmonics of 46.875 Hz in place of the voice's pitch of about 109 Hz, which
+  the transposed convolutions that upsample the frames make the cheapest.
 
 The training speech is the demo's training sentences only (``make_demo_data.make_sentences`` with
 the same seed and count as the shipped set; ``asr/heldout`` sentences are never seen), plus every
 answer the voice assistant can give, all spoken by the voice assistant's fixed voice: the only
 voice the demo model learns to speak in. One voice, not the 8 ASR voices as well, because the CPU
-time buys about two passes over one voice's speech and under one over nine voices', and an
+time buys about three passes over one voice's speech and under half of one over nine voices', and an
 undertrained codec is unintelligible (its round trip on the other voices is measured, not aimed
 for). Needs espeak-ng, like ``make_demo_data.py``.
 
