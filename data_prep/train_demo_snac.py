@@ -111,9 +111,10 @@ class MultiScaleMelLoss(torch.nn.Module):
 class PeriodDiscriminator(torch.nn.Module):
     """HiFi-GAN's multi-period discriminator, narrow: the audio folded into rows of ``period`` samples.
 
-    A 2-D convolution down the rows compares samples one period apart, so a voice whose
-    periodicity is wrong (the decoder's own 512-sample frame in place of the speaker's pitch)
-    is told apart from real speech; SNAC and DAC train with it.
+    A 2-D convolution down the rows compares samples one period apart, so it can tell a voice
+    whose periodicity is wrong (the decoder's own 512-sample frame in place of the speaker's
+    pitch) from real speech; SNAC and DAC train with it. Here it lowers the round trip's CER but
+    has not removed that buzz within the script's steps.
     """
 
     def __init__(self, periods=(2, 3, 5, 7, 11), channels=(8, 16, 32, 32)) -> None:
