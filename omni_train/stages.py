@@ -35,6 +35,21 @@ class TooManyBadSteps(RuntimeError):
     """`max_bad_steps` optimizer steps in a row had a non-finite loss or gradient."""
 
 
+def grad_norm(parameters, sum_over_ranks=None, device=None) -> torch.Tensor | None:
+    """The 2-norm of all the parameters' gradients (None if none has one).
+
+    Under DDP every rank holds the whole (averaged) gradient. Under FSDP each rank holds a disjoint
+    shard of it, so the norm of the whole is the root of the ranks' summed squares: pass
+    `sum_over_ranks` (an all-reduce sum; every rank must call it, even one holding no gradient).
+    """
+    grads = [p.grad.detach().norm(2) for p in parameters if p.grad is not None]
+    norm = torch.stack(grads).norm(2) if grads else None
+    if sum_over_ranks is None:
+        return norm
+    square = norm.square() if norm is not None else torch.zeros((), device=device)
+    return sum_over_ranks(square).sqrt()
+
+
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, max_lr: float, min_lr: float) -> float:
     """Learning rate at `step`: 1) linear warm-up to max_lr, 2) cosine decay to min_lr, 3) min_lr."""
     if step < warmup_steps:
@@ -133,8 +148,13 @@ class OmniModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # before clipping (Lightning clips after this hook): the norm the clip threshold is compared with
-        grads = [p.grad.detach().norm(2) for p in self.model.parameters() if p.grad is not None]
-        norm = torch.stack(grads).norm(2) if grads else None
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy):  # each rank holds its own shard of the gradients
+            norm = grad_norm(self.model.parameters(), lambda t: strategy.reduce(t, reduce_op="sum"), self.device)
+        else:
+            norm = grad_norm(self.model.parameters())
         skipped = self._skip_step(norm)
         if skipped:
             optimizer.zero_grad(set_to_none=True)  # no gradient, no update: weights and optimizer state stay
@@ -157,15 +177,15 @@ class OmniModule(L.LightningModule):
         # Lightning's own test (private; it writes the step's values when this is true)
         return trainer is None or trainer._logger_connector.should_update_logs
 
-    def _skip_step(self, grad_norm: torch.Tensor | None) -> bool:
+    def _skip_step(self, norm: torch.Tensor | None) -> bool:
         """Whether this optimizer step is dropped; every rank decides alike, on all ranks' losses and gradients."""
         no = torch.zeros((), dtype=torch.bool, device=self.device)
         bad_loss = self._bad_loss if self._bad_loss is not None else no
         self._bad_loss = None
         bad_grad = no
         # with fp16's GradScaler, overflowing gradients are the scaler's to skip (they are how it finds its scale)
-        if grad_norm is not None and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            bad_grad = ~torch.isfinite(grad_norm)  # DDP: grads are already averaged; FSDP: this rank's shard
+        if norm is not None and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            bad_grad = ~torch.isfinite(norm)
         if not self.trainer.strategy.reduce((bad_loss | bad_grad).float(), reduce_op="sum").item():
             self._bad_in_row = 0
             return False

@@ -8,7 +8,7 @@ from omni_train.audio import WhisperEncoder
 from omni_train.checkpoints import ModelBundle
 from omni_train.config import StageConfig
 from omni_train.model import OmniGPT
-from omni_train.stages import STAGES, warmup_cosine
+from omni_train.stages import STAGES, grad_norm, warmup_cosine
 
 
 def run_steps(stage, post_adapter, steps=3):
@@ -131,3 +131,42 @@ def test_only_the_steps_the_loggers_write_are_logged(tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
     for key in ("train/loss", "train/grad_norm", "train/padding", "train/bad_steps", "train/tokens_per_s"):
         assert [int(r["step"]) for r in rows if r.get(key)] == [2, 5], key
+
+
+def _fsdp_grad_norms(rank: int, init_file: str, out: str) -> None:
+    """One of two gloo ranks: the same model whole and under FSDP, one backward on this rank's batch."""
+    import copy
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    whole = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    sharded = FullyShardedDataParallel(copy.deepcopy(whole), device_id=torch.device("cpu"))
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(rank))
+    sharded(x).square().sum().backward()  # FSDP leaves each rank its shard of the ranks' mean gradient
+    whole(x).square().sum().backward()
+    for p in whole.parameters():  # what DDP would hold: the mean gradient, whole, on every rank
+        dist.all_reduce(p.grad)
+        p.grad /= 2
+
+    def summed(t):
+        dist.all_reduce(t)
+        return t
+
+    norms = {"whole": grad_norm(whole.parameters()), "shard": grad_norm(sharded.parameters()),
+             "sharded": grad_norm(sharded.parameters(), summed)}  # fmt: skip
+    torch.save(norms, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_the_gradient_norm_under_fsdp_is_the_whole_gradients(tmp_path):
+    """The logged and checked `train/grad_norm` under FSDP: every rank gets the norm of the whole
+    gradient, not of its own shard. Real FSDP shards on two CPU processes over gloo."""
+    torch.multiprocessing.spawn(_fsdp_grad_norms, args=(str(tmp_path / "init"), str(tmp_path / "norms")), nprocs=2)
+    ranks = [torch.load(tmp_path / f"norms.{r}") for r in range(2)]
+    for norms in ranks:
+        torch.testing.assert_close(norms["sharded"], norms["whole"])
+        assert norms["shard"] < 0.99 * norms["whole"]  # a shard alone is not the whole
+    torch.testing.assert_close(ranks[0]["sharded"], ranks[1]["sharded"])
