@@ -312,18 +312,19 @@ sees a big dog", so that a tiny model can learn it in minutes.
   hop 512, so about 11.7 frames of 7 codes a second) with far fewer channels (full convolutions, no
   noise blocks), trained from scratch (no pretrained weights can be downloaded here) on the
   training sentences and the assistant's answers, all spoken by the assistant's voice, with SNAC's
-  reconstruction losses (multi-scale mel, waveform, codebook and commitment; no adversarial term).
-  1200 steps of 8 windows of 0.34 s, seed 0: 31 minutes on one thread of a loaded 2-core CPU
-  (11.8 CPU minutes). Only the first 512 codes of each codebook are used, so that a tiny model can
-  learn them. It keeps the timing, loudness and voicing of speech and its vowels begin to differ,
-  but voiced sounds buzz at harmonics of the codec's frame rate (46.9 Hz) instead of the voice's
-  pitch, so the demo's recogniser reads it only in part (CER on the 40 held-out sentences,
-  `data_prep/eval_demo_snac.py`):
+  losses: multi-scale mel, waveform, codebook and commitment, and from a fifth of the steps on a
+  narrow multi-period discriminator with feature matching. 2600 steps of 8 windows of 0.34 s,
+  seed 0: 37 minutes on one thread of a loaded 2-core CPU (31.4 CPU minutes). Only the first 512
+  codes of each codebook are used, so that a tiny model can learn them. It keeps the timing,
+  loudness and voicing of speech, but voiced sounds still buzz at harmonics of the codec's frame
+  rate (46.9 Hz) instead of the voice's pitch, and the demo's recogniser reads it only in part
+  (CER on the 40 held-out sentences, `data_prep/eval_demo_snac.py`; the codec before it trained
+  1200 steps without the discriminator):
 
-  | speech | original | codec round trip |
-  |---|---|---|
-  | `asr/heldout` (8 voices) | 3.7% | 64.2% |
-  | the same sentences in the assistant's voice | 3.3% | 58.4% |
+  | speech | original | codec round trip | before |
+  |---|---|---|---|
+  | `asr/heldout` (8 voices) | 3.7% | 53.6% | 64.2% |
+  | the same sentences in the assistant's voice | 3.3% | 40.7% | 58.4% |
 
   Replace it with `hubertsiuzdak/snac_24khz` for real work.
 - Mini-Omni hears through a *pretrained* Whisper. `whisper.pt` stands in for it at toy scale:

@@ -97,3 +97,43 @@ def test_spectral_peaks_are_a_pitchs_harmonics():
     peaks = eval_demo_snac.spectral_peaks([buzz], 16000, n=5)
     assert len(peaks) == 5
     assert all(abs(p - want) < 4 for p, want in zip(peaks, [110, 220, 330, 440, 550]))  # 3.9 Hz bins
+
+
+def buzz(f0: float, n: int = 8, length: int = 4096) -> torch.Tensor:
+    """``(n, 1, length)`` 24 kHz voiced buzz: harmonics of ``f0`` at random phases."""
+    t = torch.arange(length) / 24000
+    phase = torch.rand(n, 1, 1) * 2 * torch.pi
+    x = sum(torch.sin(2 * torch.pi * f0 * k * t + k * phase) / k for k in range(1, 20))
+    return 0.3 * x / x.abs().amax(-1, keepdim=True)
+
+
+def test_period_discriminator_tells_a_buzz_at_the_frame_rate_from_the_voices_pitch():
+    """What it is there for: the decoder's harmonics of 24000 / 512 Hz in place of the voice's ~109 Hz."""
+    torch.manual_seed(0)
+    disc = train_demo_snac.PeriodDiscriminator()
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = train_demo_snac.discriminator_loss(disc, buzz(109), buzz(46.875))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        real = sum(f[-1].mean() for f in disc(buzz(109))) / len(disc.periods)
+        fake = sum(f[-1].mean() for f in disc(buzz(46.875))) / len(disc.periods)
+    assert real > 0.6 and fake < 0.35  # least squares: real towards 1, fake towards 0 (both 0.5 untrained)
+
+
+def test_generator_losses_feature_matching_is_zero_for_the_real_audio_and_flows_into_the_output():
+    torch.manual_seed(0)
+    disc = train_demo_snac.PeriodDiscriminator()
+    x = torch.randn(2, 1, 2048)
+    adv, fm = train_demo_snac.generator_losses(disc, x, x.clone())
+    assert fm.item() == 0.0
+    y = torch.randn(2, 1, 2048, requires_grad=True)
+    adv, fm = train_demo_snac.generator_losses(disc, x, y)
+    (adv + fm).backward()
+    assert fm.item() > 0 and y.grad.abs().sum() > 0
+    d_loss = train_demo_snac.discriminator_loss(disc, x, y)
+    y.grad = None
+    d_loss.backward()
+    assert y.grad is None  # the discriminator's step does not train the codec
