@@ -148,11 +148,9 @@ class OmniModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # before clipping (Lightning clips after this hook): the norm the clip threshold is compared with
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        strategy = self.trainer.strategy
-        if isinstance(strategy, FSDPStrategy):  # each rank holds its own shard of the gradients
-            norm = grad_norm(self.model.parameters(), lambda t: strategy.reduce(t, reduce_op="sum"), self.device)
+        if self._fsdp():
+            reduce = self.trainer.strategy.reduce
+            norm = grad_norm(self.model.parameters(), lambda t: reduce(t, reduce_op="sum"), self.device)
         else:
             norm = grad_norm(self.model.parameters())
         skipped = self._skip_step(norm)
@@ -240,9 +238,7 @@ class OmniModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+        if gradient_clip_val and self._fsdp():
             if gradient_clip_algorithm not in (None, "norm"):
                 raise ValueError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm}: FSDP clips by norm only")
             # each rank holds a shard of the gradients: the root FSDP module computes the norm of them all
@@ -269,11 +265,14 @@ class OmniModule(L.LightningModule):
             state = checkpoint["state_dict"]
             state.update({ENCODER_PREFIX + k: v for k, v in self.encoder.state_dict().items()})
 
-    def _sharded_checkpoints(self) -> bool:
+    def _fsdp(self) -> bool:
+        """Whether this runs under FSDP: each rank then holds a shard of the weights and gradients."""
         from lightning.pytorch.strategies import FSDPStrategy
 
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        return isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "sharded"
+        return self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy)
+
+    def _sharded_checkpoints(self) -> bool:
+        return self._fsdp() and self._trainer.strategy._state_dict_type == "sharded"
 
     def on_train_start(self) -> None:
         """A resumed stage trains with the settings it is given now, from the step it stopped at.
