@@ -108,6 +108,7 @@ def test_only_the_steps_the_loggers_write_are_logged(tmp_path, monkeypatch):
     from torch.utils.data import DataLoader
 
     from omni_train.callbacks import Throughput
+    from omni_train.data.skips import SkipCounter, SkipReport
 
     torch.manual_seed(0)
     model = OmniGPT(tiny_omni())
@@ -123,13 +124,16 @@ def test_only_the_steps_the_loggers_write_are_logged(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "log", lambda name, *a, **k: calls.append(batch[0]) or log(name, *a, **k))
     trainer = L.Trainer(
         accelerator="cpu", max_steps=6, log_every_n_steps=3, logger=CSVLogger(tmp_path), enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[Batch(), Throughput()],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Batch(), Throughput(), SkipReport()],
     )  # fmt: skip
-    trainer.fit(module, DataLoader([all_tasks_batch(model.config.vocab)] * 6, batch_size=None))
+    data = all_tasks_batch(model.config.vocab)
+    data.skips, data.worker = SkipCounter(), 0  # as the loader's batches carry them
+    trainer.fit(module, DataLoader([data] * 6, batch_size=None))
 
     assert set(calls) == {2, 5}  # the 3rd and 6th batches, which the logger writes (as step 2 and 5)
     rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
-    for key in ("train/loss", "train/grad_norm", "train/padding", "train/bad_steps", "train/tokens_per_s"):
+    for key in ("train/loss", "train/grad_norm", "train/padding", "train/bad_steps", "train/tokens_per_s",
+                "train/skipped"):  # fmt: skip
         assert [int(r["step"]) for r in rows if r.get(key)] == [2, 5], key
 
 
