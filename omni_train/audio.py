@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import io
 import json
 import math
 import os
 import pickle
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -579,7 +581,7 @@ class WhisperEncoder(nn.Module):
         which are most of the work, run on that, and attention runs row by row on the row's own
         frames, so there is no mask (and no masked padding keys) either. Every operation thus sees
         a row alone or row-wise, and a clip's features are the same bits in any batch (a batched
-        convolution rounds differently for other batch shapes).
+        convolution rounds differently for other batch shapes), which `FeatureCache` relies on.
         """
         enc = self.encoder
         rows = frames.tolist()
@@ -612,6 +614,87 @@ class WhisperEncoder(nn.Module):
         ]
         x = x + attn.out(torch.cat(a, dim=1).transpose(0, 1).reshape(N, C))
         return x + block.mlp(block.mlp_ln(x))
+
+
+class FeatureCache:
+    """The frozen encoder's features of the clips a run has already heard, up to `max_mb` megabytes.
+
+    Whisper never trains, so a clip that comes again (every epoch of a small data set, and again in
+    the next stage) would get the same features again: they are kept from its first batch instead.
+    A clip is known by its samples (a hash of them), so the same audio under two rows or tasks is
+    one entry, and features are kept on the device they were made on. Once `max_mb` is reached no
+    more are added (nothing is evicted: over a shuffled epoch, an evicting cache smaller than the
+    data would keep none of what comes back). A different encoder (another Whisper, or one whose
+    weights changed) empties it first.
+
+    The encoder gives a clip the same bits in any batch (`WhisperEncoder._encode_own_length`), so
+    features from the cache are exactly those the batch would have got: a run trains the same
+    weights with or without it. (Not so with ``pad_to_30s``, whose batched encoder rounds a row
+    differently in other batches, by about 1e-6.)
+    """
+
+    def __init__(self, max_mb: float) -> None:
+        self.max_bytes = int(max_mb * 2**20)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._features: dict[bytes, torch.Tensor] = {}
+        self._encoder: tuple[weakref.ref, bytes] | None = None  # the encoder it was filled by, its weights' hash
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+    def encode_audio(self, encoder: WhisperEncoder, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """`WhisperEncoder.encode_audio`, from the cache where a clip was heard before.
+
+        Args:
+            encoder: the frozen encoder (the same for the whole run: see the class).
+            audio: ``(B, S)`` mono 16-kHz clips, zero-padded.
+            samples: ``(B,)`` each clip's length in samples.
+
+        Returns:
+            ``(B, F, width)`` features, ``F = max(T)``; each row's frames past its own T are zeros.
+        """
+        self._check(encoder)
+        lengths = [int(n) for n in torch.as_tensor(samples).reshape(-1).tolist()]
+        keys = [_clip_key(audio[b, :n]) for b, n in enumerate(lengths)]
+        missing = [b for b, key in enumerate(keys) if key not in self._features]
+        self.hits, self.misses = self.hits + len(keys) - len(missing), self.misses + len(missing)
+        made = {}
+        if missing:
+            rows = torch.tensor(missing, device=audio.device)
+            width = max(lengths[b] for b in missing)
+            new = encoder.encode_audio(audio[rows, :width], [lengths[b] for b in missing])  # (M, F', width)
+            for i, b in enumerate(missing):
+                made[b] = new[i, : whisper_frames(lengths[b])]
+        rows = [made[b] if b in made else self._features[key] for b, key in enumerate(keys)]
+        for b, features in made.items():
+            size = features.numel() * features.element_size()
+            if keys[b] not in self._features and self.bytes + size <= self.max_bytes:
+                self._features[keys[b]] = features.clone()  # its own storage, not a view of the batch's
+                self.bytes += size
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+    def _check(self, encoder: WhisperEncoder) -> None:
+        if self._encoder is not None and self._encoder[0]() is encoder:
+            return
+        fingerprint = _weights_hash(encoder)  # each stage loads its encoder anew: the same weights?
+        if self._encoder is not None and self._encoder[1] != fingerprint:
+            self._features.clear()
+            self.bytes = 0
+        self._encoder = (weakref.ref(encoder), fingerprint)
+
+
+def _clip_key(clip: torch.Tensor) -> bytes:
+    """A clip's identity: a hash of its samples (their count included)."""
+    return hashlib.blake2b(clip.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
+
+
+def _weights_hash(module: nn.Module) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.digest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from litgpt.tokenizer import Tokenizer
 from omegaconf import DictConfig, OmegaConf
 
 from omni_train.atomic import atomic_write
-from omni_train.audio import WhisperEncoder
+from omni_train.audio import FeatureCache, WhisperEncoder
 from omni_train.callbacks import stage_progress_bar
 from omni_train.checkpoints import (
     CONFIG_FILE,
@@ -328,9 +328,10 @@ def build_data(cfg: DictConfig, stage: str, bundle: ModelBundle) -> OmniDataModu
 
 
 # ---- the stage module and the Trainer ------------------------------------------------------------
-def build_module(cfg: DictConfig, stage: str, bundle: ModelBundle) -> OmniModule:
+def build_module(cfg: DictConfig, stage: str, bundle: ModelBundle, features: FeatureCache | None = None) -> OmniModule:
+    """The stage's LightningModule around `bundle` (`features`: the run's Whisper feature cache, if any)."""
     bundle.model.train()  # Lightning keeps the modes it finds
-    return STAGES[stage](bundle, OmegaConf.to_object(cfg.stages[stage]))
+    return STAGES[stage](bundle, OmegaConf.to_object(cfg.stages[stage]), features)
 
 
 def build_trainer(
