@@ -575,21 +575,21 @@ class WhisperEncoder(nn.Module):
     def _encode_own_length(self, mels: torch.Tensor, frames: torch.Tensor, f_max: int) -> torch.Tensor:
         """Whisper's encoder on each row's real frames only: no work is spent on batch padding.
 
-        The convolutions run row by row on each row's own ``2T`` mel frames (their zero padding at
-        the clip's end is what Whisper gives a clip alone; they are ~2% of the time). Their frames
-        are packed into one ``(N, width)`` sequence, ``N = sum(frames)``: the projections and MLPs,
-        which are most of the work, run on that, and attention runs row by row on the row's own
-        frames, so there is no mask (and no masked padding keys) either. Every operation thus sees
-        a row alone or row-wise, and a clip's features are the same bits in any batch (a batched
-        convolution rounds differently for other batch shapes), which `FeatureCache` relies on.
+        The convolutions run on the batch with the mel padding zeroed (their own zero padding at a
+        clip's end is then what a row alone sees; they are ~2% of the time). After them the real
+        frames of all rows are packed into one ``(N, width)`` sequence, ``N = sum(frames)``: the
+        projections and MLPs, which are most of the work, run on that, and attention runs row by
+        row on the row's own frames, so there is no mask (and no masked padding keys) either.
         """
         enc = self.encoder
-        rows = frames.tolist()
-        x = torch.cat([
-            F.gelu(enc.conv2(F.gelu(enc.conv1(mels[b : b + 1, :, : 2 * t]))))[0].T + enc.positional_embedding[:t]
-            for b, t in enumerate(rows)
-        ]).to(mels.dtype)  # (N, width): real frames, row after row  # fmt: skip
+        mel_valid = torch.arange(2 * f_max, device=mels.device)[None, :] < 2 * frames[:, None]  # (B, 2F)
+        x = torch.where(mel_valid[:, None, :], mels[..., : 2 * f_max], 0.0)  # (B, n_mels, 2F)
+        x = F.gelu(enc.conv1(x))
+        x = F.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, F, width)
+        x = (x + enc.positional_embedding[:f_max]).to(x.dtype)
         valid = torch.arange(f_max, device=x.device)[None, :] < frames[:, None]  # (B, F)
+        rows = frames.tolist()
+        x = x[valid]  # (N, width): real frames, row after row
         for block in enc.blocks:
             x = self._block(block, x, rows)
         out = x.new_zeros(valid.shape + (x.size(-1),))  # (B, F, width): padded frames are zeros
