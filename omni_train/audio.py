@@ -16,7 +16,6 @@ import math
 import os
 import pickle
 import re
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -219,7 +218,11 @@ def whisper_input(
 
 
 def log_mels(
-    audio: torch.Tensor, samples: torch.Tensor | list[int], n_mels: int = 80, pad_to_30s: bool = False
+    audio: torch.Tensor,
+    samples: torch.Tensor | list[int],
+    n_mels: int = 80,
+    pad_to_30s: bool = False,
+    cache: MelCache | None = None,
 ) -> torch.Tensor:
     """Whisper's log-mel spectrogram of a batch of clips, on the clips' device: the one place it is made.
 
@@ -236,6 +239,7 @@ def log_mels(
             (`whisper_input` cuts longer ones).
         n_mels: 80, or 128 for whisper-large-v3.
         pad_to_30s: reproduce Mini-Omni's 30-s padded input.
+        cache: where the log-mel of clips seen before is kept (`MelCache`); None: made anew.
 
     Returns:
         ``(B, n_mels, M)`` float32, ``M = 2 * max(T)`` (3000 with ``pad_to_30s``); each row's
@@ -246,17 +250,61 @@ def log_mels(
         raise ValueError(f"expected audio (B, S) and samples (B,), got {tuple(audio.shape)} and {len(samples)}")
     if samples and not 1 <= min(samples) <= max(samples) <= min(audio.size(1), whisper_max_samples()):
         raise ValueError(f"samples must be in [1, {min(audio.size(1), whisper_max_samples())}], got {samples}")
-    mels = []
-    for clip, n in zip(audio.float(), samples):
-        # one clip at a time, at its own length: no STFT over batch padding (a few small kernels a
-        # row on a GPU), and each row is openai-whisper's own function of its clip, exactly
-        if pad_to_30s:
-            mels.append(whisper.log_mel_spectrogram(whisper.pad_or_trim(clip[:n]), n_mels))
-        else:
-            pad = SAMPLES_PER_FRAME * whisper_frames(n) - n  # >= 0: T frames always cover the clip
-            mels.append(whisper.log_mel_spectrogram(clip[:n], n_mels, padding=pad))  # (n_mels, 2T)
+    # one clip at a time, at its own length: no STFT over batch padding (a few small kernels a row
+    # on a GPU), and each row is openai-whisper's own function of its clip, exactly
+    make = cache.log_mel if cache is not None else clip_log_mel
+    mels = [make(clip[:n], n_mels, pad_to_30s) for clip, n in zip(audio.float(), samples)]
     M = max((m.size(1) for m in mels), default=0)
     return torch.stack([F.pad(m, (0, M - m.size(1))) for m in mels]) if mels else audio.new_zeros(0, n_mels, 0)
+
+
+def clip_log_mel(clip: torch.Tensor, n_mels: int = 80, pad_to_30s: bool = False) -> torch.Tensor:
+    """openai-whisper's log-mel of one clip ``(S,)``: ``(n_mels, 2T)``, or ``(n_mels, 3000)`` padded to 30 s."""
+    if pad_to_30s:
+        return whisper.log_mel_spectrogram(whisper.pad_or_trim(clip), n_mels)
+    n = clip.numel()
+    return whisper.log_mel_spectrogram(clip, n_mels, padding=SAMPLES_PER_FRAME * whisper_frames(n) - n)  # >= 0
+
+
+class MelCache:
+    """The log-mel of the clips a run has already heard, up to `max_mb` megabytes.
+
+    A clip that comes again (every epoch of a small data set, and again in the next stage) gets its
+    log-mel from here instead of from its STFT. The log-mel is a function of the clip alone (made
+    one clip at a time, `log_mels`), so a cached one is the same bits as a new one, and a run trains
+    the same weights with or without the cache. (The encoder's output is not cached: its batched
+    convolutions round a row differently in another batch, about 1e-6, and the demo's held-out WER
+    moves by several points with float-level changes; BENCHMARKS.md section 14, round 4.)
+
+    A clip is known by its samples (a hash of them, their count included), so the same audio under
+    two rows or tasks is one entry. Log-mels stay on the device they were made on. Once `max_mb` is
+    reached no more are added (nothing is evicted: over a shuffled epoch, an evicting cache smaller
+    than the data would keep none of what comes back).
+    """
+
+    def __init__(self, max_mb: float) -> None:
+        self.max_bytes = int(max_mb * 2**20)
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._mels: dict[tuple[bytes, int, bool], torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self._mels)
+
+    def log_mel(self, clip: torch.Tensor, n_mels: int = 80, pad_to_30s: bool = False) -> torch.Tensor:
+        """`clip_log_mel`, from the cache where the clip was heard before."""
+        key = (hashlib.blake2b(clip.detach().cpu().numpy().tobytes(), digest_size=16).digest(), n_mels, pad_to_30s)
+        mel = self._mels.get(key)
+        if mel is not None:
+            self.hits += 1
+            return mel
+        self.misses += 1
+        mel = clip_log_mel(clip, n_mels, pad_to_30s)
+        size = mel.numel() * mel.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self._mels[key] = mel
+            self.bytes += size
+        return mel
 
 
 def stack_clips(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -505,7 +553,7 @@ class WhisperEncoder(nn.Module):
     def train(self, mode: bool = True) -> WhisperEncoder:
         return super().train(False)  # frozen: a parent's .train() must not turn dropout/etc. on
 
-    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor, cache: MelCache | None = None) -> torch.Tensor:
         """Encode a batch of clips: their log-mel (`log_mels`, on the clips' device), then `forward`.
 
         Training, evaluation and inference all come through here, so the features are made the
@@ -514,13 +562,14 @@ class WhisperEncoder(nn.Module):
         Args:
             audio: ``(B, S)`` mono 16-kHz clips, zero-padded (each cut by `whisper_input`).
             samples: ``(B,)`` each clip's length in samples.
+            cache: the run's log-mel cache (``model.mel_cache_mb``), if any.
 
         Returns:
             ``(B, F, width)`` features, ``F = max(T)`` (T = `whisper_frames` of each clip).
         """
         samples = torch.as_tensor(samples).reshape(-1)
         frames = torch.tensor([whisper_frames(int(n)) for n in samples.tolist()], device=audio.device)
-        return self(log_mels(audio, samples, self.n_mels, self.pad_to_30s), frames)
+        return self(log_mels(audio, samples, self.n_mels, self.pad_to_30s, cache), frames)
 
     def encode_clips(self, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """16-kHz clips ``(S_i,)``, each cut to what Whisper hears, batched as training's batches
@@ -614,87 +663,6 @@ class WhisperEncoder(nn.Module):
         ]
         x = x + attn.out(torch.cat(a, dim=1).transpose(0, 1).reshape(N, C))
         return x + block.mlp(block.mlp_ln(x))
-
-
-class FeatureCache:
-    """The frozen encoder's features of the clips a run has already heard, up to `max_mb` megabytes.
-
-    Whisper never trains, so a clip that comes again (every epoch of a small data set, and again in
-    the next stage) would get the same features again: they are kept from its first batch instead.
-    A clip is known by its samples (a hash of them), so the same audio under two rows or tasks is
-    one entry, and features are kept on the device they were made on. Once `max_mb` is reached no
-    more are added (nothing is evicted: over a shuffled epoch, an evicting cache smaller than the
-    data would keep none of what comes back). A different encoder (another Whisper, or one whose
-    weights changed) empties it first.
-
-    The encoder gives a clip the same bits in any batch (`WhisperEncoder._encode_own_length`), so
-    features from the cache are exactly those the batch would have got: a run trains the same
-    weights with or without it. (Not so with ``pad_to_30s``, whose batched encoder rounds a row
-    differently in other batches, by about 1e-6.)
-    """
-
-    def __init__(self, max_mb: float) -> None:
-        self.max_bytes = int(max_mb * 2**20)
-        self.bytes = 0
-        self.hits = self.misses = 0
-        self._features: dict[bytes, torch.Tensor] = {}
-        self._encoder: tuple[weakref.ref, bytes] | None = None  # the encoder it was filled by, its weights' hash
-
-    def __len__(self) -> int:
-        return len(self._features)
-
-    def encode_audio(self, encoder: WhisperEncoder, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
-        """`WhisperEncoder.encode_audio`, from the cache where a clip was heard before.
-
-        Args:
-            encoder: the frozen encoder (the same for the whole run: see the class).
-            audio: ``(B, S)`` mono 16-kHz clips, zero-padded.
-            samples: ``(B,)`` each clip's length in samples.
-
-        Returns:
-            ``(B, F, width)`` features, ``F = max(T)``; each row's frames past its own T are zeros.
-        """
-        self._check(encoder)
-        lengths = [int(n) for n in torch.as_tensor(samples).reshape(-1).tolist()]
-        keys = [_clip_key(audio[b, :n]) for b, n in enumerate(lengths)]
-        missing = [b for b, key in enumerate(keys) if key not in self._features]
-        self.hits, self.misses = self.hits + len(keys) - len(missing), self.misses + len(missing)
-        made = {}
-        if missing:
-            rows = torch.tensor(missing, device=audio.device)
-            width = max(lengths[b] for b in missing)
-            new = encoder.encode_audio(audio[rows, :width], [lengths[b] for b in missing])  # (M, F', width)
-            for i, b in enumerate(missing):
-                made[b] = new[i, : whisper_frames(lengths[b])]
-        rows = [made[b] if b in made else self._features[key] for b, key in enumerate(keys)]
-        for b, features in made.items():
-            size = features.numel() * features.element_size()
-            if keys[b] not in self._features and self.bytes + size <= self.max_bytes:
-                self._features[keys[b]] = features.clone()  # its own storage, not a view of the batch's
-                self.bytes += size
-        return nn.utils.rnn.pad_sequence(rows, batch_first=True)
-
-    def _check(self, encoder: WhisperEncoder) -> None:
-        if self._encoder is not None and self._encoder[0]() is encoder:
-            return
-        fingerprint = _weights_hash(encoder)  # each stage loads its encoder anew: the same weights?
-        if self._encoder is not None and self._encoder[1] != fingerprint:
-            self._features.clear()
-            self.bytes = 0
-        self._encoder = (weakref.ref(encoder), fingerprint)
-
-
-def _clip_key(clip: torch.Tensor) -> bytes:
-    """A clip's identity: a hash of its samples (their count included)."""
-    return hashlib.blake2b(clip.detach().float().cpu().numpy().tobytes(), digest_size=16).digest()
-
-
-def _weights_hash(module: nn.Module) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
-    return h.digest()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from litgpt.tokenizer import Tokenizer
 from omegaconf import DictConfig, OmegaConf
 
 from omni_train.atomic import atomic_write
-from omni_train.audio import FeatureCache, WhisperEncoder
+from omni_train.audio import MelCache, WhisperEncoder
 from omni_train.callbacks import stage_progress_bar
 from omni_train.checkpoints import (
     CONFIG_FILE,
@@ -328,10 +328,10 @@ def build_data(cfg: DictConfig, stage: str, bundle: ModelBundle) -> OmniDataModu
 
 
 # ---- the stage module and the Trainer ------------------------------------------------------------
-def build_module(cfg: DictConfig, stage: str, bundle: ModelBundle, features: FeatureCache | None = None) -> OmniModule:
-    """The stage's LightningModule around `bundle` (`features`: the run's Whisper feature cache, if any)."""
+def build_module(cfg: DictConfig, stage: str, bundle: ModelBundle, mels: MelCache | None = None) -> OmniModule:
+    """The stage's LightningModule around `bundle` (`mels`: the run's log-mel cache, if any)."""
     bundle.model.train()  # Lightning keeps the modes it finds
-    return STAGES[stage](bundle, OmegaConf.to_object(cfg.stages[stage]), features)
+    return STAGES[stage](bundle, OmegaConf.to_object(cfg.stages[stage]), mels)
 
 
 def build_trainer(

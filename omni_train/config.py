@@ -66,11 +66,11 @@ class ModelConfig:
     # (torch.utils.checkpoint): the same loss and gradients, activations of one block at a time
     # instead of all of them, for 1.2-1.3x the step time on CPU (BENCHMARKS.md 9). Any strategy.
     activation_checkpointing: bool = False
-    # Whisper is frozen, so a clip heard again (every epoch of a small data set, and in the next
-    # stage) can reuse the features it got the first time: up to this many MB of them are kept for
-    # the run, in the memory of the device Whisper runs on (a clip of T frames takes T x its width x
-    # 4 bytes: 4.6 MB for 30 s of whisper-small). 0: off (`omni_train.audio.FeatureCache`).
-    whisper_cache_mb: float = 0.0
+    # A clip heard again (every epoch of a small data set, and in the next stage) can reuse the log-mel
+    # it got the first time, the same bits: up to this many MB of them are kept for the run, in the
+    # memory of the device Whisper runs on (n_mels x 2T x 4 bytes a clip of T frames: 0.92 MB for
+    # 30 s at 80 mels). 0: off (`omni_train.audio.MelCache`).
+    mel_cache_mb: float = 0.0
 
 
 @dataclass

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from omni_train.audio import FeatureCache
+from omni_train.audio import MelCache
 from omni_train.checkpoints import ModelBundle
 from omni_train.config import StageConfig
 from omni_train.data.collator import Batch
@@ -70,19 +70,18 @@ class OmniModule(L.LightningModule):
             `omni_train.builders.build_model`).
         cfg: the stage's settings (`StageConfig`: schedule, AdamW's betas and weight decay, loss
             weights and chunking, max_bad_steps); the defaults of the schema when None.
-        features: the run's cache of the frozen encoder's features (``model.whisper_cache_mb``);
-            None: every batch's audio is encoded.
+        mels: the run's log-mel cache (``model.mel_cache_mb``); None: every clip's is made anew.
     """
 
     stage: str = "base"
 
     def __init__(
-        self, bundle: ModelBundle, cfg: StageConfig | None = None, features: FeatureCache | None = None
+        self, bundle: ModelBundle, cfg: StageConfig | None = None, mels: MelCache | None = None
     ) -> None:
         super().__init__()
         self.model: OmniGPT = bundle.model
         self.encoder: nn.Module | None = bundle.encoder
-        self.features = features
+        self.mels = mels
         self.bundle = bundle
         self.cfg = cfg if cfg is not None else StageConfig(tasks={}, max_steps=40_000)
         self.apply_freeze_rule()
@@ -120,10 +119,7 @@ class OmniModule(L.LightningModule):
             if self.encoder is None:
                 raise ValueError("this batch has speech input but the module has no Whisper encoder")
             # the log-mel is made here, batched on the step's device, not in the loader workers
-            if self.features is not None:
-                features = self.features.encode_audio(self.encoder, batch.audio, batch.audio_samples)
-            else:
-                features = self.encoder.encode_audio(batch.audio, batch.audio_samples)  # (Ba, F, whisper width)
+            features = self.encoder.encode_audio(batch.audio, batch.audio_samples, self.mels)  # (Ba, F, whisper width)
         with_audio = bool(batch.loss_mask[:, :N_AUDIO_LAYERS].any())  # else skip the audio side
         h_text, h_audio = self.model.hidden_states(
             batch.input_ids, features, batch.audio_lengths, batch.audio_mask, with_audio=with_audio

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from omni_train import evaluate
 from omni_train.atomic import write_json
-from omni_train.audio import FeatureCache
+from omni_train.audio import MelCache
 from omni_train.builders import (
     build_data,
     build_model,
@@ -86,7 +86,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
         start = time.perf_counter()
 
         previous = Path(cfg.init_from) if cfg.init_from else None
-        features = FeatureCache(cfg.model.whisper_cache_mb) if cfg.model.whisper_cache_mb else None  # for all stages
+        mels = MelCache(cfg.model.mel_cache_mb) if cfg.model.mel_cache_mb else None  # for all stages
         chosen = requested_model  # checked against init_from; the run's own stages were made from this config
         for i, stage in enumerate(cfg.run_stages):
             if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
@@ -102,7 +102,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
             if i == 0 and cfg.eval.asr and "wer_before" not in summary and rank() == 0:
                 summary["wer_before"], summary["wer_before_stage"] = held_out_wer(bundle, cfg, f"before {stage}"), stage
                 summary["asr_metric"] = evaluate.scoring(cfg.data.language).metric  # wer_* hold CER for zh, ja, ...
-            result = run_stage(cfg, stage, bundle, run_dir, first=not summary["stages"], features=features)
+            result = run_stage(cfg, stage, bundle, run_dir, first=not summary["stages"], mels=mels)
             del bundle  # nothing of the finished stage may outlive it: the next one loads on top
             release_memory()
             summary["stages"][stage] = result.summary
@@ -121,17 +121,17 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
 
 def run_stage(
     cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, first: bool = True,
-    features: FeatureCache | None = None,
+    mels: MelCache | None = None,
 ) -> StageResult:
     """Train one stage of `bundle`'s model and write the stage's folder (`first`: the run's first stage
-    in this process, which prints the model's summary table; `features`: the run's Whisper feature cache)."""
+    in this process, which prints the model's summary table; `mels`: the run's log-mel cache)."""
     s = cfg.stages[stage]
     stage_dir = run_dir / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
 
     data = build_data(cfg, stage, bundle)
-    module = build_module(cfg, stage, bundle, features)
+    module = build_module(cfg, stage, bundle, mels)
     throughput, history, skips = Throughput(), LossHistory(s.log_every), SkipReport()
     preemption = Preemption(stage_dir / "checkpoints" / "last.ckpt", s.checkpoint_every)
     trainer = build_trainer(cfg, stage, stage_dir, [RngState(), throughput, history, skips, preemption], first)
@@ -177,10 +177,9 @@ def run_stage(
         }
         write_json(stage_dir / "summary.json", summary)
         log.info("stage %s: %d steps in %.0f s; model saved in %s", stage, trainer.global_step, wall, stage_dir / "model")
-        if features is not None:
-            log.info("Whisper feature cache: %d clips, %.0f of %g MB; %d of %d clips so far came from it",
-                     len(features), features.bytes / 2**20, cfg.model.whisper_cache_mb, features.hits,
-                     features.hits + features.misses)  # fmt: skip
+        if mels is not None:
+            log.info("log-mel cache: %d clips, %.0f of %g MB; %d of %d clips so far came from it", len(mels),
+                     mels.bytes / 2**20, cfg.model.mel_cache_mb, mels.hits, mels.hits + mels.misses)  # fmt: skip
     trainer.strategy.barrier()
     return StageResult(stage, stage_dir / "model", summary)
 
@@ -247,8 +246,8 @@ def check(cfg: DictConfig) -> None:
         elif cfg.stages[stage].keep_checkpoints < 0:
             problems.append(f"stages.{stage}.keep_checkpoints={cfg.stages[stage].keep_checkpoints}: "
                             "0 or more (0 keeps last.ckpt only)")  # fmt: skip
-    if cfg.model.whisper_cache_mb < 0:
-        problems.append(f"model.whisper_cache_mb={cfg.model.whisper_cache_mb}: 0 or more (0: no cache)")
+    if cfg.model.mel_cache_mb < 0:
+        problems.append(f"model.mel_cache_mb={cfg.model.mel_cache_mb}: 0 or more (0: no cache)")
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"threads={cfg.threads}: at least 1 (or null: chosen from the free cores)")
     try:

@@ -14,8 +14,8 @@ from whisper.model import ModelDimensions
 
 from omni_train.audio import (
     Audio,
-    FeatureCache,
     AudioError,
+    MelCache,
     SnacCodec,
     TooLongAudio,
     WhisperEncoder,
@@ -289,44 +289,39 @@ def test_pad_to_30s_reproduces_mini_omni(encoder):
         assert cos < 0.9999  # the two modes really differ: real frames attend to 30 s of padding in one
 
 
-def test_feature_cache_gives_each_clip_its_features_and_encodes_only_new_clips(encoder, monkeypatch):
-    """The cache's batches are the encoder's, bit for bit; a clip heard before is not encoded again."""
+def test_mel_cache_gives_the_same_bits_and_makes_only_new_clips_log_mel(encoder, monkeypatch):
+    """A batch's log-mel and features with the cache are those without it, bit for bit; a clip heard
+    before (in another batch, at another place) gets no new STFT."""
+    import omni_train.audio as audio_module
+
     _, frames, clips = clip_mels([0.3, 1.7, 0.9, 1.1])
-    cache = FeatureCache(max_mb=1)
+    cache = MelCache(max_mb=1)
     first = stack_clips(clips[:2])
-    assert torch.equal(cache.encode_audio(encoder, *first), encoder.encode_audio(*first))
-    encoded = []  # clips (by their sample counts) the encoder is asked for from here on
-    real = WhisperEncoder.encode_audio
-    monkeypatch.setattr(WhisperEncoder, "encode_audio", lambda self, a, n: encoded.append(list(n)) or real(self, a, n))
+    assert torch.equal(encoder.encode_audio(*first, cache), encoder.encode_audio(*first))
+    made = []  # sample counts of the clips whose log-mel is made from here on
+    real = audio_module.clip_log_mel
+    monkeypatch.setattr(audio_module, "clip_log_mel", lambda clip, *a: made.append(clip.numel()) or real(clip, *a))
     again = stack_clips([clips[2], clips[1], clips[0], clips[3]])  # two new clips between two known ones
-    out = cache.encode_audio(encoder, *again)
-    assert encoded == [[clips[2].numel(), clips[3].numel()]]
+    mels = log_mels(*again, cache=cache)
+    assert made == [clips[2].numel(), clips[3].numel()]
     monkeypatch.undo()
-    assert torch.equal(out, encoder.encode_audio(*again))
-    for b, f in enumerate(frames[i] for i in (2, 1, 0, 3)):
-        assert (out[b, f:] == 0).all()
+    assert torch.equal(mels, log_mels(*again))
     assert (len(cache), cache.hits, cache.misses) == (4, 2, 4)
-    kept = cache.bytes
-    assert kept == sum(frames) * encoder.width * 4
+    assert cache.bytes == sum(2 * f for f in frames) * 80 * 4
+    cache30 = MelCache(max_mb=10)  # the 30-s padded log-mel of the same clip is another entry
+    assert torch.equal(log_mels(*first, pad_to_30s=True, cache=cache30), log_mels(*first, pad_to_30s=True))
+    assert torch.equal(log_mels(*first, pad_to_30s=True, cache=cache30), log_mels(*first, pad_to_30s=True))
+    assert (cache30.hits, cache30.misses, cache30.bytes) == (2, 2, 2 * 80 * 3000 * 4)
 
 
-def test_feature_cache_keeps_no_more_than_its_bound_and_forgets_another_encoder(encoder):
+def test_mel_cache_keeps_no_more_than_its_bound():
     _, frames, clips = clip_mels([0.3, 1.7, 0.9])
-    one = frames[0] * encoder.width * 4  # bytes of the first clip's features
-    cache = FeatureCache(max_mb=(one + 1) / 2**20)
-    cache.encode_audio(encoder, *stack_clips(clips))
+    one = 2 * frames[0] * 80 * 4  # bytes of the first clip's log-mel
+    cache = MelCache(max_mb=(one + 1) / 2**20)
+    log_mels(*stack_clips(clips), cache=cache)
     assert (len(cache), cache.bytes) == (1, one)  # the others would not fit: not kept, nothing evicted
-    cache.encode_audio(encoder, *stack_clips(clips))
+    log_mels(*stack_clips(clips), cache=cache)
     assert (cache.hits, cache.misses) == (1, 5)
-    torch.manual_seed(1)
-    other = WhisperEncoder.from_dims(DIMS)  # other weights: the features kept are not its features
-    one_clip = stack_clips(clips[:1])
-    torch.testing.assert_close(cache.encode_audio(other, *one_clip), other.encode_audio(*one_clip))
-    assert cache.misses == 6
-    same = WhisperEncoder.from_dims(DIMS)
-    same.load_state_dict(other.state_dict())  # a new object of the same weights (the next stage's): still valid
-    cache.encode_audio(same, *one_clip)
-    assert (cache.hits, cache.misses) == (2, 6)
 
 
 def test_encode_audio_is_the_encoder_on_each_clips_log_mel(encoder):

@@ -157,7 +157,7 @@ def test_resume_auto_continues_an_interrupted_stage(tmp_path):
         (["data.sources.asr.root=/no/such/dir"], "/no/such/dir"),
         (["+stages.alignment.tasks.X9=1"], "X9"),
         (["data.language=klingon"], "data.language: unknown language 'klingon'"),
-        (["model.whisper_cache_mb=-1"], "model.whisper_cache_mb=-1.0: 0 or more"),
+        (["model.mel_cache_mb=-1"], "model.mel_cache_mb=-1.0: 0 or more"),
         (["stage=adaption", "init_from=/no/such/model"], "init_from=/no/such/model"),
         (["model.checkpoint_dir=null", "model.overrides.padded_vocab_size=256"],  # a random base: 905 tokens > 256 rows
          "model.tokenizer_dir: the tokenizer in"),
