@@ -46,6 +46,7 @@ def inclusive(stats: pstats.Stats, suffix: str, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="2 steps a stage (smoke test)")
+    parser.add_argument("--stats", metavar="FILE", help="also keep the profile here (pstats), to look further")
     parser.add_argument("overrides", nargs="*", help="omni-train overrides, after --")
     args = parser.parse_args()
 
@@ -64,6 +65,8 @@ def main() -> None:
         summary = profile.runcall(train, cfg)
         wall = time.perf_counter() - wall
     stats = pstats.Stats(profile)
+    if args.stats:
+        stats.dump_stats(args.stats)
     total = inclusive(stats, *PARTS["whole run"])
     print(f"demo: WER {summary.get('wer_before')} -> {summary.get('wer_after')}; "
           f"{total:.1f} CPU-s in this process, {wall:.1f} s wall")  # fmt: skip

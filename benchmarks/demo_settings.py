@@ -1,4 +1,4 @@
-"""Demo settings side by side: held-out WER after each stage and the CPU time of the whole run.
+"""Demo settings side by side: held-out WER after each stage, CPU time, and a hash of the final weights.
 
 Runs ``omni-train experiment=demo`` once per setting, each in its own process on one torch
 thread: ``--before REF`` first, the demo as git revision REF has it (its code and its configs),
@@ -57,7 +57,21 @@ def one_run(overrides: list[str], run_dir: str) -> dict:
         bundle = build_model(cfg.model, Path(run_dir) / stage / "model", seed=cfg.seed, run_dir=Path(run_dir), requested=())
         wer[stage] = evaluate.asr_wer(bundle, cfg.eval)[summary["asr_metric"]]
     wer[cfg.run_stages[-1]] = summary["wer_after"]
-    return {"cpu": cpu, "wer": wer}
+    return {"cpu": cpu, "wer": wer, "weights": weights_hash(Path(summary["final_model"]))}
+
+
+def weights_hash(model_dir: Path) -> str:
+    """sha256 of the final model's tensors (names and bytes, in order): equal means bit-identical weights."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for file in sorted(model_dir.glob("*.pth")):
+        for name, tensor in sorted(torch.load(file, map_location="cpu", weights_only=True).items()):
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def main() -> None:
@@ -83,6 +97,7 @@ def main() -> None:
         runs += [(s or "the demo as configured here", ROOT, shlex.split(s)) for s in args.setting]
         cpu: dict[str, list[float]] = {name: [] for name, _, _ in runs}
         wer: dict[str, dict[str, float]] = {}
+        weights: dict[str, str] = {}
         for rep in range(args.reps):
             for i, (name, tree, overrides) in enumerate(runs):
                 child = json.dumps([overrides + (TINY if args.tiny else []), str(Path(tmp) / f"run-{i}-{rep}")])
@@ -92,11 +107,13 @@ def main() -> None:
                 result = json.loads(out.strip().splitlines()[-1])
                 cpu[name].append(result["cpu"])
                 wer[name] = result["wer"]  # deterministic: every repetition's is the same
+                weights[name] = result["weights"]
     first = statistics.median(cpu[runs[0][0]])
     for name, _, _ in runs:
         seconds = statistics.median(cpu[name])
         stages = ", ".join(f"{k} {v:.1f}%" for k, v in wer[name].items())
-        print(f"{name}\n    held-out WER: {stages}\n    CPU {seconds:.1f} s ({seconds / first:.3f}x the first)")
+        print(f"{name}\n    held-out WER: {stages}\n    CPU {seconds:.1f} s ({seconds / first:.3f}x the first)"
+              f"\n    final weights sha256 {weights[name]}")  # fmt: skip
     print(f"ratio CPU time last / first: {statistics.median(cpu[runs[-1][0]]) / first:.3f}")
 
 

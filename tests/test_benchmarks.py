@@ -55,7 +55,7 @@ def test_padding_benchmark_prints_both_fractions():
         ("serve_latency.py", ["--tiny"], ["first audio, streamed", "real-time factor"]),
         ("checkpoint_size.py", ["--tiny"], ["alignment", "keep_checkpoints=1"]),
         ("demo_profile.py", ["--tiny"], ["forward and loss", "Whisper encoder", "held-out WER"]),
-        ("demo_settings.py", ["--tiny", "--setting", ""], ["held-out WER: before", "adaption", "finetune", "CPU"]),
+        ("demo_settings.py", ["--tiny", "--setting", ""], ["held-out WER: before", "adaption", "finetune", "CPU", "sha256"]),
         ("demo_reading.py", ["--tiny"], ["adapter output", "another's audio", "layer 3:"]),
     ],
 )
