@@ -246,6 +246,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="espeak-ng processes at a time")
     parser.add_argument("--adversarial", type=float, default=0.2,
                         help="the period discriminator joins after this fraction of the steps (1: never)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="continue training this codec (its config and weights; a fresh optimiser, "
+                             "schedule and discriminator) instead of starting from random weights")
     parser.add_argument("--save-every", type=int, default=0, help="also write the codec every N steps (to listen)")
     parser.add_argument("--tiny", action="store_true",
                         help="a smoke run in seconds: a narrow codec, a few sentences and steps (for tests)")
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     audio = torch.cat([t for c in clips for t in (c, gap)])  # one stream; windows may span two clips
     print(f"{len(clips)} clips, {audio.numel() / SNAC_RATE / 60:.1f} min of speech", flush=True)
 
-    codec = SnacCodec.from_config(config)
+    codec = SnacCodec.from_pretrained(args.init) if args.init else SnacCodec.from_config(config)
     model = codec.model.train()
     model.requires_grad_(True)
     params = sum(p.numel() for p in model.parameters())
@@ -275,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
     length = round(args.seconds * SNAC_RATE / 2048) * 2048  # whole coarse frames: no padding inside SNAC
     usage = [torch.zeros(args.codes) for _ in model.quantizer.quantizers]
-    init_codebooks(model, audio, length, args.codes, gen)
+    if args.init is None:  # a trained codec's rows are in use already
+        init_codebooks(model, audio, length, args.codes, gen)
     start, cpu = time.time(), time.process_time()
     logged = torch.zeros(3)  # mel, wave, commitment summed since the last log line
     for step in range(1, args.steps + 1):
