@@ -40,6 +40,18 @@ def test_the_readme_quotes_the_recorded_demo_run():
     assert took[3] == run["machine"]
 
 
+
+def test_the_readme_quotes_the_recorded_dialogue_comparison():
+    """README, "Conversations": the table of follow-ups answered right is `docs/dialogue_run.json`'s record."""
+    run = json.loads((ROOT / "docs" / "dialogue_run.json").read_text())
+    text, rows = README.read_text(), {"demo": "single turns (`demo`)", "demo_dialogue": "+ conversations (`demo_dialogue`)"}
+    for trained, cells in run["results"].items():
+        quoted = [f"{c['right']} / {c['n']}, WER {c['wer']:.1f}" for c in cells]
+        if trained == "demo_dialogue":  # the with-history cells, in bold
+            quoted = [f"**{q.split(',')[0]}**,{q.split(',')[1]}" if c["history"] else q for q, c in zip(quoted, cells)]
+        assert f"| {rows[trained]} | " + " | ".join(quoted) + " |" in text, trained
+    assert f"at commit {run['commit']}" in readme()
+
 def test_the_readme_counts_the_tests(request):
     """Only when the whole suite was collected: a run of one file says nothing about the count."""
     files = {Path(item.fspath).name for item in request.session.items}
