@@ -52,9 +52,10 @@ from omni_train.data.sources import LAYOUTS
 from omni_train.data.sources.corpora import check_layout
 from omni_train.evals import report as eval_report
 from omni_train.evals import speech_quality, spoken_qa, voicebench
-from omni_train.tasks import Task, describe_tasks
+from omni_train.tasks import Task, describe_tasks, spoken_answer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SPOKEN_ANSWERS = [t.value for t in Task if t.audio_out]  # the tasks whose answer consistency and speech-quality hear
 
 
 class EvalError(Exception):
@@ -104,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
     questions.add_argument("--librispeech", type=Path, help="LibriSpeech utterances as questions")
     p.add_argument("--splits", nargs="+", help="with --librispeech (default: the splits found)")
-    p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
+    p.add_argument("--task", choices=SPOKEN_ANSWERS,
                    help=f"default: A1A2 for spoken questions, T1A2 for written ones. {describe_tasks()}")  # fmt: skip
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     p.add_argument("--max-items", type=int, help="answer only the first N questions")
@@ -166,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     questions.add_argument("--data", help="spoken questions: a spoken-qa set (name, hub, folder, .parquet, .jsonl)")
     questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
     p.add_argument("--split", help="with --data: the split to read")
-    p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
+    p.add_argument("--task", choices=SPOKEN_ANSWERS,
                    help="default: A1A2 for spoken questions, T1A2 for written ones")  # fmt: skip
     p.add_argument("--mos", type=Path, help="MOS predictor: a TorchScript file, 16 kHz wave (B, T) -> scores (B,)")
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
@@ -287,7 +288,7 @@ def run_consistency(args) -> dict:
         if not splits or (args.splits and missing):
             raise EvalError(_missing(args.librispeech, missing))
         questions = evaluate.librispeech_questions(list(splits.values()), args.max_items)
-    task = Task(args.task or (Task.A1A2 if all(q.audio for q in questions) else Task.T1A2))
+    task = Task(args.task or spoken_answer(all(q.audio for q in questions)))
     judge = _load_whisper(args)  # first: the judge is the model most often missing
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
@@ -420,7 +421,7 @@ def run_speech(args) -> dict:
         questions = list(islice(items, args.max_items))
     else:
         questions = evaluate.read_questions(args.questions)[: args.max_items]
-    task = Task(args.task or (Task.A1A2 if all(q.audio for q in questions) else Task.T1A2))
+    task = Task(args.task or spoken_answer(all(q.audio for q in questions)))
     mos = speech_quality.MosPredictor(args.mos, args.device) if args.mos else None
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
@@ -481,7 +482,7 @@ def run_dialogue(args) -> dict:
     last = list(src)
     spoken = [s for s in last if s.task is Task.A1T2]
     written = [s for s in last if s.task is Task.T1T2]
-    task = Task(args.task or ("A1A2" if spoken else "T1A2"))
+    task = Task(args.task or spoken_answer(bool(spoken)))
     pool, kind = (spoken, "spoken") if task.audio_in else (written, "written")
     if not pool:
         raise EvalError(f"{args.conversations}: no conversation's last turn has a {kind} question for {task.value}")
