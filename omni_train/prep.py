@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from omni_train.atomic import atomic_write, write_json
-from omni_train.audio import Audio, AudioError, SnacCodec, load_audio, save_wav
+from omni_train.audio import SNAC_SAMPLE_RATE, Audio, AudioError, SnacCodec, load_audio, save_wav
 from omni_train.data import sources
 from omni_train.data.skips import SkipCounter
 from omni_train.data.snac_format import SnacFormatError, format_answer_snac, parse_answer_snac
@@ -943,7 +943,7 @@ def format_stats(s: Stats, bins: int = 10, width: int = 40) -> str:
         unit = "conversation" if s.length_unit == "turns" else "row"
         lines.append(f"text tokens ({col}): {n} (mean {n / max(s.rows, 1):.1f} a {unit})")
     if s.snac_rows:
-        seconds = s.snac_frames * 2048 / 24000  # SNAC 24 kHz: 2048 samples a coarse frame
+        seconds = s.snac_frames * 2048 / SNAC_SAMPLE_RATE  # SNAC 24 kHz: 2048 samples a coarse frame
         where = "assistant turns" if s.length_unit == "turns" else "rows"
         lines.append(f"SNAC frames (answer_snac): {s.snac_frames} in {s.snac_rows} {where}, {seconds / 3600:.4f} hours")
     if s.length_unit == "turns":  # a bar per number of turns: few values, all integers
