@@ -1,4 +1,6 @@
-"""Files that are either complete or not there: every write omni-train makes goes through here.
+"""Files that are either complete or not there: every checkpoint, model folder, data shard, summary,
+config record and result file omni-train writes goes through here (audio and pictures made for a
+person to look at do not).
 
 A training run is killed at any moment (SIGKILL, a lost node, a full disk), and what it leaves must
 still be usable: a checkpoint, a model folder or a summary is written beside its final name, made
@@ -69,9 +71,14 @@ class DiskFull(OSError):
         return self.strerror
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` of UTF-8 text."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """`atomic_write` of indented JSON."""
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+    """`atomic_write` of indented JSON, non-ASCII text as it is (UTF-8)."""
+    return write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 @contextmanager

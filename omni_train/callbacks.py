@@ -11,7 +11,6 @@ and the first and last loss of each task.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from litgpt.tokenizer import Tokenizer
 
+from omni_train.atomic import write_json
 from omni_train.audio import SNAC_SAMPLE_RATE, WHISPER_SAMPLE_RATE, SnacCodec, load_audio, save_wav
 from omni_train.config import DEMO_DATA
 from omni_train.evaluate import error_rate, librispeech_utterances, mel_picture, scoring
@@ -337,4 +337,4 @@ def _to_files(directory: Path, step: int, answers, figures, rate: int) -> None:
             fig.savefig(directory / f"{stem}-{i}.png")
             record.update(wav=f"{stem}-{i}.wav", mel=f"{stem}-{i}.png")
         records.append(record)
-    (directory / f"{stem}.json").write_text(json.dumps(records, indent=2) + "\n")
+    write_json(directory / f"{stem}.json", records)

@@ -34,7 +34,6 @@ in that language.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import contextmanager
 from itertools import islice
@@ -44,6 +43,7 @@ import torch
 from litgpt.tokenizer import Tokenizer
 
 from omni_train import evaluate
+from omni_train.atomic import write_json, write_text
 from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
 from omni_train.data import sources
@@ -229,11 +229,6 @@ def _load_whisper(args):
         raise EvalError(e.advice("--whisper ")) from None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _missing(root: Path, names: list[str]) -> str:
     there = sorted(f.name for f in root.iterdir() if f.is_dir() and evaluate.find_splits(f)[0]) if root.is_dir() else []
     hint = f"; split folders there: {', '.join(there)} (pass --splits NAME ...)" if there else ""
@@ -267,13 +262,13 @@ def run_asr(args) -> dict:
         if result.get("left_out"):
             print(f"omni-eval asr: note: {split}: {result['left_out']} clips left out (no audio, no text or an "
                   f"unreadable line)", file=sys.stderr)  # fmt: skip
-        _write_json(args.out, out)  # after every split: a long evaluation keeps what it finished
+        write_json(args.out, out)  # after every split: a long evaluation keeps what it finished
         print(f"{split}: {metric.upper()} {result[metric]:.2f} on {result['n']} utterances", file=sys.stderr)
     scores = {name: {s: r[metric] for s, r in out["splits"].items()}}
     # the paper's rows are English WER: beside another language's numbers they would only mislead
     english = evaluate.scoring(args.language).language == "en"
     out["table"] = evaluate.wer_table(scores, published=english, metric=metric)
-    _write_json(args.out, out)
+    write_json(args.out, out)
     print(out["table"])
     print(f"per-utterance results: {args.out}", file=sys.stderr)
     return out
@@ -298,7 +293,7 @@ def run_consistency(args) -> dict:
         language=args.language,
     )  # fmt: skip
     result = {"checkpoint": str(args.checkpoint), "whisper": args.whisper, "task": task.value, **result}
-    _write_json(args.out, result)
+    write_json(args.out, result)
     number = "-" if result[metric] is None else f"{result[metric]:.2f}"
     if result[metric] is None:
         print("omni-eval consistency: note: no text answer had words to score against", file=sys.stderr)
@@ -326,7 +321,7 @@ def run_retention(args) -> dict:
     result = evaluate.retention(base, model, base_tokenizer, documents, args.max_length, desc="perplexity")
     result = {"base": str(args.base), "checkpoint": str(args.checkpoint), "text": str(args.text), **result}
     if args.out:
-        _write_json(args.out, result)
+        write_json(args.out, result)
     ppl, ratio = result["perplexity"], result["ratio_to_base"]
     print(f"{result['tokens']} tokens in {result['documents']} documents, windows of {result['window']}")
     print("| model | perplexity | ratio to base |\n|---|---|---|")
@@ -356,11 +351,11 @@ def run_spoken_qa(args) -> dict:
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, total=total, desc=name,
         )  # fmt: skip
         out["sets"][name] = {"source": source, **result}
-        _write_json(args.out, out)  # after every set: a long evaluation keeps what it finished
+        write_json(args.out, out)  # after every set: a long evaluation keeps what it finished
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in result["accuracy"].items()) + f" of {result['n']}",
               file=sys.stderr)  # fmt: skip
     out["table"] = spoken_qa.table({str(args.checkpoint): out["sets"]})
-    _write_json(args.out, out)
+    write_json(args.out, out)
     print(out["table"])
     print(f"per-question results: {args.out}", file=sys.stderr)
     return out
@@ -405,11 +400,11 @@ def run_voicebench(args) -> dict:
             for split, path in paths.items():  # the judge's replies, as VoiceBench's api_judge.py names its output
                 voicebench.write_jsonl(path.with_name("result-" + path.name), answered[split])
         out["subsets"][subset] = result
-        _write_json(args.out_dir / "voicebench.json", out)
+        write_json(args.out_dir / "voicebench.json", out)
         shown = ", ".join(f"{k} {v}" for k, v in result["scores"].items()) or result.get("note", "")
         print(f"{subset}: {shown} ({result['n']} rows)", file=sys.stderr)
     out["table"] = voicebench.table({str(args.checkpoint): out["subsets"]})
-    _write_json(args.out_dir / "voicebench.json", out)
+    write_json(args.out_dir / "voicebench.json", out)
     print(out["table"])
     print(f"answers and scores: {args.out_dir}", file=sys.stderr)
     return out
@@ -433,7 +428,7 @@ def run_speech(args) -> dict:
     result = {"command": "speech", "checkpoint": str(args.checkpoint), "mos": str(args.mos) if args.mos else None,
               "device": str(args.device), **result}  # fmt: skip
     result["table"] = speech_quality.table({str(args.checkpoint): result})
-    _write_json(args.out, result)
+    write_json(args.out, result)
     print(result["table"])
     print(f"per-answer results: {args.out}", file=sys.stderr)
     return result
@@ -442,8 +437,8 @@ def run_speech(args) -> dict:
 def run_report(args) -> dict:
     report = eval_report.build(args.run_dir)
     out_dir = args.out_dir or args.run_dir
-    _write_json(out_dir / "eval_report.json", report)
-    (out_dir / "eval_report.md").write_text(report["markdown"], encoding="utf-8")
+    write_json(out_dir / "eval_report.json", report)
+    write_text(out_dir / "eval_report.md", report["markdown"])
     panels = eval_report.plot(report, out_dir / "eval_report.png")
     print(report["markdown"])
     made = ["eval_report.md", "eval_report.json"] + (["eval_report.png"] if panels else [])
@@ -505,7 +500,7 @@ def run_dialogue(args) -> dict:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers",
     )  # fmt: skip
     result = {"checkpoint": str(args.checkpoint), "conversations": str(args.conversations), **result}
-    _write_json(args.out, result)
+    write_json(args.out, result)
     spoken_wer = "-" if result["spoken_wer"] is None else f"{result['spoken_wer']:.2f}"
     print("| model | task | history | conversations | right | text WER | spoken WER |\n|---|---|---|---|---|---|---|\n"
           f"| {args.checkpoint} | {task.value} | {'yes' if result['history'] else 'no'} | {result['n']} | "
