@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -50,8 +49,8 @@ from omni_train.data.sources import (
     utterances,
 )
 from omni_train.data.sources.conversations import exchanges, parse_messages
+from omni_train.data.sources.files import PathLike, existing
 
-PathLike = str | os.PathLike
 AUDIO_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Audio in parquet
 _VALUE = {"dtype": "string", "_type": "Value"}  # an HF string feature, for the schema metadata
 STATE_FILE = ".omni_prep.json"  # hidden: the sources skip it when reading the folder
@@ -59,14 +58,6 @@ STATE_FILE = ".omni_prep.json"  # hidden: the sources skip it when reading the f
 
 # --------------------------------------------------------------------------------------------------
 # Inputs
-
-
-def existing(path: PathLike, what: str = "input") -> Path:
-    """`path` as a Path, or a `FileNotFoundError` whose one-line message names it."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what} {path}: no such file or directory")
-    return p
 
 
 @dataclass
@@ -107,7 +98,7 @@ def audio_rows(
     parquet by the sources' table reader (row id = `id_column`, else ``"<file>:<row>"``; relative
     audio paths are relative to the data file). `text_column` is optional in tables.
     """
-    p = existing(path)
+    p = existing(path, "input")
     if layout is not None:
         total = sum(1 for _ in sources.clips(layout, p))  # transcripts only: cheap, and a progress bar
         return AudioInput(_clip_rows(sources.clips(layout, p)), total, True)
@@ -363,7 +354,7 @@ CONVERSATION_SCHEMA = pa.schema([("id", pa.string()), ("messages", pa.list_(MESS
 
 def _is_conversations(path: PathLike) -> bool:
     """A JSONL or parquet input whose rows hold ``messages`` (the chat convention of `sources.conversations`)."""
-    p = existing(path)
+    p = existing(path, "input")
     if is_librispeech(p):
         return False
     return "messages" in _column_names(resolve_files(p, TABLE_EXTS)[0])
@@ -381,7 +372,7 @@ def _snac_encode_conversations(
     kept). A turn whose audio is missing or unreadable keeps its text, loses its audio and is counted;
     a conversation whose messages are malformed is skipped and counted.
     """
-    files = resolve_files(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input, "input"), TABLE_EXTS)
     columns = ["messages"] + ([id_column] if id_column else [])
     rows = read_rows(files, columns, batch_size=64)
     job = {"command": "snac-encode", "input": str(Path(input).resolve()), "kind": "conversations"}
@@ -467,7 +458,7 @@ def snac_decode(
     if source.lstrip().startswith("#"):
         items: Iterable[tuple[str, str]] = [("answer", source)]
     else:
-        items = _snac_rows(existing(source), column, id_column)
+        items = _snac_rows(existing(source, "input"), column, id_column)
     written = []
     for n, (name, text) in enumerate(tqdm(items, desc="snac-decode", unit="clip", total=limit)):
         if limit is not None and n >= limit:
@@ -562,7 +553,7 @@ def convert_librispeech(input: PathLike, out_dir: PathLike, shard_size: int = 10
 
     Read back with `sources.hf_asr(OUT_DIR, audio_column="audio", text_column="text", id_column="id")`.
     """
-    p = existing(input)
+    p = existing(input, "input")
     if not is_librispeech(p):
         raise ValueError(f"{input}: not a LibriSpeech-layout folder (no */*.trans.txt transcripts)")
     src = sources.librispeech(p)
@@ -582,7 +573,7 @@ def convert_corpus(layout: str, input: PathLike, out_dir: PathLike, shard_size: 
     Clips without their audio file, with an empty text, or from an unreadable transcript line are
     skipped and counted (``file:line`` in the report).
     """
-    p = existing(input)
+    p = existing(input, "input")
     total = sum(1 for _ in sources.clips(layout, p))
 
     def records():
@@ -602,7 +593,7 @@ def convert_open_orca(input: PathLike, out_dir: PathLike, shard_size: int = 100_
     A missing system prompt becomes ``""``; rows without a question or response are skipped. Read
     back with `sources.open_orca(OUT_DIR)`.
     """
-    files = resolve_files(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input, "input"), TABLE_EXTS)
     names = _column_names(files[0])
     for col in ("question", "response"):
         if col not in names:
@@ -640,7 +631,7 @@ def convert_moss(
     (``[Human]: ...<eoh> [MOSS]: ...<eoa>``; its first turn is used). Read back with
     `sources.moss_audioqa(OUT_DIR)` (VoiceAssistant-400K's column names).
     """
-    files = resolve_files(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input, "input"), TABLE_EXTS)
     names = _column_names(files[0])
     use_plain_text = answer_column not in names and "plain_text" in names
     need = [audio_column, "plain_text" if use_plain_text else answer_column]
@@ -801,7 +792,7 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
     Tokens are whitespace-separated words, or litgpt `Tokenizer` ids with `tokenizer`. Parquet is
     read one record batch at a time with only the columns needed.
     """
-    p = existing(path)
+    p = existing(path, "input")
     count = _token_counter(tokenizer)
     if _is_conversations(p):
         return _conversation_stats(resolve_files(p, TABLE_EXTS), count, progress)
