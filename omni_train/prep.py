@@ -61,7 +61,7 @@ STATE_FILE = ".omni_prep.json"  # hidden: the sources skip it when reading the f
 
 
 @dataclass
-class Row:
+class AudioRow:
     """One input row: a stable id, its audio (None if the row has none or it is unusable) and its text."""
 
     id: str
@@ -80,7 +80,7 @@ def _count(root: Path) -> int:
 class AudioInput:
     """An input's rows, their number when cheap to know, whether it has text, and the reader's skip counter."""
 
-    rows: Iterator[Row]
+    rows: Iterator[AudioRow]
     total: int | None
     has_text: bool
     skips: SkipCounter | None = None
@@ -104,7 +104,7 @@ def audio_rows(
         return AudioInput(_clip_rows(sources.clips(layout, p)), total, True)
     if is_librispeech(p):
         src = sources.librispeech(p)
-        rows = (Row(str(s.row), s.question_audio, s.answer_text) for s in src)
+        rows = (AudioRow(str(s.row), s.question_audio, s.answer_text) for s in src)
         return AudioInput(rows, _count(p), True, src.skips)
     files = resolve_files(p, TABLE_EXTS)
     names = _column_names(files[0])
@@ -119,22 +119,22 @@ def audio_rows(
     return AudioInput(rows, total, text_column is not None and text_column in names)
 
 
-def _clip_rows(clips: Iterator[sources.Clip]) -> Iterator[Row]:
+def _clip_rows(clips: Iterator[sources.Clip]) -> Iterator[AudioRow]:
     for clip in clips:
         if clip.error is not None:
-            yield Row(clip.where, error=f"{clip.error.reason}: {clip.error.detail}")
+            yield AudioRow(clip.where, error=f"{clip.error.reason}: {clip.error.detail}")
         elif not clip.audio.is_file():
-            yield Row(clip.id, None, clip.text, error=f"missing audio file: {clip.audio} ({clip.where})")
+            yield AudioRow(clip.id, None, clip.text, error=f"missing audio file: {clip.audio} ({clip.where})")
         elif not clip.text:
-            yield Row(clip.id, None, clip.text, error=f"empty text: {clip.where}")
+            yield AudioRow(clip.id, None, clip.text, error=f"empty text: {clip.where}")
         else:
-            yield Row(clip.id, Audio(path=str(clip.audio)), clip.text)
+            yield AudioRow(clip.id, Audio(path=str(clip.audio)), clip.text)
 
 
-def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> Iterator[Row]:
+def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> Iterator[AudioRow]:
     for location, base_dir, values in read_rows(files, columns, batch_size=64):
         if isinstance(values, BadRow):
-            yield Row(location, error=str(values))
+            yield AudioRow(location, error=str(values))
             continue
         row_id = str(values[id_column]) if id_column and values.get(id_column) is not None else location
         text = values.get(text_column) if text_column else None
@@ -143,9 +143,9 @@ def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> I
         try:
             if value is None:
                 raise BadRow(f"missing {audio_column}")
-            yield Row(row_id, to_audio(value, base_dir, audio_column), text)
+            yield AudioRow(row_id, to_audio(value, base_dir, audio_column), text)
         except BadRow as bad:
-            yield Row(row_id, None, text, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
+            yield AudioRow(row_id, None, text, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
 
 
 def _column_names(f: Path) -> list[str]:
@@ -303,7 +303,7 @@ def snac_encode(
     return report
 
 
-def _load(row: Row, rate: int) -> torch.Tensor | str:
+def _load(row: AudioRow, rate: int) -> torch.Tensor | str:
     if row.error is not None:
         return row.error
     if row.audio is None:
@@ -315,7 +315,7 @@ def _load(row: Row, rate: int) -> torch.Tensor | str:
 
 
 def _encode_shard(
-    codec: SnacCodec, chunk: list[Row], has_text: bool, batch_size: int, pool, report: Report, bar
+    codec: SnacCodec, chunk: list[AudioRow], has_text: bool, batch_size: int, pool, report: Report, bar
 ) -> pa.Table:
     codes: dict[int, str] = {}
     window = max(batch_size * 8, 1)  # clips decoded at once, sorted by length into batches
@@ -423,7 +423,7 @@ def _encode_conversations(codec: SnacCodec, chunk, id_column, batch_size: int, p
                 report.skip(f"{row_id}#{i + 1}", reason)
             conversation["messages"].append(item)
         out.append(conversation)
-    waves = list(pool.map(lambda a: _load(Row("", a[3]), codec.sample_rate), answers))
+    waves = list(pool.map(lambda a: _load(AudioRow("", a[3]), codec.sample_rate), answers))
     good = []
     for (conversation, i, row_id, _), wave in zip(answers, waves):
         if isinstance(wave, str):
@@ -710,10 +710,10 @@ def voice_rows(
             raise sources.MissingColumnError(f"{files[0]}: no column {col!r} (columns: {', '.join(names)})")
     columns = [c for c in (question_column, answer_column, answer_audio_column, question_audio_column) if c in names]
 
-    def rows() -> Iterator[Row]:
+    def rows() -> Iterator[AudioRow]:
         for index, (location, base_dir, values) in enumerate(read_rows(files, columns, batch_size=64)):
             if isinstance(values, BadRow):
-                yield Row(location, error=str(values))
+                yield AudioRow(location, error=str(values))
                 continue
             question, answer = values.get(question_column), values.get(answer_column)
             extra = {"index": index, "question": question.strip() if isinstance(question, str) else None}
@@ -725,9 +725,9 @@ def voice_rows(
                 spoken = values.get(question_audio_column)
                 extra["question_audio"] = to_audio(spoken, base_dir, question_audio_column) if spoken else None
             except BadRow as bad:
-                yield Row(location, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
+                yield AudioRow(location, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
                 continue
-            yield Row(location, audio, answer.strip(), extra)
+            yield AudioRow(location, audio, answer.strip(), extra)
 
     job = {"command": "voice", "input": str(Path(manifest).resolve()), "split_name": split_name}
     writer = ShardWriter(out_dir, shard_size, job)
