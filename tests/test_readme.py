@@ -69,6 +69,14 @@ def test_the_evaluation_example_is_the_recorded_report_of_the_current_demo():
     ]
     for row in rows:
         assert row in doc, row
+    assert vb["mmsu"]["scores"]["acc"] == vb["openbookqa"]["scores"]["acc"]  # the README gives them as one figure
+    said = (f"held-out WER {rec['asr']['heldout']:.2f}%, spoken QA (A1T2) {sqa['llama-questions']['accuracy']['A1T2']:.2f}% "
+            f"of {sqa['llama-questions']['n']} Llama-Questions-style and {sqa['triviaqa']['accuracy']['A1T2']:.2f}% of "
+            f"{sqa['triviaqa']['n']} TriviaQA-style questions, VoiceBench mmsu and openbookqa "
+            f"{vb['mmsu']['scores']['acc']:.2f}% (it names no letter), ifeval {vb['ifeval']['scores']['final']:.2f}%, "
+            f"advbench refusal {vb['advbench']['scores']['refusal_rate']:.2f}%, and the first audio of a streamed answer "
+            f"after {speech['ttfa_ms_median']:.0f} ms")  # fmt: skip
+    assert said in readme(), "README's Evaluate section: the demo report's summary, from docs/eval_report_demo.json"
 
 
 def test_the_readme_counts_the_tests(request):
