@@ -22,7 +22,7 @@ from runs import SHORT, config, omni_train
 from omni_train.config import ConfigError
 from omni_train.resume import RunLock, RunLocked, resume_point
 from omni_train.stages import warmup_cosine
-from omni_train.train import train
+from omni_train.train import check, train
 
 QUIET = ["eval.asr=null", "eval.speak=null"]
 
@@ -41,6 +41,17 @@ def test_settings_that_would_be_ignored_or_fail_late_are_one_line(tmp_path, over
     with pytest.raises(ConfigError) as err:
         train(config(*SHORT, f"run_dir={tmp_path}", *QUIET, *overrides))
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_data_root_no_source_reads_is_said(tmp_path, caplog):
+    """The demo's sources are bundled: `experiment=demo data.root=/data` would silently train on the demo."""
+    with caplog.at_level(logging.WARNING, logger="omni_train"):
+        check(config(*SHORT, f"run_dir={tmp_path}", "data.root=/nonexistent"))
+    assert "data.root=/nonexistent is not used: none of this config's data sources reads ${data.root}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="omni_train"):
+        check(config(*SHORT, f"run_dir={tmp_path}"))
+    assert "data.root" not in caplog.text
 
 
 def test_one_run_a_folder_and_a_killed_run_does_not_block_its_resume(tmp_path):
