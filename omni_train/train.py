@@ -43,7 +43,7 @@ from omni_train.builders import (
 )
 from omni_train.callbacks import LossHistory, Throughput
 from omni_train.checkpoints import ModelBundle
-from omni_train.config import ConfigError, DataConfig, LoraConfig, unknown_keys
+from omni_train.config import ConfigError, DataConfig, LoraConfig, ModelConfig, unknown_keys
 from omni_train.data.skips import SkipReport
 from omni_train.distributed import rank
 from omni_train.model import OmniGPT
@@ -86,14 +86,17 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
 
         previous = Path(cfg.init_from) if cfg.init_from else None
         chosen = requested_model  # checked against init_from; the run's own stages were made from this config
+        named = None  # how an error names `previous` (None: init_from=...)
         for i, stage in enumerate(cfg.run_stages):
             if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
                 log.info("stage %s already finished in %s; skipping it", stage, run_dir / stage)
-                previous, chosen = run_dir / stage / "model", ()
+                # a resume's command may ask for another model than the one this run trained: say so
+                previous, chosen = run_dir / stage / "model", _checked_on_resume(requested_model)
+                named = f"this run's finished stage {stage} ({previous})"
                 continue
             if previous is None and stage != "alignment":
                 raise ConfigError(f"stage={stage} starts from a trained model: set init_from=<run>/alignment/model (or a Mini-Omni dir)")
-            bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
+            bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen, start_name=named)
             if rank() == 0 and not summary["stages"]:  # the first stage of this run: the config as it is used
                 model = OmegaConf.to_object(cfg.model)
                 save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
@@ -115,6 +118,14 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
             summary["final_model"] = str(previous)
             write_json(summary_path, summary)
         return summary
+
+
+def _checked_on_resume(requested_model: Collection[str] | None) -> set[str]:
+    """The ``model.*`` keys a resumed run's command must agree on with a stage the run has finished:
+    the ones it chose (all when None), less those only a fresh first stage reads (the base LLM's
+    weights, a random Whisper's size), which the finished stage's model folder no longer holds."""
+    keys = {f.name for f in dataclasses.fields(ModelConfig)} if requested_model is None else set(requested_model)
+    return keys - {"checkpoint_dir", "whisper_dims"}
 
 
 def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, first: bool = True) -> StageResult:

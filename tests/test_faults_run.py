@@ -97,6 +97,19 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(tmp_path, caplog):
     assert not list(ckpts.iterdir()) and "starts again at step 0" in caplog.text
 
 
+def test_a_resume_that_asks_for_another_model_than_its_finished_stages_is_one_line(tmp_path):
+    """The run's stage 1 is done; its resume asks for another preset: stage 2 would silently train stage 1's model."""
+    train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET))
+    with pytest.raises(ConfigError) as err:
+        train(config(*SHORT, "stage=all", "model=tiny-llama", f"run_dir={tmp_path}", *QUIET, "resume=auto"))
+    said = str(err.value)
+    assert said.startswith(f"model.name='Llama-3.2-1B' but this run's finished stage alignment ({tmp_path / 'alignment' / 'model'}) holds 'Qwen2.5-0.5B'")
+    assert "\n" not in said and not (tmp_path / "adaption").exists()
+    # the same model goes on (every model.* key compared: the Python API counts them all as chosen)
+    summary = train(config(*SHORT, "stage=all", f"run_dir={tmp_path}", *QUIET, "resume=auto"))
+    assert summary["stages"]["finetune"]["steps"] == 2
+
+
 def test_a_resume_applies_the_changed_schedule_from_its_step(tmp_path, caplog):
     common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET, "stages.alignment.checkpoint_every=1",
               "stages.alignment.log_every=1", "stages.alignment.warmup_steps=1"]
