@@ -154,6 +154,15 @@ def run_stage(cfg: DictConfig, stage: str, bundle: ModelBundle, run_dir: Path, f
         if preemption.stopped_at_once or trainer.interrupted:
             raise Preempted(signal.SIGINT, stage, trainer.global_step, run_dir, None) from None
         raise
+    except RuntimeError as err:  # the checkpoint's weights do not fit the model this command built
+        if ckpt_path and "Error(s) in loading state_dict" in str(err):
+            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
+            raise ConfigError(
+                f"resume=auto: {ckpt_path} holds another model than this command's model.* asks for "
+                f"({first[:200]}{' ...' if len(first) > 200 else ''}); resume with the run's own settings "
+                f"({run_dir / 'config.yaml'}) or start a new hydra.run.dir"
+            ) from None
+        raise
     wall = time.perf_counter() - start
     if any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
         import wandb

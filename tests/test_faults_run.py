@@ -110,6 +110,17 @@ def test_a_resume_that_asks_for_another_model_than_its_finished_stages_is_one_li
     assert summary["stages"]["finetune"]["steps"] == 2
 
 
+def test_a_resume_mid_stage_with_another_model_is_one_line(tmp_path):
+    common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET, "stages.alignment.checkpoint_every=1"]
+    train(config(*common))
+    (tmp_path / "alignment" / "summary.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(ConfigError) as err:
+        train(config(*common, "model=tiny-llama", "resume=auto"))
+    said = str(err.value)
+    assert said.startswith(f"resume=auto: {tmp_path / 'alignment' / 'checkpoints' / 'last.ckpt'} holds another model")
+    assert "Unexpected key(s) in state_dict" in said and "\n" not in said
+
+
 def test_a_resume_applies_the_changed_schedule_from_its_step(tmp_path, caplog):
     common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET, "stages.alignment.checkpoint_every=1",
               "stages.alignment.log_every=1", "stages.alignment.warmup_steps=1"]
