@@ -195,6 +195,15 @@ def test_a_run_explains_itself_and_a_failed_command_leaves_nothing(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    run = omni_train("experiment=demo", f"hydra.run.dir={tmp_path / 'a_file' / 'run'}", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [
+        f"omni-train: error: hydra.run.dir={tmp_path / 'a_file' / 'run'}: {tmp_path / 'a_file'} is not a folder"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing made, not even a trial folder
+
+
 def test_the_demo_writes_where_the_readme_says(tmp_path):
     run = omni_train("experiment=demo", "--cfg", "hydra", "--resolve", cwd=tmp_path)
     assert run.returncode == 0, run.stderr

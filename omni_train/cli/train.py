@@ -143,7 +143,29 @@ def main() -> None:
     protect(SECRETS)  # Hydra's own errors echo the overrides
     if {"--help", "-h"} & set(sys.argv[1:]):  # Hydra's help lists the config groups; first, what a command looks like
         print(help_intro())
+    elif not {"--cfg", "-c", "--info"} & set(sys.argv[1:]) and (problem := run_dir_problem(sys.argv[1:])):  # else Hydra's mkdir fails with two tracebacks
+        print(f"omni-train: error: {problem}", file=sys.stderr)
+        sys.exit(1)
     _main()
+
+
+def run_dir_problem(args: list[str]) -> str | None:
+    """Why the run folder (``hydra.run.dir=``, else one under the current folder) cannot be made, if it
+    cannot: tried with a folder made and removed beside it, so that a failed command leaves none."""
+    import os
+    import tempfile
+
+    given = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    where = Path(given).absolute() if given else Path.cwd()
+    existing = next(p for p in [where, *where.parents] if os.path.lexists(p))
+    what = f"hydra.run.dir={given}" if given else f"the current folder {where} (the run folder goes under it)"
+    if not existing.is_dir():
+        return f"{what}: {existing} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".omni-train-", dir=existing))
+    except OSError as err:
+        return f"{what}: cannot make a folder in {existing} ({err.strerror})"
+    return None
 
 
 def help_intro() -> str:
