@@ -264,6 +264,8 @@ def check(cfg: DictConfig) -> None:
         evaluate.scoring(cfg.data.language)
     except ValueError as e:
         problems.append(f"data.language: {e}")
+    if cfg.model.tokenizer_dir and not Path(cfg.model.tokenizer_dir).is_dir():
+        problems.append(f"model.tokenizer_dir={cfg.model.tokenizer_dir}: no such folder")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():

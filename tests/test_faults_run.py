@@ -35,6 +35,8 @@ QUIET = ["eval.asr=null", "eval.speak=null"]
         (["stages.alignment.max_steps=0"], "stages.alignment.max_steps=0: a stage trains at least one step"),
         (["stages.finetune.max_steps=-5"], "stages.finetune.max_steps=-5: a stage trains at least one step"),
         (["data.max_seq_length=4096"], "data.max_seq_length=4096 is longer than the model's context (512 positions"),
+        # it said "holds another tokenizer than the base model"
+        (["model.tokenizer_dir=/no/such/tokenizer"], "model.tokenizer_dir=/no/such/tokenizer: no such folder"),
     ],
 )
 def test_settings_that_would_be_ignored_or_fail_late_are_one_line(tmp_path, overrides, says):
