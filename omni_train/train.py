@@ -266,6 +266,10 @@ def check(cfg: DictConfig) -> None:
         problems.append(f"data.language: {e}")
     if cfg.model.tokenizer_dir and not Path(cfg.model.tokenizer_dir).is_dir():
         problems.append(f"model.tokenizer_dir={cfg.model.tokenizer_dir}: no such folder")
+    if cfg.eval.asr and not Path(cfg.eval.asr).is_dir():  # else found after the model is built, its folder made
+        problems.append(f"eval.asr={cfg.eval.asr}: no such folder (a LibriSpeech-layout split; eval.asr=null: no WER)")
+    if cfg.eval.speak_recognizer and not Path(cfg.eval.speak_recognizer).is_file():
+        problems.append(f"eval.speak_recognizer={cfg.eval.speak_recognizer}: no such file")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():

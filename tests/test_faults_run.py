@@ -37,6 +37,8 @@ QUIET = ["eval.asr=null", "eval.speak=null"]
         (["data.max_seq_length=4096"], "data.max_seq_length=4096 is longer than the model's context (512 positions"),
         # it said "holds another tokenizer than the base model"
         (["model.tokenizer_dir=/no/such/tokenizer"], "model.tokenizer_dir=/no/such/tokenizer: no such folder"),
+        # found only after the model was built and the run folder made
+        (["eval.asr=/no/such/heldout"], "eval.asr=/no/such/heldout: no such folder"),
     ],
 )
 def test_settings_that_would_be_ignored_or_fail_late_are_one_line(tmp_path, overrides, says):
