@@ -300,10 +300,10 @@ class Preemption(L.Callback):
                 callback.save_last = False
         trainer.should_stop = True
         if signum == signal.SIGUSR1 and trainer.is_global_zero and SLURMEnvironment.detect():
-            _requeue()
+            requeue()
 
 
-def _requeue() -> None:
+def requeue() -> None:
     """Put this SLURM job back in the queue (it keeps its id; resume=auto continues it)."""
     job = os.environ.get("SLURM_JOB_ID", "")
     if os.environ.get("SLURM_ARRAY_JOB_ID"):

@@ -182,6 +182,30 @@ def test_ctrl_c_saves_after_the_step_and_prints_the_command_that_continues(tmp_p
     assert run.returncode == 130 and "did not save" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]
 
 
+class SignalOnBuild(L.Callback):
+    """Sends `signal_name` to its own process when made (a stage's trainer is being built: no stage is
+    training), once the file `when` exists."""
+
+    def __init__(self, signal_name: str, when: str) -> None:
+        if os.path.exists(when):
+            os.kill(os.getpid(), getattr(signal, signal_name))
+
+
+def test_sigterm_outside_training_is_one_line_with_what_was_kept(tmp_path):
+    """Killed silently with 143 before (during the first WER pass, or between stages)."""
+    run_dir = tmp_path / "run"
+    args = [*SHORT, *QUIET, "+callbacks.sig._target_=test_faults_run.SignalOnBuild", "+callbacks.sig.signal_name=SIGTERM"]
+    run = omni_train(*args, f"+callbacks.sig.when={run_dir / 'alignment' / 'summary.json'}",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 143 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("omni-train: SIGTERM: stopped outside a stage's training steps; the finished stages "
+                           "(alignment) are kept; continue with: omni-train ")  # fmt: skip
+    assert last.endswith(f"hydra.run.dir={run_dir} resume=auto")
+    run = omni_train(*args, f"+callbacks.sig.when={tmp_path}", f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert run.returncode == 143 and "nothing of this run was saved" in run.stderr.strip().splitlines()[-1]
+
+
 def test_a_run_explains_itself_and_a_failed_command_leaves_nothing(tmp_path):
     run = omni_train(*SHORT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

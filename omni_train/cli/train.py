@@ -10,7 +10,8 @@ Add your own config folders with Hydra's ``--config-dir``; see ``omni_train/conf
 
 A mistake in the command ends with one line (``omni-train: error: ...``, status 1). Ctrl-C, SIGTERM
 and SIGUSR1 save ``last.ckpt`` after the step in progress and stop with status 128 + the signal,
-printing the command that continues the run. ``<run>/train.log`` holds the run's log.
+printing the command that continues the run (outside a stage's steps they stop at once, saying what is
+kept). ``<run>/train.log`` holds the run's log.
 """
 
 from __future__ import annotations
@@ -73,14 +74,38 @@ def _main(cfg: DictConfig) -> None:
         stop(f"omni-train: error: {err.advice(f'model.{err.key}=') if isinstance(err, DownloadFailed) else err}", 1)
     except Preempted as err:  # status 128 + signal says "stopped, resumable"
         stop(f"omni-train: {err}; continue with: {resume_command(err.run_dir)}", err.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before a stage's training started: nothing to save yet
-        stop("omni-train: Ctrl-C: stopped before training (nothing saved)", 128 + signal.SIGINT)
+    except (KeyboardInterrupt, StoppedOutsideTraining) as err:  # model building, a WER pass, between stages
+        signum = err.signum if isinstance(err, StoppedOutsideTraining) else signal.SIGINT
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        done = sorted(p.parent.name for p in run_dir.glob("*/summary.json"))
+        kept = f"the finished stages ({', '.join(done)}) are kept" if done else "nothing of this run was saved"
+        stop(f"omni-train: {name}: stopped outside a stage's training steps; {kept}; continue with: "
+             f"{resume_command(run_dir)}", 128 + signum)  # fmt: skip
     if summary.get("final_model"):  # rank 0 only
         from omni_train.report import summary_table
 
         table = summary_table(summary)
         to_log_file("run summary\n" + table, logging.INFO)
         print(table, flush=True)
+
+
+class StoppedOutsideTraining(BaseException):
+    """SIGTERM or SIGUSR1 while no stage is training (its `Preemption` handles them while one is)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_outside_training(signum: int, frame) -> None:
+    if signum == signal.SIGUSR1:  # SLURM's warning: the job goes back in the queue, as from a stage
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        from omni_train.resume import requeue
+
+        if SLURMEnvironment.detect():
+            requeue()
+    raise StoppedOutsideTraining(signum)
 
 
 def resume_command(run_dir: Path) -> str:
@@ -139,6 +164,8 @@ def save_hydra_files(cfg: DictConfig) -> None:
 
 def main() -> None:
     register()
+    for signum in (signal.SIGTERM, signal.SIGUSR1):  # else they kill the process silently outside training
+        signal.signal(signum, _stop_outside_training)
     SECRETS.add_overrides(sys.argv[1:])
     protect(SECRETS)  # Hydra's own errors echo the overrides
     if {"--help", "-h"} & set(sys.argv[1:]):  # Hydra's help lists the config groups; first, what a command looks like
