@@ -158,27 +158,41 @@ class RunLock:
     """One omni-train process a run directory: a second one is refused with one line.
 
     An exclusive `flock` on ``<run>/.lock``, held while the process lives: the kernel drops it when
-    the process ends, however it ends, so a SIGKILLed run never blocks its own resume.
+    the process ends, however it ends, so a SIGKILLed run never blocks its own resume. The process
+    holding it may take it again (``omni-train`` locks before it writes anything, `train` locks
+    too); it is dropped when the last of its holders releases it.
     """
+
+    _held: dict[Path, list[int]] = {}  # .lock path -> [descriptor, holders in this process]
 
     def __init__(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._key: Path | None = self.path.resolve()
+        if self._key in RunLock._held:
+            RunLock._held[self._key][1] += 1
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(self._fd)
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise RunLocked(f"{run_dir} is in use by omni-train process {holder}: wait for it to end, or choose "
                             "another hydra.run.dir") from None  # fmt: skip
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        RunLock._held[self._key] = [fd, 1]
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
+        if self._key is None:
+            return
+        held = RunLock._held[self._key]
+        held[1] -= 1
+        if not held[1]:
+            os.close(held[0])  # closing the descriptor drops the lock
+            del RunLock._held[self._key]
+        self._key = None
 
     def __enter__(self) -> RunLock:
         return self

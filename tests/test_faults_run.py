@@ -59,20 +59,30 @@ def test_a_data_root_no_source_reads_is_said(tmp_path, caplog):
 
 
 def test_one_run_a_folder_and_a_killed_run_does_not_block_its_resume(tmp_path):
-    lock = RunLock(tmp_path)
-    with pytest.raises(RunLocked, match=f"in use by omni-train process {os.getpid()}"):
-        RunLock(tmp_path)
-    run = omni_train(*SHORT, "stage=alignment", *QUIET, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(
-        f"omni-train: error: {tmp_path} is in use by omni-train process {os.getpid()}")
-    lock.release()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from omni_train.resume import RunLock; "
                                f"RunLock(__import__('pathlib').Path({str(tmp_path)!r})); print('locked', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdout.readline().strip() == "locked"
-    holder.kill()  # SIGKILL: no cleanup runs
-    holder.wait()
-    RunLock(tmp_path).release()  # the kernel dropped the dead process's lock
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=f"in use by omni-train process {holder.pid}"):
+            RunLock(tmp_path)
+        (tmp_path / ".hydra").mkdir()
+        (tmp_path / ".hydra" / "overrides.yaml").write_text("- the first run's record\n")
+        run = omni_train(*SHORT, "stage=alignment", *QUIET, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+        assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
+            f"omni-train: error: {tmp_path} is in use by omni-train process {holder.pid}: wait for it to end, or "
+            "choose another hydra.run.dir")  # fmt: skip
+        # the refused run wrote nothing into the first one's folder (it replaced .hydra/ before)
+        assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- the first run's record\n"
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs
+        holder.wait()
+    lock = RunLock(tmp_path)  # the kernel dropped the dead process's lock
+    again = RunLock(tmp_path)  # the holding process may take it again (omni-train, then train())
+    again.release()
+    run = omni_train(*SHORT, "stage=alignment", *QUIET, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert run.returncode == 1 and "in use by omni-train process" in run.stderr  # held until its last release
+    lock.release()
 
 
 def fake_checkpoint(path, step: int):

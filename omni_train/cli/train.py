@@ -22,6 +22,7 @@ import shutil
 import signal
 import sys
 import textwrap
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -37,13 +38,8 @@ log = logging.getLogger("omni_train")
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from omni_train.atomic import DiskFull
-    from omni_train.audio import AudioModelError, DownloadFailed
-    from omni_train.config import ConfigError
-    from omni_train.data.skips import TooManySkips
-    from omni_train.resume import Preempted, RunLocked
-    from omni_train.stages import TooManyBadSteps
-    from omni_train.train import train
+    from omni_train.distributed import rank
+    from omni_train.resume import RunLock, RunLocked
 
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]  # Hydra's <run>/train.log
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -53,8 +49,26 @@ def _main(cfg: DictConfig) -> None:
             logging.getLogger(name).addHandler(handler)
     SECRETS.add_config(cfg)
     protect(SECRETS)
-    save_hydra_files(cfg)
     run_dir = Path(cfg.run_dir)
+    try:  # before anything is written: a refused second run must not replace the first one's .hydra/ record
+        lock = RunLock(run_dir) if rank() == 0 else nullcontext()  # train() takes it again, as its own
+    except RunLocked as err:
+        print(f"omni-train: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    with lock:
+        _run(cfg, run_dir, files)
+
+
+def _run(cfg: DictConfig, run_dir: Path, files: list[logging.FileHandler]) -> None:
+    from omni_train.atomic import DiskFull
+    from omni_train.audio import AudioModelError, DownloadFailed
+    from omni_train.config import ConfigError
+    from omni_train.data.skips import TooManySkips
+    from omni_train.resume import Preempted, RunLocked
+    from omni_train.stages import TooManyBadSteps
+    from omni_train.train import train
+
+    save_hydra_files(cfg)
 
     def to_log_file(message: str, level: int) -> None:  # the terminal gets it once, by print
         record = {"name": log.name, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
