@@ -7,13 +7,15 @@ The API (request bodies are multipart forms, so a browser's ``FormData`` and ``c
     POST /api/stream   the answer while it is generated: NDJSON, one event a line (below)
     POST /api/answer   the whole answer as one JSON object
 
-Form fields: ``audio`` (a file libsndfile reads: wav, flac, ogg, mp3) or ``text``; ``task`` (default
+Form fields: ``audio`` (wav, flac, ogg, mp3, or webm/opus as a browser's recorder writes it) or ``text``; ``task`` (default
 A1A2 for audio, T1A2 for text); ``temperature`` (0: greedy), ``top_k``, ``top_p``, ``max_new_tokens``,
 ``seed``; ``history``: a conversation's earlier turns, a JSON list of ``{"question": text, "answer":
 text}`` oldest first (``[]`` for its first question), which the model answers from (DESIGN.md,
 "Conversations"). The server keeps no state between requests: the client sends the turns each time.
-A browser records webm/opus, which libsndfile cannot read, so the page decodes its recording with
-WebAudio and uploads 16 kHz WAV; anything undecodable gets 415 naming the upload.
+A browser's recorder writes webm/opus, which `load_audio` rewraps for libsndfile (`omni_train.webm`);
+the page still decodes its recording with WebAudio and uploads 16 kHz WAV, so that a browser
+recording in any other container (Safari's mp4) works too. Anything undecodable gets 415 naming the
+upload.
 
 Stream events: ``{"event": "start", "task", "sample_rate", "waited_s"}``, then in decoding order
 ``{"event": "text", "text": <new characters>}`` and ``{"event": "audio", "pcm": <base64 float32
@@ -468,7 +470,7 @@ async def _read_audio(upload: UploadFile, max_seconds: float) -> torch.Tensor:
         wave = await run_in_threadpool(load_audio, data, WHISPER_SAMPLE_RATE)
     except AudioError as e:
         if isinstance(e.__cause__, (sf.SoundFileError, RuntimeError, OSError)):
-            raise BadRequest(f"cannot decode {name}: not a format libsndfile reads (wav, flac, ogg, mp3)", 415) from e
+            raise BadRequest(f"cannot decode {name}: not a format this server reads (wav, flac, ogg, mp3, webm)", 415) from e
         raise BadRequest(f"{name}: {e}", 415) from e
     seconds = wave.numel() / WHISPER_SAMPLE_RATE
     if seconds > max_seconds:
