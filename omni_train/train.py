@@ -243,6 +243,37 @@ def held_out_wer(bundle: ModelBundle, cfg: DictConfig, when: str, summary: dict 
     return result[metric]
 
 
+# Numbers that optimizers, loaders and the batcher refuse deep inside a run (a traceback), or take
+# without a word: key -> (the test, what it must be). None (unset) always passes.
+STAGE_RANGES = {
+    "max_lr": (lambda v: v > 0, "> 0"),
+    "min_lr": (lambda v: v >= 0, ">= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "loss_chunk_size": (lambda v: v >= 1, ">= 1"),
+    "max_tokens": (lambda v: v >= 1, ">= 1 (a batch's token budget)"),
+    "max_batch_size": (lambda v: v >= 1, ">= 1"),
+    "checkpoint_every": (lambda v: v >= 1, ">= 1"),
+    "log_every": (lambda v: v >= 1, ">= 1"),
+}
+DATA_RANGES = {
+    "max_tokens": (lambda v: v >= 1, ">= 1 (a batch's token budget, per rank)"),
+    "max_batch_size": (lambda v: v >= 1, ">= 1"),
+    "buffer_size": (lambda v: v >= 1, ">= 1"),
+    "num_workers": (lambda v: v >= 0, ">= 0 (0: load in the training process)"),
+    "pad_to_multiple_of": (lambda v: v >= 1, ">= 1"),
+    "max_seq_length": (lambda v: v >= 1, ">= 1"),
+    "max_skip_fraction": (lambda v: 0 <= v <= 1, "a share in [0, 1] (null: only count)"),
+}
+
+
+def out_of_range(node: DictConfig, where: str, ranges: dict) -> list[str]:
+    """One problem for each key of `node` outside its range in `ranges`."""
+    return [f"{where}.{key}={node[key]}: must be {rule}" for key, (ok, rule) in ranges.items()
+            if node.get(key) is not None and not ok(node[key])]  # fmt: skip
+
+
 def check(cfg: DictConfig) -> None:
     """Every problem a run would hit late, reported before anything trains."""
     import torch
@@ -258,6 +289,9 @@ def check(cfg: DictConfig) -> None:
         elif cfg.stages[stage].keep_checkpoints < 0:
             problems.append(f"stages.{stage}.keep_checkpoints={cfg.stages[stage].keep_checkpoints}: "
                             "0 or more (0 keeps last.ckpt only)")  # fmt: skip
+        else:
+            problems += out_of_range(cfg.stages[stage], f"stages.{stage}", STAGE_RANGES)
+    problems += out_of_range(cfg.data, "data", DATA_RANGES)
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"threads={cfg.threads}: at least 1 (or null: chosen from the free cores)")
     try:

@@ -35,6 +35,10 @@ QUIET = ["eval.asr=null", "eval.speak=null"]
         (["stages.alignment.max_steps=0"], "stages.alignment.max_steps=0: a stage trains at least one step"),
         (["stages.finetune.max_steps=-5"], "stages.finetune.max_steps=-5: a stage trains at least one step"),
         (["data.max_seq_length=4096"], "data.max_seq_length=4096 is longer than the model's context (512 positions"),
+        # tracebacks from AdamW and the DataLoader, or a batch budget of 0 taken without a word
+        (["stages.alignment.max_lr=-1"], "stages.alignment.max_lr=-1.0: must be > 0"),
+        (["data.num_workers=-1", "data.max_tokens=0"], "data.max_tokens=0: must be >= 1 (a batch's token budget, "
+         "per rank); data.num_workers=-1: must be >= 0"),
         # it said "holds another tokenizer than the base model"
         (["model.tokenizer_dir=/no/such/tokenizer"], "model.tokenizer_dir=/no/such/tokenizer: no such folder"),
         # found only after the model was built and the run folder made
