@@ -79,6 +79,9 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
     set_threads(cfg.threads, processes=_processes_per_node(cfg))
     run_dir = Path(cfg.run_dir)
     with RunLock(run_dir) if rank() == 0 else nullcontext():  # one omni-train a run folder
+        if cfg.resume != "auto" and rank() == 0 and (run_dir / "config.yaml").exists():  # written as a run starts
+            raise ConfigError(f"{run_dir} holds a run already (its config.yaml): resume=auto continues it; to train "
+                              "from the start, remove the folder or choose another hydra.run.dir")  # fmt: skip
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if cfg.resume == "auto" and summary_path.exists() else {}
         summary.setdefault("stages", {})

@@ -128,6 +128,18 @@ def test_a_resume_that_asks_for_another_model_than_its_finished_stages_is_one_li
     assert summary["stages"]["finetune"]["steps"] == 2
 
 
+def test_a_run_folder_that_holds_a_run_is_not_trained_over_without_resume(tmp_path):
+    """The same command again without resume=auto retrained from step 0 over the run's models and summary."""
+    common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET]
+    train(config(*common))
+    model = (tmp_path / "alignment" / "model" / "lit_model.pth").read_bytes()
+    with pytest.raises(ConfigError) as err:
+        train(config(*common, "seed=1"))
+    assert str(err.value) == (f"{tmp_path} holds a run already (its config.yaml): resume=auto continues it; to train "
+                              "from the start, remove the folder or choose another hydra.run.dir")  # fmt: skip
+    assert (tmp_path / "alignment" / "model" / "lit_model.pth").read_bytes() == model
+
+
 def test_a_resume_mid_stage_with_another_model_is_one_line(tmp_path):
     common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET, "stages.alignment.checkpoint_every=1"]
     train(config(*common))
