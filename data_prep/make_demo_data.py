@@ -50,10 +50,10 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from omni_train.audio import SnacCodec
+from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec
 from omni_train.data.snac_format import format_answer_snac, parse_answer_snac
 
-ASR_RATE = 16000
+ASR_RATE = WHISPER_SAMPLE_RATE  # the stored questions are what Whisper hears
 SNAC_RATE = 24000
 
 # ---------------------------------------------------------------------------------------------

@@ -119,10 +119,7 @@ def base_config(m: ModelConfig) -> Config:
 
 
 def _from_base(m: ModelConfig, whisper_width: int, seed: int) -> tuple[OmniGPT, str]:
-    omni = dict(
-        whisper_adapter_dim=whisper_width, asr_adapter=m.asr_adapter, post_adapter=m.post_adapter,
-        post_adapter_layers=m.post_adapter_layers,
-    )  # fmt: skip
+    omni = {"whisper_adapter_dim": whisper_width, **{key: getattr(m, key) for key in ADAPTER_KEYS}}
     tokenizer_dir = m.tokenizer_dir or m.checkpoint_dir
     if tokenizer_dir is None:
         raise ConfigError("model.tokenizer_dir: a random base model needs a tokenizer folder")
@@ -155,6 +152,7 @@ def _from_base(m: ModelConfig, whisper_width: int, seed: int) -> tuple[OmniGPT, 
 
 # litgpt fields that say nothing about the weights: a checkpoint may differ in them from its preset
 _BOOKKEEPING = {"name", "hf_config", "block_size", "vocab_size", "padding_multiple"}
+ADAPTER_KEYS = ("asr_adapter", "post_adapter", "post_adapter_layers")  # model.* keys an OmniConfig holds
 
 
 def check_requested(m: ModelConfig, bundle: ModelBundle, requested: Collection[str] | None, where: str) -> None:
@@ -175,7 +173,7 @@ def check_requested(m: ModelConfig, bundle: ModelBundle, requested: Collection[s
         if diff:
             shown = ", ".join(f"{f}={getattr(want, f)!r} (checkpoint: {getattr(base, f)!r})" for f in diff[:4])
             conflicts.append(f"model asks for {shown}{' ...' if len(diff) > 4 else ''}")
-    for key in ("asr_adapter", "post_adapter", "post_adapter_layers"):
+    for key in ADAPTER_KEYS:
         if asked(key) and getattr(m, key) != getattr(have, key):
             conflicts.append(f"model.{key}={getattr(m, key)!r} but {where} has {getattr(have, key)!r}")
     if asked("pad_to_30s") and m.pad_to_30s != bundle.pad_to_30s:
@@ -243,7 +241,7 @@ def resolved_model(m: ModelConfig, bundle: ModelBundle, requested: Collection[st
             f.name: getattr(base, f.name) for f in dataclasses.fields(Config)
             if f.name not in ("name", "hf_config") and getattr(base, f.name) != getattr(preset, f.name)
         }  # fmt: skip
-    for key in ("asr_adapter", "post_adapter", "post_adapter_layers"):
+    for key in ADAPTER_KEYS:
         if key not in requested:
             out[key] = getattr(config, key)
     for key in ("whisper", "snac", "pad_to_30s"):

@@ -3,7 +3,7 @@
 The API (request bodies are multipart forms, so a browser's ``FormData`` and ``curl -F`` both work):
 
     GET  /             the page (``serve_page/index.html``): record or type, hear the answer as it streams
-    GET  /api/info     the checkpoint, the tasks this server can run, the limits and the defaults
+    GET  /api/info     the checkpoint, the tasks this server can run (and the task table), the limits, the defaults
     POST /api/stream   the answer while it is generated: NDJSON, one event a line (below)
     POST /api/answer   the whole answer as one JSON object
 
@@ -69,7 +69,7 @@ from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded, Turn
 from omni_train.generate import Conversation, answer, stream_events
 from omni_train.model import OmniGPT
-from omni_train.tasks import Task
+from omni_train.tasks import Task, spoken_answer
 
 log = logging.getLogger("omni_train.serve")
 
@@ -165,6 +165,9 @@ class Talker:
         return dict(
             checkpoint=self.name,
             tasks=[t.value for t in self.tasks],
+            # the task table, for the page to pick a task by what goes in and comes out, not by its name
+            task_rules={t.value: dict(audio_in=t.audio_in, audio_out=t.audio_out, converses=t.rule.converses)
+                        for t in Task},  # fmt: skip
             sample_rate=self.codec.sample_rate if self.codec else None,
             max_audio_seconds=self.max_audio_seconds,
             max_new_tokens=self.max_new_tokens,
@@ -385,7 +388,7 @@ async def read_question(request: Request, talker: Talker) -> Question:
     if text is not None and not text.strip():
         raise BadRequest("the text question is empty")
 
-    task_name = form.get("task") or ("A1A2" if upload is not None else "T1A2")
+    task_name = form.get("task") or spoken_answer(upload is not None).value
     try:
         task = Task(task_name)
     except ValueError:
@@ -400,8 +403,8 @@ async def read_question(request: Request, talker: Talker) -> Question:
         raise BadRequest(f"task {task.value} needs a {what} (omni-serve {flag}), which this server has not loaded")
 
     history = _history(form.get("history"))
-    if history is not None and task is Task.A1T1:
-        raise BadRequest("task A1T1 (a transcript) takes no conversation: drop the history field")
+    if history is not None and not task.rule.converses:
+        raise BadRequest(f"task {task.value} (a transcript) takes no conversation: drop the history field")
 
     q = Question(
         task,

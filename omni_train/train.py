@@ -30,7 +30,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from omni_train import evaluate
-from omni_train.atomic import write_json
+from omni_train.atomic import write_json, write_text
 from omni_train.builders import (
     build_data,
     build_model,
@@ -338,9 +338,7 @@ def save_config(cfg: DictConfig, model: dict, run_dir: Path) -> None:
     """``<run>/config.yaml``: the resolved config with ``model.*`` as loaded, secrets redacted."""
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     resolved.model = model
-    values = redacted(resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(redacted(resolved))))
 
 
 def _trained_model(trainer: L.Trainer, module: OmniModule, stage_dir: Path) -> OmniGPT | None:

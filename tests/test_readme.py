@@ -41,6 +41,18 @@ def test_the_readme_quotes_the_recorded_demo_run():
     assert took[3] == run["machine"]
 
 
+def test_the_readme_quotes_the_recorded_dialogue_comparison():
+    """README, "Conversations": the table of follow-ups answered right is `docs/dialogue_run.json`'s record."""
+    run = json.loads((ROOT / "docs" / "dialogue_run.json").read_text())
+    text, rows = README.read_text(), {"demo": "single turns (`demo`)", "demo_dialogue": "+ conversations (`demo_dialogue`)"}
+    for trained, cells in run["results"].items():
+        quoted = [f"{c['right']} / {c['n']}, WER {c['wer']:.1f}" for c in cells]
+        if trained == "demo_dialogue":  # the with-history cells, in bold
+            quoted = [f"**{q.split(',')[0]}**,{q.split(',')[1]}" if c["history"] else q for q, c in zip(quoted, cells)]
+        assert f"| {rows[trained]} | " + " | ".join(quoted) + " |" in text, trained
+    assert f"at commit {run['commit']}" in readme()
+
+
 EVAL_DOC, EVAL_RECORD = ROOT / "docs" / "evaluation.md", ROOT / "docs" / "eval_report_demo.json"
 
 

@@ -109,6 +109,9 @@ def summary(event: dict) -> tuple:
 def test_info_lists_the_tasks_and_limits(server):
     info = httpx.get(server.url + "/api/info").json()
     assert info["tasks"] == ["A1T1", "T1A2", "A1T2", "A1A2", "T1T2"]
+    # the page picks its task from the table by input and answer, not by parsing task names
+    assert info["task_rules"]["A1T1"] == {"audio_in": True, "audio_out": False, "converses": False}
+    assert info["task_rules"]["T1A2"] == {"audio_in": False, "audio_out": True, "converses": True}
     assert info["sample_rate"] == 24000 and info["max_new_tokens"] == MAX_NEW_TOKENS
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "api/stream" in page.text
@@ -423,7 +426,7 @@ def test_the_page_in_headless_chromium(server, tmp_path, monkeypatch):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     mic = tmp_path / "mic.wav"
     mic.write_bytes(wav_bytes(3.0, rate=48000, subtype="PCM_16"))
@@ -524,6 +527,21 @@ def test_the_page_in_headless_chromium(server, tmp_path, monkeypatch):
         assert turn.get_attribute("data-history") == "0"
         assert turn.find_element(By.CSS_SELECTOR, ".answer").get_property("textContent") == history[0]["answer"]
         assert len(driver.find_elements(By.CSS_SELECTOR, ".turn.earlier")) == 2
+
+        # the answer kinds pick their task from the server's task table: a written answer to a typed
+        # question is T1T2 (sent with the conversation), a transcript of a recording A1T1 (sent alone)
+        answer_kind = Select(driver.find_element(By.ID, "answer-kind"))
+        answer_kind.select_by_value("text")
+        driver.find_element(By.ID, "text").send_keys(question)
+        driver.find_element(By.ID, "send").click()
+        turn = finished_turn(4)
+        assert turn.get_attribute("data-task") == "T1T2" and turn.get_attribute("data-history") == "1"
+        answer_kind.select_by_value("transcript")
+        driver.find_element(By.ID, "record").click()
+        time.sleep(1.5)
+        driver.find_element(By.ID, "record").click()
+        turn = finished_turn(5)
+        assert turn.get_attribute("data-task") == "A1T1" and turn.get_attribute("data-history") == "0"
 
         # the recorder's own webm/opus, sent as it is (no conversion in the page): the API decodes it
         kind, recorded = driver.execute_async_script(

@@ -28,6 +28,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from omni_train.atomic import DiskFull, write_text
 from omni_train.config import register
 from omni_train.redact import Secrets, protect
 
@@ -60,7 +61,6 @@ def _main(cfg: DictConfig) -> None:
 
 
 def _run(cfg: DictConfig, run_dir: Path, files: list[logging.FileHandler]) -> None:
-    from omni_train.atomic import DiskFull
     from omni_train.audio import AudioModelError, DownloadFailed
     from omni_train.config import ConfigError
     from omni_train.data.skips import TooManySkips
@@ -163,17 +163,17 @@ def save_hydra_files(cfg: DictConfig) -> None:
     """Hydra's record of the job in ``<run>/.hydra/`` (the config as composed, Hydra's own settings, the
     command-line overrides), with secrets masked: ``train.yaml`` stops Hydra writing them as typed."""
     from hydra.core.hydra_config import HydraConfig
-    from lightning.pytorch.utilities import rank_zero_only
+
+    from omni_train.distributed import rank
 
     hydra_cfg = HydraConfig.get()
-    if rank_zero_only.rank != 0:
+    if rank() != 0:  # the same test as the run's own records (train.py)
         return
     out = Path(hydra_cfg.runtime.output_dir) / (hydra_cfg.output_subdir or ".hydra")
-    out.mkdir(parents=True, exist_ok=True)
     files = {"config.yaml": cfg, "hydra.yaml": {"hydra": hydra_cfg}, "overrides.yaml": hydra_cfg.overrides.task}
     for name, node in files.items():
         plain = OmegaConf.to_container(OmegaConf.create(node), resolve=False)
-        (out / name).write_text(OmegaConf.to_yaml(SECRETS.redact(plain)))
+        write_text(out / name, OmegaConf.to_yaml(SECRETS.redact(plain)))
 
 
 def main() -> None:

@@ -29,10 +29,11 @@ def is_glob(path: PathLike) -> bool:
     return any(c in str(path) for c in "*?[")
 
 
-def existing(path: PathLike) -> Path:
+def existing(path: PathLike, what: str = "") -> Path:
+    """`path` as a Path, or a `FileNotFoundError` whose one line names it (and `what` it is, if given)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise FileNotFoundError(f"{what + ' ' if what else ''}{path}: no such file or directory")
     return p
 
 
