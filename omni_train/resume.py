@@ -39,6 +39,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
+from omni_train import stopping
 from omni_train.atomic import atomic_write, remove, swap_in
 from omni_train.config import ConfigError
 from omni_train.distributed import gather_objects, rng_states, set_rng_states
@@ -261,7 +262,7 @@ class Preemption(L.Callback):
             itself right after this callback, so this one only stops the fit.
     """
 
-    signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    signals = stopping.SIGNALS
 
     def __init__(self, path: str | Path, checkpoint_every: int) -> None:
         self.path, self.checkpoint_every = Path(path), checkpoint_every
@@ -291,6 +292,8 @@ class Preemption(L.Callback):
             signal.signal(sig, self._handler)
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if self._received and not self.signum and not self.stopped_at_once:  # came after the last step
+            stopping.keep(self._received)  # the stage ends as planned; the run stops before the next
         # after the fit (the WER pass, the next stage) a signal means what it meant before
         for sig, handler in self._before.items():
             signal.signal(sig, handler)

@@ -49,6 +49,7 @@ from omni_train.distributed import rank
 from omni_train.model import OmniGPT
 from omni_train.redact import redacted
 from omni_train.resume import Preempted, Preemption, RngState, RunLock, resume_point
+from omni_train.stopping import raise_kept
 from omni_train.stages import STAGES, OmniModule
 from omni_train.threads import set_threads
 
@@ -91,6 +92,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
         chosen = requested_model  # checked against init_from; the run's own stages were made from this config
         named = None  # how an error names `previous` (None: init_from=...)
         for i, stage in enumerate(cfg.run_stages):
+            raise_kept()  # a stop that landed where it could not act (a finalizer, a stage's end)
             if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
                 log.info("stage %s already finished in %s; skipping it", stage, run_dir / stage)
                 # a resume's command may ask for another model than the one this run trained: say so
@@ -114,6 +116,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
             if rank() == 0:
                 write_json(summary_path, summary)
 
+        raise_kept()
         if previous is not None and rank() == 0:
             if cfg.eval.asr or cfg.eval.speak:
                 final_checks(cfg, build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=()), summary)

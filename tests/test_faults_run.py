@@ -232,6 +232,50 @@ def test_sigterm_outside_training_is_one_line_with_what_was_kept(tmp_path):
     assert run.returncode == 143 and "nothing of this run was saved" in run.stderr.strip().splitlines()[-1]
 
 
+class SignalInFinalizer(L.Callback):
+    """Sends `signal_name` to its own process from its ``__del__`` (as a finished stage's trainer is
+    collected), once the file `when` exists: where Python prints an exception and carries on."""
+
+    def __init__(self, signal_name: str, when: str) -> None:
+        self.signal_name, self.when = signal_name, when
+
+    def __del__(self) -> None:
+        if os.path.exists(self.when):
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+            time.sleep(0.1)  # the handler runs here, inside the finalizer
+
+
+class SignalAtTrainEnd(L.Callback):
+    """Sends `signal_name` to its own process after the stage's last step (no step left to act on it)."""
+
+    def __init__(self, signal_name: str) -> None:
+        self.signal_name = signal_name
+
+    def on_train_end(self, trainer, module) -> None:
+        os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_stop_that_lands_where_it_cannot_act_stops_the_run_before_the_next_stage(tmp_path, signal_name):
+    """A Ctrl-C inside a finalizer was printed as 'Exception ignored' and the run went on to exit 0;
+    one after a stage's last step was recorded by no one."""
+    run_dir = tmp_path / "run"
+    callback = ["+callbacks.sig._target_=test_faults_run.SignalInFinalizer", f"+callbacks.sig.signal_name={signal_name}",
+                f"+callbacks.sig.when={run_dir / 'alignment' / 'summary.json'}"]  # fmt: skip
+    run = omni_train(*SHORT, *QUIET, *callback, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    code, name = (130, "Ctrl-C") if signal_name == "SIGINT" else (143, "SIGTERM")
+    assert run.returncode == code, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"omni-train: {name}: stopped outside a stage's training steps; the finished stages (alignment) are kept")
+    assert not (run_dir / "adaption" / "summary.json").exists()
+
+    run_dir = tmp_path / "end"
+    callback = ["+callbacks.sig._target_=test_faults_run.SignalAtTrainEnd", f"+callbacks.sig.signal_name={signal_name}"]
+    run = omni_train(*SHORT, *QUIET, "run_stages=[alignment,adaption]", *callback, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert run.returncode == code, run.stderr[-2000:]
+    assert "the finished stages (alignment) are kept" in run.stderr.strip().splitlines()[-1]
+
+
 def test_a_run_explains_itself_and_a_failed_command_leaves_nothing(tmp_path):
     run = omni_train(*SHORT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]

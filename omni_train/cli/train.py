@@ -28,6 +28,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from omni_train import stopping
 from omni_train.atomic import DiskFull, write_text
 from omni_train.config import register
 from omni_train.redact import Secrets, protect
@@ -88,8 +89,9 @@ def _run(cfg: DictConfig, run_dir: Path, files: list[logging.FileHandler]) -> No
         stop(f"omni-train: error: {err.advice(f'model.{err.key}=') if isinstance(err, DownloadFailed) else err}", 1)
     except Preempted as err:  # status 128 + signal says "stopped, resumable"
         stop(f"omni-train: {err}; continue with: {resume_command(err.run_dir)}", err.exit_code)
-    except (KeyboardInterrupt, StoppedOutsideTraining) as err:  # model building, a WER pass, between stages
-        signum = err.signum if isinstance(err, StoppedOutsideTraining) else signal.SIGINT
+    except (KeyboardInterrupt, stopping.Stopped) as err:  # model building, a WER pass, between stages
+        stopping.forget()
+        signum = err.signum if isinstance(err, stopping.Stopped) else signal.SIGINT
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         done = sorted(p.parent.name for p in run_dir.glob("*/summary.json"))
         kept = f"the finished stages ({', '.join(done)}) are kept" if done else "nothing of this run was saved"
@@ -103,14 +105,6 @@ def _run(cfg: DictConfig, run_dir: Path, files: list[logging.FileHandler]) -> No
         print(table, flush=True)
 
 
-class StoppedOutsideTraining(BaseException):
-    """SIGTERM or SIGUSR1 while no stage is training (its `Preemption` handles them while one is)."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def _stop_outside_training(signum: int, frame) -> None:
     if signum == signal.SIGUSR1:  # SLURM's warning: the job goes back in the queue, as from a stage
         from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -119,7 +113,7 @@ def _stop_outside_training(signum: int, frame) -> None:
 
         if SLURMEnvironment.detect():
             requeue()
-    raise StoppedOutsideTraining(signum)
+    stopping.stop(signum)
 
 
 def resume_command(run_dir: Path) -> str:
@@ -178,7 +172,7 @@ def save_hydra_files(cfg: DictConfig) -> None:
 
 def main() -> None:
     register()
-    for signum in (signal.SIGTERM, signal.SIGUSR1):  # else they kill the process silently outside training
+    for signum in stopping.SIGNALS:  # else SIGTERM/SIGUSR1 kill the process silently outside training
         signal.signal(signum, _stop_outside_training)
     SECRETS.add_overrides(sys.argv[1:])
     protect(SECRETS)  # Hydra's own errors echo the overrides
