@@ -47,14 +47,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as err:
+        full = _disk_full(err, path.parent)  # measured while the temporary still takes its space
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if full:
             raise DiskFull(path) from err
         if isinstance(err, OSError):
             err.add_note(f"writing {path} failed; the previous {path.name}, if any, is intact")
         raise
     fsync_path(path.parent)
     return path
+
+
+# Less free space than this after a failed write is a full disk, whatever the writer said: torch.save
+# on a full disk raises "RuntimeError: [enforce fail at inline_container.cc] . unexpected pos ..."
+FULL_BELOW = 16 * 2**20
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT in its causes, or a disk left (near) full."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: not the disk
+        return False
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
 
 
 class DiskFull(OSError):

@@ -48,7 +48,8 @@ log = logging.getLogger("omni_train")
 
 # ---- the model -----------------------------------------------------------------------------------
 def build_model(
-    m: ModelConfig, start: Path | None, *, seed: int, run_dir: Path, requested: Collection[str] | None = None
+    m: ModelConfig, start: Path | None, *, seed: int, run_dir: Path, requested: Collection[str] | None = None,
+    start_name: str | None = None,
 ) -> ModelBundle:
     """The model a stage starts from, with its Whisper encoder, tokenizer and audio models.
 
@@ -58,7 +59,8 @@ def build_model(
     - ``start`` a model folder: the previous stage's ``model/``, ``init_from``, or a Mini-Omni
       checkpoint. It holds the model, its tokenizer and the Whisper/SNAC it was trained with, so the
       config's ``model.*`` must agree with it: every key in `requested` (all of them when None) is
-      compared with what was loaded, and a conflict is a `ConfigError` naming both values.
+      compared with what was loaded, and a conflict is a `ConfigError` naming both values (and the
+      folder as `start_name` says, ``init_from=<start>`` by default).
 
     With ``model.lora.r > 0`` the model then gets fresh LoRA layers (`OmniGPT.add_lora`), whatever
     its origin: a stage starts from the previous stage's merged weights plus new LoRA matrices.
@@ -83,7 +85,7 @@ def build_model(
         audio.update(audio_sources(start) or {})  # what the model was trained with
         bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start),
                              trained_context=audio.get("trained_context"), language=audio.get("language"))  # fmt: skip
-        check_requested(m, bundle, requested)
+        check_requested(m, bundle, requested, start_name or f"init_from={start}")
         bundle.encoder = WhisperEncoder.from_pretrained(bundle.whisper, pad_to_30s=bundle.pad_to_30s)
     if m.lora.r:
         lora = m.lora if isinstance(m.lora, LoraConfig) else LoraConfig(**plain(m.lora))
@@ -153,14 +155,14 @@ _BOOKKEEPING = {"name", "hf_config", "block_size", "vocab_size", "padding_multip
 ADAPTER_KEYS = ("asr_adapter", "post_adapter", "post_adapter_layers")  # model.* keys an OmniConfig holds
 
 
-def check_requested(m: ModelConfig, bundle: ModelBundle, requested: Collection[str] | None) -> None:
+def check_requested(m: ModelConfig, bundle: ModelBundle, requested: Collection[str] | None, where: str) -> None:
     """Refuse a model folder that is not the model ``model.*`` asks for (only the keys in `requested`).
 
     ``model.checkpoint_dir`` (a base LLM's weights) means nothing for a trained model and is
     refused only when the user set it.
     """
     asked = (lambda key: True) if requested is None else (lambda key: key in requested)
-    have, where = bundle.model.config, f"init_from={bundle.tokenizer_dir}"
+    have = bundle.model.config
     conflicts = []
     if asked("name") or asked("overrides"):
         want, base = base_config(m), have.base_config

@@ -108,6 +108,8 @@ def first_readable(files: list[Path]) -> Path:
     for f in files:
         if not _is_parquet(f) or _num_row_groups(f) >= 0:
             return f
+    if len(files) == 1:  # a source given as one file: name it
+        raise ValueError(f"{files[0]}: cannot be read (a truncated or damaged parquet file, or not parquet)")
     raise ValueError(
         f"{files[0].parent}: none of its {len(files)} parquet files can be read (truncated or not parquet)"
     )
