@@ -49,7 +49,7 @@ from common import (
 from litgpt.tokenizer import Tokenizer
 
 import omni_train
-from omni_train.audio import load_audio, log_mel, log_mels, stack_clips
+from omni_train.audio import WHISPER_SAMPLE_RATE, load_audio, log_mel, log_mels, stack_clips
 from omni_train.data import sources
 from omni_train.data.collator import OmniCollator
 from omni_train.data.datamodule import OmniStream, SampleEncoder
@@ -70,7 +70,7 @@ SCHEMA = pa.schema(
 def demo_speech() -> tuple[list[torch.Tensor], list[str]]:
     """The demo's espeak-ng questions (16 kHz) and its answer sentences."""
     table = pq.read_table(DEMO / "voice_assistant.parquet").to_pylist()
-    clips = [load_audio(r["question_audio"]["bytes"], 16_000) for r in table]
+    clips = [load_audio(r["question_audio"]["bytes"], WHISPER_SAMPLE_RATE) for r in table]
     texts = [r["answer"] for r in table]
     texts += [json.loads(line)["response"] for line in (DEMO / "textqa.jsonl").read_text().splitlines()]
     return clips, texts
@@ -79,13 +79,14 @@ def demo_speech() -> tuple[list[torch.Tensor], list[str]]:
 def speech(seconds: float, clips: list[torch.Tensor], rate: int, rng: random.Random) -> np.ndarray:
     """Espeak clips strung together with 0.1-0.4 s pauses to `seconds`, resampled to `rate` (not timed)."""
     parts, n = [], 0
-    while n < seconds * 16_000:
+    while n < seconds * WHISPER_SAMPLE_RATE:
         clip = rng.choice(clips)
-        pause = torch.zeros(int(rng.uniform(0.1, 0.4) * 16_000))
+        pause = torch.zeros(int(rng.uniform(0.1, 0.4) * WHISPER_SAMPLE_RATE))
         parts += [clip, pause]
         n += clip.numel() + pause.numel()
-    wave = torch.cat(parts)[: int(seconds * 16_000)]
-    return torch.nn.functional.interpolate(wave[None, None], scale_factor=rate / 16_000, mode="linear")[0, 0].numpy()
+    wave = torch.cat(parts)[: int(seconds * WHISPER_SAMPLE_RATE)]
+    scale = rate / WHISPER_SAMPLE_RATE
+    return torch.nn.functional.interpolate(wave[None, None], scale_factor=scale, mode="linear")[0, 0].numpy()
 
 
 def train_tokenizer(folder: Path, vocab_size: int, texts: list[str]) -> Tokenizer:
@@ -150,7 +151,7 @@ def breakdown(path: Path, encoder: SampleEncoder, n: int) -> dict[str, float]:
     audio = []
     for row in table:
         t0 = time.process_time()
-        audio.append(load_audio(row["question_audio"]["bytes"], 16_000))
+        audio.append(load_audio(row["question_audio"]["bytes"], WHISPER_SAMPLE_RATE))
         t1 = time.process_time()
         parse_answer_snac(row["answer_snac"])
         t2 = time.process_time()

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import whisper
 
-from omni_train.audio import WhisperEncoder, load_audio, log_mel, whisper_frames
+from omni_train.audio import WHISPER_SAMPLE_RATE, WhisperEncoder, load_audio, log_mel, whisper_frames
 from omni_train.demo_asr import CTC_HEAD_FILE, DemoRecognizer, cer, save_ctc_head
 from omni_train.evaluate import librispeech_utterances
 
@@ -47,7 +47,7 @@ def utterances(root: Path) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
     for trans in sorted(root.rglob("*.trans.txt")):
         for line in trans.read_text().splitlines():
             utt, text = line.split(" ", 1)
-            audio = load_audio(trans.parent / f"{utt}.flac", 16_000)
+            audio = load_audio(trans.parent / f"{utt}.flac", WHISPER_SAMPLE_RATE)
             ids = torch.tensor([ALPHABET.index(c) + 1 for c in text.upper() if c in ALPHABET])
             out.append((log_mel(audio, DIMS["n_mels"]), whisper_frames(audio.numel()), ids))
     return out
@@ -69,7 +69,7 @@ def heldout_cer(encoder: WhisperEncoder, head: nn.Linear, root: Path) -> float:
     """CER in percent of the recogniser (encoder + head) on a LibriSpeech-layout folder."""
     utts = librispeech_utterances(root)
     recognizer = DemoRecognizer(encoder, head, ALPHABET)
-    hyps = recognizer.transcribe([load_audio(path, 16_000) for _, path, _ in utts])
+    hyps = recognizer.transcribe([load_audio(path, WHISPER_SAMPLE_RATE) for _, path, _ in utts])
     return cer([text for _, _, text in utts], hyps, ALPHABET)
 
 

@@ -1,4 +1,6 @@
-"""Files that are either complete or not there: every write omni-train makes goes through here.
+"""Files that are either complete or not there: every checkpoint, model folder, data shard, summary,
+config record and result file omni-train writes goes through here (audio and pictures made for a
+person to look at do not).
 
 A training run is killed at any moment (SIGKILL, a lost node, a full disk), and what it leaves must
 still be usable: a checkpoint, a model folder or a summary is written beside its final name, made
@@ -13,7 +15,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,14 +47,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as err:
+        full = _disk_full(err, path.parent)  # measured while the temporary still takes its space
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if full:
             raise DiskFull(path) from err
         if isinstance(err, OSError):
             err.add_note(f"writing {path} failed; the previous {path.name}, if any, is intact")
         raise
     fsync_path(path.parent)
     return path
+
+
+# Less free space than this after a failed write is a full disk, whatever the writer said: torch.save
+# on a full disk raises "RuntimeError: [enforce fail at inline_container.cc] . unexpected pos ..."
+FULL_BELOW = 16 * 2**20
+
+
+def _disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC/EDQUOT in its causes, or a disk left (near) full."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(err, Exception):  # KeyboardInterrupt, SystemExit: not the disk
+        return False
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
 
 
 class DiskFull(OSError):
@@ -69,19 +91,23 @@ class DiskFull(OSError):
         return self.strerror
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` of UTF-8 text."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """`atomic_write` of indented JSON."""
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+    """`atomic_write` of indented JSON, non-ASCII text as it is (UTF-8)."""
+    return write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 @contextmanager
 def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces `out_dir` only once everything in it is written.
 
-    POSIX cannot rename a directory over a non-empty one, so an existing target is first moved
-    aside, then the new one renamed in, then the old one deleted. A crash between the two renames
-    leaves the old folder as ``.NAME.old-*`` beside the target, never a partial one. The folder
-    gets the user's umask, as `mkdir` would (``mkdtemp`` makes it private).
+    The finished folder goes in by `swap_in`: a crash leaves the old folder or the new one whole,
+    never a partial one. The folder gets the user's umask, as `mkdir` would (``mkdtemp`` makes it
+    private).
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -97,32 +123,31 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
         for f in tmp.rglob("*"):
             fsync_path(f)
         fsync_path(tmp)
-        if out_dir.exists():
-            old = parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out_dir, old)
-            try:
-                os.rename(tmp, out_dir)
-            except BaseException:
-                os.rename(old, out_dir)
-                raise
-            fsync_path(parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-            fsync_path(parent)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def swap_in(new: Path, target: Path) -> None:
-    """Replace `target` (a file or a folder, or nothing) by `new`, which is complete; the old one
-    stays as ``.NAME.old`` until the new one is in place (for sharded checkpoints written elsewhere)."""
+    """Replace `target` (a file or a folder, or nothing) by `new`, which is complete.
+
+    POSIX cannot rename a folder over a non-empty one, so the old one is first moved aside to
+    ``.NAME.old``, the new one renamed in, then the old one deleted: a crash between the two renames
+    leaves ``.NAME.old`` whole (`resume.latest_checkpoint` resumes from ``.last.ckpt.old``); a
+    rename that fails puts the old one back.
+    """
     old = target.with_name(f".{target.name}.old")
     if target.exists():  # complete, so an .old beside it is stale (else .old is the one to keep for now)
         remove(old)
         os.replace(target, old)
-    os.replace(new, target)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+    else:
+        os.replace(new, target)
     fsync_path(target.parent)
     remove(old)
 

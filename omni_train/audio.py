@@ -30,6 +30,7 @@ import whisper
 from whisper.model import AudioEncoder, ModelDimensions
 from whisper.tokenizer import get_tokenizer
 
+from omni_train import webm
 from omni_train.vocab import flatten_snac, unflatten_snac
 
 WHISPER_SAMPLE_RATE = 16000
@@ -107,8 +108,9 @@ _NOT_THE_FILES_FAULT = {errno.EMFILE, errno.ENFILE, errno.ESTALE, errno.ENOMEM, 
 def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
     """Decode a whole file to mono float32 at `sample_rate`.
 
-    libsndfile decodes wav, flac, ogg (vorbis, opus) and mp3; channels are averaged and the result
-    is resampled with torchaudio's band-limited sinc resampler.
+    libsndfile decodes wav, flac, ogg (vorbis, opus) and mp3; WebM with Opus, what a browser's
+    recorder writes, is rewrapped as Ogg Opus for it first (`omni_train.webm`). Channels are averaged
+    and the result is resampled with torchaudio's band-limited sinc resampler.
 
     Args:
         src: a path, the bytes of a whole file, or an `Audio` holding either.
@@ -126,12 +128,14 @@ def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
         src = src.path if src.path is not None else src.data
     handle = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray, memoryview)) else os.fspath(src)
     try:
-        with sf.SoundFile(handle) as f:
+        with _open(handle) as f:
             declared, rate = f.frames, f.samplerate
             data = f.read(dtype="float32", always_2d=True)  # (S, channels)
     except (sf.SoundFileError, RuntimeError, OSError) as e:
         if isinstance(e, TimeoutError) or getattr(e, "errno", None) in _NOT_THE_FILES_FAULT:
             raise  # the machine's trouble, not a bad row: counting it as one would hide it
+        raise AudioError(f"cannot decode audio {name}: {e}") from e
+    except webm.WebmError as e:
         raise AudioError(f"cannot decode audio {name}: {e}") from e
     # libsndfile returns what it can of a cut-off mp3; the header's frame count exposes that. The
     # slack covers mp3 encoder delay/padding, whose accounting differs between encoders.
@@ -145,6 +149,23 @@ def load_audio(src: AudioSource, sample_rate: int) -> torch.Tensor:
     if rate != sample_rate:
         wave = _resampler(rate, sample_rate)(wave)
     return wave.contiguous()
+
+
+def _open(handle: io.BytesIO | str) -> sf.SoundFile:
+    """libsndfile's reader of `handle`; what it cannot open and is WebM (a browser's recording) is
+    rewrapped as the Ogg Opus it can (`webm.webm_to_ogg`), so other files cost no extra read."""
+    try:
+        return sf.SoundFile(handle)
+    except sf.SoundFileError:
+        if isinstance(handle, io.BytesIO):
+            data = handle.getvalue()
+        else:
+            with open(handle, "rb") as f:
+                data = f.read(4)
+                data += f.read() if webm.is_webm(data) else b""
+        if not webm.is_webm(data):
+            raise
+    return sf.SoundFile(io.BytesIO(webm.webm_to_ogg(data)))
 
 
 @functools.lru_cache(maxsize=16)

@@ -48,7 +48,8 @@ log = logging.getLogger("omni_train")
 
 # ---- the model -----------------------------------------------------------------------------------
 def build_model(
-    m: ModelConfig, start: Path | None, *, seed: int, run_dir: Path, requested: Collection[str] | None = None
+    m: ModelConfig, start: Path | None, *, seed: int, run_dir: Path, requested: Collection[str] | None = None,
+    start_name: str | None = None,
 ) -> ModelBundle:
     """The model a stage starts from, with its Whisper encoder, tokenizer and audio models.
 
@@ -58,7 +59,8 @@ def build_model(
     - ``start`` a model folder: the previous stage's ``model/``, ``init_from``, or a Mini-Omni
       checkpoint. It holds the model, its tokenizer and the Whisper/SNAC it was trained with, so the
       config's ``model.*`` must agree with it: every key in `requested` (all of them when None) is
-      compared with what was loaded, and a conflict is a `ConfigError` naming both values.
+      compared with what was loaded, and a conflict is a `ConfigError` naming both values (and the
+      folder as `start_name` says, ``init_from=<start>`` by default).
 
     With ``model.lora.r > 0`` the model then gets fresh LoRA layers (`OmniGPT.add_lora`), whatever
     its origin: a stage starts from the previous stage's merged weights plus new LoRA matrices.
@@ -83,7 +85,7 @@ def build_model(
         audio.update(audio_sources(start) or {})  # what the model was trained with
         bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start),
                              trained_context=audio.get("trained_context"), language=audio.get("language"))  # fmt: skip
-        check_requested(m, bundle, requested)
+        check_requested(m, bundle, requested, start_name or f"init_from={start}")
         bundle.encoder = WhisperEncoder.from_pretrained(bundle.whisper, pad_to_30s=bundle.pad_to_30s)
     if m.lora.r:
         lora = m.lora if isinstance(m.lora, LoraConfig) else LoraConfig(**plain(m.lora))
@@ -117,10 +119,7 @@ def base_config(m: ModelConfig) -> Config:
 
 
 def _from_base(m: ModelConfig, whisper_width: int, seed: int) -> tuple[OmniGPT, str]:
-    omni = dict(
-        whisper_adapter_dim=whisper_width, asr_adapter=m.asr_adapter, post_adapter=m.post_adapter,
-        post_adapter_layers=m.post_adapter_layers,
-    )  # fmt: skip
+    omni = {"whisper_adapter_dim": whisper_width, **{key: getattr(m, key) for key in ADAPTER_KEYS}}
     tokenizer_dir = m.tokenizer_dir or m.checkpoint_dir
     if tokenizer_dir is None:
         raise ConfigError("model.tokenizer_dir: a random base model needs a tokenizer folder")
@@ -153,16 +152,17 @@ def _from_base(m: ModelConfig, whisper_width: int, seed: int) -> tuple[OmniGPT, 
 
 # litgpt fields that say nothing about the weights: a checkpoint may differ in them from its preset
 _BOOKKEEPING = {"name", "hf_config", "block_size", "vocab_size", "padding_multiple"}
+ADAPTER_KEYS = ("asr_adapter", "post_adapter", "post_adapter_layers")  # model.* keys an OmniConfig holds
 
 
-def check_requested(m: ModelConfig, bundle: ModelBundle, requested: Collection[str] | None) -> None:
+def check_requested(m: ModelConfig, bundle: ModelBundle, requested: Collection[str] | None, where: str) -> None:
     """Refuse a model folder that is not the model ``model.*`` asks for (only the keys in `requested`).
 
     ``model.checkpoint_dir`` (a base LLM's weights) means nothing for a trained model and is
     refused only when the user set it.
     """
     asked = (lambda key: True) if requested is None else (lambda key: key in requested)
-    have, where = bundle.model.config, f"init_from={bundle.tokenizer_dir}"
+    have = bundle.model.config
     conflicts = []
     if asked("name") or asked("overrides"):
         want, base = base_config(m), have.base_config
@@ -173,7 +173,7 @@ def check_requested(m: ModelConfig, bundle: ModelBundle, requested: Collection[s
         if diff:
             shown = ", ".join(f"{f}={getattr(want, f)!r} (checkpoint: {getattr(base, f)!r})" for f in diff[:4])
             conflicts.append(f"model asks for {shown}{' ...' if len(diff) > 4 else ''}")
-    for key in ("asr_adapter", "post_adapter", "post_adapter_layers"):
+    for key in ADAPTER_KEYS:
         if asked(key) and getattr(m, key) != getattr(have, key):
             conflicts.append(f"model.{key}={getattr(m, key)!r} but {where} has {getattr(have, key)!r}")
     if asked("pad_to_30s") and m.pad_to_30s != bundle.pad_to_30s:
@@ -241,7 +241,7 @@ def resolved_model(m: ModelConfig, bundle: ModelBundle, requested: Collection[st
             f.name: getattr(base, f.name) for f in dataclasses.fields(Config)
             if f.name not in ("name", "hf_config") and getattr(base, f.name) != getattr(preset, f.name)
         }  # fmt: skip
-    for key in ("asr_adapter", "post_adapter", "post_adapter_layers"):
+    for key in ADAPTER_KEYS:
         if key not in requested:
             out[key] = getattr(config, key)
     for key in ("whisper", "snac", "pad_to_30s"):

@@ -11,7 +11,6 @@ and the first and last loss of each task.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,7 +23,8 @@ import numpy as np
 import torch
 from litgpt.tokenizer import Tokenizer
 
-from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, load_audio, save_wav
+from omni_train.atomic import write_json
+from omni_train.audio import SNAC_SAMPLE_RATE, WHISPER_SAMPLE_RATE, SnacCodec, load_audio, save_wav
 from omni_train.config import DEMO_DATA
 from omni_train.evaluate import error_rate, librispeech_utterances, mel_picture, scoring
 from omni_train.generate import answer, transcribe
@@ -200,7 +200,7 @@ class SampleLogger(L.Callback):
         if not self._usable(trainer):
             return
         answers = self.answers(module, step)
-        rate = self._codec.sample_rate if self._codec is not None else 24_000
+        rate = self._codec.sample_rate if self._codec is not None else SNAC_SAMPLE_RATE
         figures = [mel_picture(s, rate, f"{a.task}: {a.question}"[:80]) if s is not None else None for a, s in answers]
         from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
@@ -337,4 +337,4 @@ def _to_files(directory: Path, step: int, answers, figures, rate: int) -> None:
             fig.savefig(directory / f"{stem}-{i}.png")
             record.update(wav=f"{stem}-{i}.wav", mel=f"{stem}-{i}.png")
         records.append(record)
-    (directory / f"{stem}.json").write_text(json.dumps(records, indent=2) + "\n")
+    write_json(directory / f"{stem}.json", records)

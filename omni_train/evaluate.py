@@ -41,7 +41,7 @@ from omni_train.checkpoints import ModelBundle
 from omni_train.config import EvalConfig
 from omni_train.data.collator import build_prompt, drop_oldest_turns
 from omni_train.data.samples import Encoded, Sample
-from omni_train.data.sources import clips, utterances
+from omni_train.data.sources import clips, is_librispeech, utterances
 from omni_train.demo_asr import DemoRecognizer, normalize
 from omni_train.generate import (
     Answer,
@@ -145,9 +145,8 @@ PUBLISHED = {
 
 
 def _is_split(folder: Path) -> bool:
-    """Transcripts at most two folders down (LibriSpeech: SPLIT/speaker/chapter/*.trans.txt), so a
-    folder of splits is not taken for one split."""
-    return folder.is_dir() and any(next(folder.glob(g), None) for g in ("*.trans.txt", "*/*.trans.txt", "*/*/*.trans.txt"))
+    """Transcripts at most two folders down (SPLIT/speaker/chapter), so a folder of splits is not taken for one split."""
+    return is_librispeech(folder, depth=2)
 
 
 def find_splits(root: str | Path, names: list[str] | None = None) -> tuple[dict[str, Path], list[str]]:

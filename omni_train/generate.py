@@ -35,7 +35,7 @@ from omni_train.audio import WHISPER_SAMPLE_RATE, SnacCodec, WhisperEncoder, loa
 from omni_train.data.collator import build_prompt, drop_oldest_turns
 from omni_train.data.samples import Encoded, Turn
 from omni_train.model import OmniGPT
-from omni_train.tasks import Task
+from omni_train.tasks import Task, spoken_answer
 from omni_train.vocab import EOA, N_AUDIO_LAYERS, PAD_A, TEXT_LAYER, Vocab, remove_delay
 
 MAX_NEW_TOKENS = 1024
@@ -306,7 +306,7 @@ def encode_history(tokenizer, history: Sequence[Turn] | None) -> list[tuple[list
 
 
 def _task(audio: AudioInput | None, task: Task | str | None) -> Task:
-    return Task(task or (Task.A1A2 if audio is not None else Task.T1A2))
+    return Task(task or spoken_answer(audio is not None))
 
 
 def _inputs(

@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch import loggers
 
-from omni_train.redact import masked_argv
+from omni_train.redact import Secrets, masked_argv
 
 
 class WandbLogger(loggers.WandbLogger):
@@ -20,6 +20,10 @@ class WandbLogger(loggers.WandbLogger):
     """
 
     def __init__(self, *args: Any, api_key: str | None = None, **kwargs: Any) -> None:
+        # what wandb keeps of the run (name, notes, tags, config ...) gets the secrets masked, as config.yaml
+        # does: ${oc.env:WANDB_API_KEY} in notes would be stored in the run file as typed
+        secrets = Secrets([api_key] if api_key else [])  # and the secret-looking environment variables' values
+        kwargs = {k: v if k == "settings" else secrets.redact(v) for k, v in kwargs.items()}
         if api_key:
             kwargs["settings"] = {**dict(kwargs.get("settings") or {}), "api_key": api_key}
         super().__init__(*args, **kwargs)

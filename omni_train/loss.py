@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from omni_train.config import StageConfig
 from omni_train.model import OmniGPT
 from omni_train.tasks import TASKS
 from omni_train.vocab import IGNORE_INDEX, N_AUDIO_LAYERS, TEXT_LAYER
@@ -181,7 +182,7 @@ def head_cross_entropy(
     weight: torch.Tensor | tuple[torch.Tensor, ...],
     bias: torch.Tensor | tuple[torch.Tensor | None, ...] | None,
     segments: list[Segment],
-    chunk_size: int = 2048,
+    chunk_size: int = StageConfig.loss_chunk_size,
     softcap: float | None = None,
 ) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """Weighted sum of the mean cross-entropies of several row ranges of one head.
@@ -237,9 +238,9 @@ def omni_loss(
     h_audio: torch.Tensor | None,
     targets: torch.Tensor,
     task_ids: torch.Tensor,
-    text_weight: float = 1.0,
-    audio_weight: float = 1.0,
-    chunk_size: int = 2048,
+    text_weight: float = StageConfig.text_weight,
+    audio_weight: float = StageConfig.audio_weight,
+    chunk_size: int = StageConfig.loss_chunk_size,
 ) -> LossOutput:
     """``text_weight * text CE + audio_weight * mean over audio layers of their CE``.
 

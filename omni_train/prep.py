@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from omni_train.atomic import atomic_write, write_json
-from omni_train.audio import Audio, AudioError, SnacCodec, load_audio, save_wav
+from omni_train.audio import SNAC_SAMPLE_RATE, Audio, AudioError, SnacCodec, load_audio, save_wav
 from omni_train.data import sources
 from omni_train.data.skips import SkipCounter
 from omni_train.data.snac_format import SnacFormatError, format_answer_snac, parse_answer_snac
@@ -50,8 +49,8 @@ from omni_train.data.sources import (
     utterances,
 )
 from omni_train.data.sources.conversations import exchanges, parse_messages
+from omni_train.data.sources.files import PathLike, existing
 
-PathLike = str | os.PathLike
 AUDIO_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF datasets' Audio in parquet
 _VALUE = {"dtype": "string", "_type": "Value"}  # an HF string feature, for the schema metadata
 STATE_FILE = ".omni_prep.json"  # hidden: the sources skip it when reading the folder
@@ -61,16 +60,8 @@ STATE_FILE = ".omni_prep.json"  # hidden: the sources skip it when reading the f
 # Inputs
 
 
-def existing(path: PathLike, what: str = "input") -> Path:
-    """`path` as a Path, or a `FileNotFoundError` whose one-line message names it."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{what} {path}: no such file or directory")
-    return p
-
-
 @dataclass
-class Row:
+class AudioRow:
     """One input row: a stable id, its audio (None if the row has none or it is unusable) and its text."""
 
     id: str
@@ -89,7 +80,7 @@ def _count(root: Path) -> int:
 class AudioInput:
     """An input's rows, their number when cheap to know, whether it has text, and the reader's skip counter."""
 
-    rows: Iterator[Row]
+    rows: Iterator[AudioRow]
     total: int | None
     has_text: bool
     skips: SkipCounter | None = None
@@ -107,13 +98,13 @@ def audio_rows(
     parquet by the sources' table reader (row id = `id_column`, else ``"<file>:<row>"``; relative
     audio paths are relative to the data file). `text_column` is optional in tables.
     """
-    p = existing(path)
+    p = existing(path, "input")
     if layout is not None:
         total = sum(1 for _ in sources.clips(layout, p))  # transcripts only: cheap, and a progress bar
         return AudioInput(_clip_rows(sources.clips(layout, p)), total, True)
     if is_librispeech(p):
         src = sources.librispeech(p)
-        rows = (Row(str(s.row), s.question_audio, s.answer_text) for s in src)
+        rows = (AudioRow(str(s.row), s.question_audio, s.answer_text) for s in src)
         return AudioInput(rows, _count(p), True, src.skips)
     files = resolve_files(p, TABLE_EXTS)
     names = _column_names(files[0])
@@ -128,22 +119,22 @@ def audio_rows(
     return AudioInput(rows, total, text_column is not None and text_column in names)
 
 
-def _clip_rows(clips: Iterator[sources.Clip]) -> Iterator[Row]:
+def _clip_rows(clips: Iterator[sources.Clip]) -> Iterator[AudioRow]:
     for clip in clips:
         if clip.error is not None:
-            yield Row(clip.where, error=f"{clip.error.reason}: {clip.error.detail}")
+            yield AudioRow(clip.where, error=f"{clip.error.reason}: {clip.error.detail}")
         elif not clip.audio.is_file():
-            yield Row(clip.id, None, clip.text, error=f"missing audio file: {clip.audio} ({clip.where})")
+            yield AudioRow(clip.id, None, clip.text, error=f"missing audio file: {clip.audio} ({clip.where})")
         elif not clip.text:
-            yield Row(clip.id, None, clip.text, error=f"empty text: {clip.where}")
+            yield AudioRow(clip.id, None, clip.text, error=f"empty text: {clip.where}")
         else:
-            yield Row(clip.id, Audio(path=str(clip.audio)), clip.text)
+            yield AudioRow(clip.id, Audio(path=str(clip.audio)), clip.text)
 
 
-def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> Iterator[Row]:
+def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> Iterator[AudioRow]:
     for location, base_dir, values in read_rows(files, columns, batch_size=64):
         if isinstance(values, BadRow):
-            yield Row(location, error=str(values))
+            yield AudioRow(location, error=str(values))
             continue
         row_id = str(values[id_column]) if id_column and values.get(id_column) is not None else location
         text = values.get(text_column) if text_column else None
@@ -152,9 +143,9 @@ def _table_audio_rows(files, columns, audio_column, text_column, id_column) -> I
         try:
             if value is None:
                 raise BadRow(f"missing {audio_column}")
-            yield Row(row_id, to_audio(value, base_dir, audio_column), text)
+            yield AudioRow(row_id, to_audio(value, base_dir, audio_column), text)
         except BadRow as bad:
-            yield Row(row_id, None, text, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
+            yield AudioRow(row_id, None, text, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
 
 
 def _column_names(f: Path) -> list[str]:
@@ -312,7 +303,7 @@ def snac_encode(
     return report
 
 
-def _load(row: Row, rate: int) -> torch.Tensor | str:
+def _load(row: AudioRow, rate: int) -> torch.Tensor | str:
     if row.error is not None:
         return row.error
     if row.audio is None:
@@ -324,7 +315,7 @@ def _load(row: Row, rate: int) -> torch.Tensor | str:
 
 
 def _encode_shard(
-    codec: SnacCodec, chunk: list[Row], has_text: bool, batch_size: int, pool, report: Report, bar
+    codec: SnacCodec, chunk: list[AudioRow], has_text: bool, batch_size: int, pool, report: Report, bar
 ) -> pa.Table:
     codes: dict[int, str] = {}
     window = max(batch_size * 8, 1)  # clips decoded at once, sorted by length into batches
@@ -363,7 +354,7 @@ CONVERSATION_SCHEMA = pa.schema([("id", pa.string()), ("messages", pa.list_(MESS
 
 def _is_conversations(path: PathLike) -> bool:
     """A JSONL or parquet input whose rows hold ``messages`` (the chat convention of `sources.conversations`)."""
-    p = existing(path)
+    p = existing(path, "input")
     if is_librispeech(p):
         return False
     return "messages" in _column_names(resolve_files(p, TABLE_EXTS)[0])
@@ -381,7 +372,7 @@ def _snac_encode_conversations(
     kept). A turn whose audio is missing or unreadable keeps its text, loses its audio and is counted;
     a conversation whose messages are malformed is skipped and counted.
     """
-    files = resolve_files(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input, "input"), TABLE_EXTS)
     columns = ["messages"] + ([id_column] if id_column else [])
     rows = read_rows(files, columns, batch_size=64)
     job = {"command": "snac-encode", "input": str(Path(input).resolve()), "kind": "conversations"}
@@ -432,7 +423,7 @@ def _encode_conversations(codec: SnacCodec, chunk, id_column, batch_size: int, p
                 report.skip(f"{row_id}#{i + 1}", reason)
             conversation["messages"].append(item)
         out.append(conversation)
-    waves = list(pool.map(lambda a: _load(Row("", a[3]), codec.sample_rate), answers))
+    waves = list(pool.map(lambda a: _load(AudioRow("", a[3]), codec.sample_rate), answers))
     good = []
     for (conversation, i, row_id, _), wave in zip(answers, waves):
         if isinstance(wave, str):
@@ -467,7 +458,7 @@ def snac_decode(
     if source.lstrip().startswith("#"):
         items: Iterable[tuple[str, str]] = [("answer", source)]
     else:
-        items = _snac_rows(existing(source), column, id_column)
+        items = _snac_rows(existing(source, "input"), column, id_column)
     written = []
     for n, (name, text) in enumerate(tqdm(items, desc="snac-decode", unit="clip", total=limit)):
         if limit is not None and n >= limit:
@@ -562,7 +553,7 @@ def convert_librispeech(input: PathLike, out_dir: PathLike, shard_size: int = 10
 
     Read back with `sources.hf_asr(OUT_DIR, audio_column="audio", text_column="text", id_column="id")`.
     """
-    p = existing(input)
+    p = existing(input, "input")
     if not is_librispeech(p):
         raise ValueError(f"{input}: not a LibriSpeech-layout folder (no */*.trans.txt transcripts)")
     src = sources.librispeech(p)
@@ -582,7 +573,7 @@ def convert_corpus(layout: str, input: PathLike, out_dir: PathLike, shard_size: 
     Clips without their audio file, with an empty text, or from an unreadable transcript line are
     skipped and counted (``file:line`` in the report).
     """
-    p = existing(input)
+    p = existing(input, "input")
     total = sum(1 for _ in sources.clips(layout, p))
 
     def records():
@@ -602,7 +593,7 @@ def convert_open_orca(input: PathLike, out_dir: PathLike, shard_size: int = 100_
     A missing system prompt becomes ``""``; rows without a question or response are skipped. Read
     back with `sources.open_orca(OUT_DIR)`.
     """
-    files = resolve_files(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input, "input"), TABLE_EXTS)
     names = _column_names(files[0])
     for col in ("question", "response"):
         if col not in names:
@@ -640,7 +631,7 @@ def convert_moss(
     (``[Human]: ...<eoh> [MOSS]: ...<eoa>``; its first turn is used). Read back with
     `sources.moss_audioqa(OUT_DIR)` (VoiceAssistant-400K's column names).
     """
-    files = resolve_files(existing(input), TABLE_EXTS)
+    files = resolve_files(existing(input, "input"), TABLE_EXTS)
     names = _column_names(files[0])
     use_plain_text = answer_column not in names and "plain_text" in names
     need = [audio_column, "plain_text" if use_plain_text else answer_column]
@@ -719,10 +710,10 @@ def voice_rows(
             raise sources.MissingColumnError(f"{files[0]}: no column {col!r} (columns: {', '.join(names)})")
     columns = [c for c in (question_column, answer_column, answer_audio_column, question_audio_column) if c in names]
 
-    def rows() -> Iterator[Row]:
+    def rows() -> Iterator[AudioRow]:
         for index, (location, base_dir, values) in enumerate(read_rows(files, columns, batch_size=64)):
             if isinstance(values, BadRow):
-                yield Row(location, error=str(values))
+                yield AudioRow(location, error=str(values))
                 continue
             question, answer = values.get(question_column), values.get(answer_column)
             extra = {"index": index, "question": question.strip() if isinstance(question, str) else None}
@@ -734,9 +725,9 @@ def voice_rows(
                 spoken = values.get(question_audio_column)
                 extra["question_audio"] = to_audio(spoken, base_dir, question_audio_column) if spoken else None
             except BadRow as bad:
-                yield Row(location, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
+                yield AudioRow(location, error=f"{bad.reason}: {bad.detail}" if bad.detail else bad.reason)
                 continue
-            yield Row(location, audio, answer.strip(), extra)
+            yield AudioRow(location, audio, answer.strip(), extra)
 
     job = {"command": "voice", "input": str(Path(manifest).resolve()), "split_name": split_name}
     writer = ShardWriter(out_dir, shard_size, job)
@@ -801,7 +792,7 @@ def stats(path: PathLike, tokenizer: PathLike | None = None, progress: bool = Fa
     Tokens are whitespace-separated words, or litgpt `Tokenizer` ids with `tokenizer`. Parquet is
     read one record batch at a time with only the columns needed.
     """
-    p = existing(path)
+    p = existing(path, "input")
     count = _token_counter(tokenizer)
     if _is_conversations(p):
         return _conversation_stats(resolve_files(p, TABLE_EXTS), count, progress)
@@ -943,7 +934,7 @@ def format_stats(s: Stats, bins: int = 10, width: int = 40) -> str:
         unit = "conversation" if s.length_unit == "turns" else "row"
         lines.append(f"text tokens ({col}): {n} (mean {n / max(s.rows, 1):.1f} a {unit})")
     if s.snac_rows:
-        seconds = s.snac_frames * 2048 / 24000  # SNAC 24 kHz: 2048 samples a coarse frame
+        seconds = s.snac_frames * 2048 / SNAC_SAMPLE_RATE  # SNAC 24 kHz: 2048 samples a coarse frame
         where = "assistant turns" if s.length_unit == "turns" else "rows"
         lines.append(f"SNAC frames (answer_snac): {s.snac_frames} in {s.snac_rows} {where}, {seconds / 3600:.4f} hours")
     if s.length_unit == "turns":  # a bar per number of turns: few values, all integers

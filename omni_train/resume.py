@@ -39,6 +39,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import FSDPStrategy
 
+from omni_train import stopping
 from omni_train.atomic import atomic_write, remove, swap_in
 from omni_train.config import ConfigError
 from omni_train.distributed import gather_objects, rng_states, set_rng_states
@@ -158,27 +159,41 @@ class RunLock:
     """One omni-train process a run directory: a second one is refused with one line.
 
     An exclusive `flock` on ``<run>/.lock``, held while the process lives: the kernel drops it when
-    the process ends, however it ends, so a SIGKILLed run never blocks its own resume.
+    the process ends, however it ends, so a SIGKILLed run never blocks its own resume. The process
+    holding it may take it again (``omni-train`` locks before it writes anything, `train` locks
+    too); it is dropped when the last of its holders releases it.
     """
+
+    _held: dict[Path, list[int]] = {}  # .lock path -> [descriptor, holders in this process]
 
     def __init__(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / ".lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._key: Path | None = self.path.resolve()
+        if self._key in RunLock._held:
+            RunLock._held[self._key][1] += 1
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(self._fd)
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise RunLocked(f"{run_dir} is in use by omni-train process {holder}: wait for it to end, or choose "
                             "another hydra.run.dir") from None  # fmt: skip
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, str(os.getpid()).encode(), 0)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        RunLock._held[self._key] = [fd, 1]
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
+        if self._key is None:
+            return
+        held = RunLock._held[self._key]
+        held[1] -= 1
+        if not held[1]:
+            os.close(held[0])  # closing the descriptor drops the lock
+            del RunLock._held[self._key]
+        self._key = None
 
     def __enter__(self) -> RunLock:
         return self
@@ -247,7 +262,7 @@ class Preemption(L.Callback):
             itself right after this callback, so this one only stops the fit.
     """
 
-    signals = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    signals = stopping.SIGNALS
 
     def __init__(self, path: str | Path, checkpoint_every: int) -> None:
         self.path, self.checkpoint_every = Path(path), checkpoint_every
@@ -277,6 +292,8 @@ class Preemption(L.Callback):
             signal.signal(sig, self._handler)
 
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
+        if self._received and not self.signum and not self.stopped_at_once:  # came after the last step
+            stopping.keep(self._received)  # the stage ends as planned; the run stops before the next
         # after the fit (the WER pass, the next stage) a signal means what it meant before
         for sig, handler in self._before.items():
             signal.signal(sig, handler)
@@ -300,10 +317,10 @@ class Preemption(L.Callback):
                 callback.save_last = False
         trainer.should_stop = True
         if signum == signal.SIGUSR1 and trainer.is_global_zero and SLURMEnvironment.detect():
-            _requeue()
+            requeue()
 
 
-def _requeue() -> None:
+def requeue() -> None:
     """Put this SLURM job back in the queue (it keeps its id; resume=auto continues it)."""
     job = os.environ.get("SLURM_JOB_ID", "")
     if os.environ.get("SLURM_ARRAY_JOB_ID"):

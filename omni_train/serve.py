@@ -3,17 +3,19 @@
 The API (request bodies are multipart forms, so a browser's ``FormData`` and ``curl -F`` both work):
 
     GET  /             the page (``serve_page/index.html``): record or type, hear the answer as it streams
-    GET  /api/info     the checkpoint, the tasks this server can run, the limits and the defaults
+    GET  /api/info     the checkpoint, the tasks this server can run (and the task table), the limits, the defaults
     POST /api/stream   the answer while it is generated: NDJSON, one event a line (below)
     POST /api/answer   the whole answer as one JSON object
 
-Form fields: ``audio`` (a file libsndfile reads: wav, flac, ogg, mp3) or ``text``; ``task`` (default
+Form fields: ``audio`` (wav, flac, ogg, mp3, or webm/opus as a browser's recorder writes it) or ``text``; ``task`` (default
 A1A2 for audio, T1A2 for text); ``temperature`` (0: greedy), ``top_k``, ``top_p``, ``max_new_tokens``,
 ``seed``; ``history``: a conversation's earlier turns, a JSON list of ``{"question": text, "answer":
 text}`` oldest first (``[]`` for its first question), which the model answers from (DESIGN.md,
 "Conversations"). The server keeps no state between requests: the client sends the turns each time.
-A browser records webm/opus, which libsndfile cannot read, so the page decodes its recording with
-WebAudio and uploads 16 kHz WAV; anything undecodable gets 415 naming the upload.
+A browser's recorder writes webm/opus, which `load_audio` rewraps for libsndfile (`omni_train.webm`);
+the page still decodes its recording with WebAudio and uploads 16 kHz WAV, so that a browser
+recording in any other container (Safari's mp4) works too. Anything undecodable gets 415 naming the
+upload.
 
 Stream events: ``{"event": "start", "task", "sample_rate", "waited_s"}``, then in decoding order
 ``{"event": "text", "text": <new characters>}`` and ``{"event": "audio", "pcm": <base64 float32
@@ -67,7 +69,7 @@ from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded, Turn
 from omni_train.generate import Conversation, answer, stream_events
 from omni_train.model import OmniGPT
-from omni_train.tasks import Task
+from omni_train.tasks import Task, spoken_answer
 
 log = logging.getLogger("omni_train.serve")
 
@@ -163,6 +165,9 @@ class Talker:
         return dict(
             checkpoint=self.name,
             tasks=[t.value for t in self.tasks],
+            # the task table, for the page to pick a task by what goes in and comes out, not by its name
+            task_rules={t.value: dict(audio_in=t.audio_in, audio_out=t.audio_out, converses=t.rule.converses)
+                        for t in Task},  # fmt: skip
             sample_rate=self.codec.sample_rate if self.codec else None,
             max_audio_seconds=self.max_audio_seconds,
             max_new_tokens=self.max_new_tokens,
@@ -383,7 +388,7 @@ async def read_question(request: Request, talker: Talker) -> Question:
     if text is not None and not text.strip():
         raise BadRequest("the text question is empty")
 
-    task_name = form.get("task") or ("A1A2" if upload is not None else "T1A2")
+    task_name = form.get("task") or spoken_answer(upload is not None).value
     try:
         task = Task(task_name)
     except ValueError:
@@ -398,8 +403,8 @@ async def read_question(request: Request, talker: Talker) -> Question:
         raise BadRequest(f"task {task.value} needs a {what} (omni-serve {flag}), which this server has not loaded")
 
     history = _history(form.get("history"))
-    if history is not None and task is Task.A1T1:
-        raise BadRequest("task A1T1 (a transcript) takes no conversation: drop the history field")
+    if history is not None and not task.rule.converses:
+        raise BadRequest(f"task {task.value} (a transcript) takes no conversation: drop the history field")
 
     q = Question(
         task,
@@ -468,7 +473,7 @@ async def _read_audio(upload: UploadFile, max_seconds: float) -> torch.Tensor:
         wave = await run_in_threadpool(load_audio, data, WHISPER_SAMPLE_RATE)
     except AudioError as e:
         if isinstance(e.__cause__, (sf.SoundFileError, RuntimeError, OSError)):
-            raise BadRequest(f"cannot decode {name}: not a format libsndfile reads (wav, flac, ogg, mp3)", 415) from e
+            raise BadRequest(f"cannot decode {name}: not a format this server reads (wav, flac, ogg, mp3, webm)", 415) from e
         raise BadRequest(f"{name}: {e}", 415) from e
     seconds = wave.numel() / WHISPER_SAMPLE_RATE
     if seconds > max_seconds:

@@ -87,6 +87,7 @@ class OmniModule(L.LightningModule):
         self.apply_freeze_rule()
         self.bad_steps = 0  # skipped steps of this stage, all told (kept in checkpoints)
         self._bad_in_row = 0
+        self._saved_step: int | None = None  # the step of the newest checkpoint of this stage, if any
         self._bad_loss: torch.Tensor | None = None  # this rank's loss was not finite since the last step
         self._where: list[tuple[str, object]] = []  # (source, row) of the last batch, for the error message
 
@@ -203,11 +204,20 @@ class OmniModule(L.LightningModule):
             first = step - self._bad_in_row + 1
             raise TooManyBadSteps(
                 f"steps {first}-{step}: {self._bad_in_row} steps in a row had a non-finite loss or gradient "
-                f"(max_bad_steps={limit}); skipped steps change no weights, so the newest checkpoint holds the "
-                f"weights of step {first - 1}, the last good one. Last batch on this rank: {where}. "
-                "Lower the learning rate or check those rows"
+                f"(max_bad_steps={limit}); {self._what_checkpoints_hold(first - 1)}. Last batch on this rank: "
+                f"{where}. Lower the learning rate or check those rows"
             )
         return True
+
+    def _what_checkpoints_hold(self, last_good: int) -> str:
+        """Which step's weights the stage's newest checkpoint holds, when steps after `last_good` were all bad."""
+        saved = self._saved_step
+        if saved is None:
+            return "no checkpoint of this stage was written yet, so a resume starts the stage again"
+        if saved >= last_good:  # saved during the streak: skipped steps change no weights
+            return f"the newest checkpoint (step {saved}) holds the weights of step {last_good}, the last good one"
+        lost = f"step {last_good} was" if saved + 1 == last_good else f"steps {saved + 1}-{last_good} were"
+        return f"the newest checkpoint holds the weights of step {saved} ({lost} good but not saved)"
 
     def _describe_batch(self, n: int = 3) -> str:
         counts = Counter(src for src, _ in self._where)
@@ -261,10 +271,12 @@ class OmniModule(L.LightningModule):
             for key in [k for k in state if k.startswith(ENCODER_PREFIX)]:
                 del state[key]
         checkpoint["bad_steps"] = self.bad_steps
+        self._saved_step = checkpoint.get("global_step", self.global_step)
         checkpoint["optimisation"] = {k: getattr(self.cfg, k) for k in OPTIMISATION}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.bad_steps = checkpoint.get("bad_steps", 0)
+        self._saved_step = checkpoint.get("global_step")
         self._resumed_from = checkpoint.get("optimisation")
         if self.encoder is not None and "state_dict" in checkpoint:  # none: FSDP has loaded its shards already
             state = checkpoint["state_dict"]

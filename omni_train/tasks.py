@@ -54,9 +54,10 @@ class TaskRule:
     about: str
 
     @property
-    def loss_layers(self) -> str:
-        """Which layers carry loss: ``"text"`` or ``"text+audio"``."""
-        return "text+audio" if self.audio_out else "text"
+    def converses(self) -> bool:
+        """Whether a question of this task may follow earlier turns of a conversation: a transcript
+        (``asr``) is of what was said, not an answer, so it stands alone."""
+        return self.text_marker != "asr"
 
 
 RULES: dict[Task, TaskRule] = {
@@ -67,6 +68,12 @@ RULES: dict[Task, TaskRule] = {
     Task.T1T2: TaskRule(False, False, "answer_t", "text question, text answer"),
 }  # fmt: skip
 TASKS = list(Task)  # a batch's task ids index this list
+
+
+def spoken_answer(audio_in: bool) -> Task:
+    """The task that answers a spoken (`audio_in`) or written question in speech and text (A1A2,
+    T1A2): what generation, omni-infer, omni-serve and omni-eval answer with when no task is given."""
+    return next(t for t, r in RULES.items() if r.audio_in == audio_in and r.audio_out and r.converses)
 
 
 def describe_tasks() -> str:

@@ -30,7 +30,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from omni_train import evaluate
-from omni_train.atomic import write_json
+from omni_train.atomic import write_json, write_text
 from omni_train.audio import MelCache
 from omni_train.builders import (
     build_data,
@@ -44,12 +44,13 @@ from omni_train.builders import (
 )
 from omni_train.callbacks import LossHistory, Throughput
 from omni_train.checkpoints import ModelBundle
-from omni_train.config import ConfigError, DataConfig, LoraConfig, unknown_keys
+from omni_train.config import ConfigError, DataConfig, LoraConfig, ModelConfig, unknown_keys
 from omni_train.data.skips import SkipReport
 from omni_train.distributed import rank
 from omni_train.model import OmniGPT
 from omni_train.redact import redacted
 from omni_train.resume import Preempted, Preemption, RngState, RunLock, resume_point
+from omni_train.stopping import raise_kept
 from omni_train.stages import STAGES, OmniModule
 from omni_train.threads import set_threads
 
@@ -80,6 +81,9 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
     set_threads(cfg.threads, processes=_processes_per_node(cfg))
     run_dir = Path(cfg.run_dir)
     with RunLock(run_dir) if rank() == 0 else nullcontext():  # one omni-train a run folder
+        if cfg.resume != "auto" and rank() == 0 and (run_dir / "config.yaml").exists():  # written as a run starts
+            raise ConfigError(f"{run_dir} holds a run already (its config.yaml): resume=auto continues it; to train "
+                              "from the start, remove the folder or choose another hydra.run.dir")  # fmt: skip
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if cfg.resume == "auto" and summary_path.exists() else {}
         summary.setdefault("stages", {})
@@ -88,14 +92,18 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
         previous = Path(cfg.init_from) if cfg.init_from else None
         mels = MelCache(cfg.model.mel_cache_mb) if cfg.model.mel_cache_mb else None  # for all stages
         chosen = requested_model  # checked against init_from; the run's own stages were made from this config
+        named = None  # how an error names `previous` (None: init_from=...)
         for i, stage in enumerate(cfg.run_stages):
+            raise_kept()  # a stop that landed where it could not act (a finalizer, a stage's end)
             if cfg.resume == "auto" and (run_dir / stage / "summary.json").exists():
                 log.info("stage %s already finished in %s; skipping it", stage, run_dir / stage)
-                previous, chosen = run_dir / stage / "model", ()
+                # a resume's command may ask for another model than the one this run trained: say so
+                previous, chosen = run_dir / stage / "model", _checked_on_resume(requested_model)
+                named = f"this run's finished stage {stage} ({previous})"
                 continue
             if previous is None and stage != "alignment":
                 raise ConfigError(f"stage={stage} starts from a trained model: set init_from=<run>/alignment/model (or a Mini-Omni dir)")
-            bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen)
+            bundle = build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=chosen, start_name=named)
             if rank() == 0 and not summary["stages"]:  # the first stage of this run: the config as it is used
                 model = OmegaConf.to_object(cfg.model)
                 save_config(cfg, resolved_model(model, bundle, chosen) if previous else dataclasses.asdict(model), run_dir)
@@ -110,6 +118,7 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
             if rank() == 0:
                 write_json(summary_path, summary)
 
+        raise_kept()
         if previous is not None and rank() == 0:
             if cfg.eval.asr or cfg.eval.speak:
                 final_checks(cfg, build_model(cfg.model, previous, seed=cfg.seed, run_dir=run_dir, requested=()), summary)
@@ -117,6 +126,14 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
             summary["final_model"] = str(previous)
             write_json(summary_path, summary)
         return summary
+
+
+def _checked_on_resume(requested_model: Collection[str] | None) -> set[str]:
+    """The ``model.*`` keys a resumed run's command must agree on with a stage the run has finished:
+    the ones it chose (all when None), less those only a fresh first stage reads (the base LLM's
+    weights, a random Whisper's size), which the finished stage's model folder no longer holds."""
+    keys = {f.name for f in dataclasses.fields(ModelConfig)} if requested_model is None else set(requested_model)
+    return keys - {"checkpoint_dir", "whisper_dims"}
 
 
 def run_stage(
@@ -147,6 +164,15 @@ def run_stage(
     except SystemExit:  # Lightning's answer to a KeyboardInterrupt: here, a second Ctrl-C
         if preemption.stopped_at_once or trainer.interrupted:
             raise Preempted(signal.SIGINT, stage, trainer.global_step, run_dir, None) from None
+        raise
+    except RuntimeError as err:  # the checkpoint's weights do not fit the model this command built
+        if ckpt_path and "Error(s) in loading state_dict" in str(err):
+            first = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), "")
+            raise ConfigError(
+                f"resume=auto: {ckpt_path} holds another model than this command's model.* asks for "
+                f"({first[:200]}{' ...' if len(first) > 200 else ''}); resume with the run's own settings "
+                f"({run_dir / 'config.yaml'}) or start a new hydra.run.dir"
+            ) from None
         raise
     wall = time.perf_counter() - start
     if any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
@@ -231,6 +257,40 @@ def held_out_wer(bundle: ModelBundle, cfg: DictConfig, when: str, summary: dict 
     return result[metric]
 
 
+# Numbers that optimizers, loaders and the batcher refuse deep inside a run (a traceback), or take
+# without a word: key -> (the test, what it must be). None (unset) always passes.
+STAGE_RANGES = {
+    "max_lr": (lambda v: v > 0, "> 0"),
+    "min_lr": (lambda v: v >= 0, ">= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "loss_chunk_size": (lambda v: v >= 1, ">= 1"),
+    "max_tokens": (lambda v: v >= 1, ">= 1 (a batch's token budget)"),
+    "max_batch_size": (lambda v: v >= 1, ">= 1"),
+    "checkpoint_every": (lambda v: v >= 1, ">= 1"),
+    "log_every": (lambda v: v >= 1, ">= 1"),
+}
+DATA_RANGES = {
+    "max_tokens": (lambda v: v >= 1, ">= 1 (a batch's token budget, per rank)"),
+    "max_batch_size": (lambda v: v >= 1, ">= 1"),
+    "buffer_size": (lambda v: v >= 1, ">= 1"),
+    "num_workers": (lambda v: v >= 0, ">= 0 (0: load in the training process)"),
+    "pad_to_multiple_of": (lambda v: v >= 1, ">= 1"),
+    "max_seq_length": (lambda v: v >= 1, ">= 1"),
+    "max_skip_fraction": (lambda v: 0 <= v <= 1, "a share in [0, 1] (null: only count)"),
+}
+MODEL_RANGES = {
+    "mel_cache_mb": (lambda v: v >= 0, ">= 0 (0: no cache)"),
+}
+
+
+def out_of_range(node: DictConfig, where: str, ranges: dict) -> list[str]:
+    """One problem for each key of `node` outside its range in `ranges`."""
+    return [f"{where}.{key}={node[key]}: must be {rule}" for key, (ok, rule) in ranges.items()
+            if node.get(key) is not None and not ok(node[key])]  # fmt: skip
+
+
 def check(cfg: DictConfig) -> None:
     """Every problem a run would hit late, reported before anything trains."""
     import torch
@@ -246,14 +306,22 @@ def check(cfg: DictConfig) -> None:
         elif cfg.stages[stage].keep_checkpoints < 0:
             problems.append(f"stages.{stage}.keep_checkpoints={cfg.stages[stage].keep_checkpoints}: "
                             "0 or more (0 keeps last.ckpt only)")  # fmt: skip
-    if cfg.model.mel_cache_mb < 0:
-        problems.append(f"model.mel_cache_mb={cfg.model.mel_cache_mb}: 0 or more (0: no cache)")
+        else:
+            problems += out_of_range(cfg.stages[stage], f"stages.{stage}", STAGE_RANGES)
+    problems += out_of_range(cfg.data, "data", DATA_RANGES)
+    problems += out_of_range(cfg.model, "model", MODEL_RANGES)
     if cfg.threads is not None and cfg.threads < 1:
         problems.append(f"threads={cfg.threads}: at least 1 (or null: chosen from the free cores)")
     try:
         evaluate.scoring(cfg.data.language)
     except ValueError as e:
         problems.append(f"data.language: {e}")
+    if cfg.model.tokenizer_dir and not Path(cfg.model.tokenizer_dir).is_dir():
+        problems.append(f"model.tokenizer_dir={cfg.model.tokenizer_dir}: no such folder")
+    if cfg.eval.asr and not Path(cfg.eval.asr).is_dir():  # else found after the model is built, its folder made
+        problems.append(f"eval.asr={cfg.eval.asr}: no such folder (a LibriSpeech-layout split; eval.asr=null: no WER)")
+    if cfg.eval.speak_recognizer and not Path(cfg.eval.speak_recognizer).is_file():
+        problems.append(f"eval.speak_recognizer={cfg.eval.speak_recognizer}: no such file")
     if cfg.resume not in (None, "auto"):
         problems.append(f"resume={cfg.resume!r}: only resume=auto (or nothing) is known")
     if cfg.trainer.get("accelerator") == "gpu" and not torch.cuda.is_available():
@@ -285,9 +353,7 @@ def save_config(cfg: DictConfig, model: dict, run_dir: Path) -> None:
     """``<run>/config.yaml``: the resolved config with ``model.*`` as loaded, secrets redacted."""
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     resolved.model = model
-    values = redacted(resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(values)))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(redacted(resolved))))
 
 
 def _trained_model(trainer: L.Trainer, module: OmniModule, stage_dir: Path) -> OmniGPT | None:

@@ -95,7 +95,7 @@ def mini_omni_worker(spec: dict) -> dict:
         common = {"fabric": fabric, "model": model, "text_tokenizer": tokenizer, "step": 0}
         try:
             with torch.no_grad():
-                if task.startswith("A1"):
+                if task in spec["heard"]:
                     mel, leng = mo.load_audio(spec["audio"])
                 if task == "A1T1":
                     feat, ids = mo.get_input_ids_whisper(mel, leng, whisper_model, device, mo._pad_a, mo._asr)
@@ -243,8 +243,15 @@ def make_tiny(out: Path, plain: bool, seed: int = 0) -> dict:
 
 
 # ---- omni-infer and the comparison ------------------------------------------------------------------
+def omni_task(name: str):
+    """The omni_train task of one of `TASKS` (``A1A2-batch`` is A1A2 decoded batch-parallel)."""
+    from omni_train.tasks import Task
+
+    return Task(name.removesuffix("-batch"))
+
+
 def omni_infer(spec: dict, task: str, steps: int) -> dict:
-    question = ["--audio", spec["audio"]] if task.startswith("A1") else ["--text", spec["text"]]
+    question = ["--audio", spec["audio"]] if omni_task(task).audio_in else ["--text", spec["text"]]
     cmd = [sys.executable, "-m", "omni_train.cli.infer", "--checkpoint", spec["checkpoint"], *question,
            "--task", task.removesuffix("-batch"), "--json", "--whisper", spec["whisper"], "--pad-to-30s",
            "--max-new-tokens", str(steps), "--device", "cpu"]  # fmt: skip
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = make_tiny(args.make_tiny, args.plain)
     else:
         missing = [f"--{k}" for k in ("whisper", "snac", "audio") if not getattr(args, k)]
-        if missing and any(t.startswith("A1") or t.endswith("A2") for t in args.tasks):
+        if missing and any(omni_task(t).audio_in or omni_task(t).audio_out for t in args.tasks):
             parser.error(f"--checkpoint needs {', '.join(missing)} for these tasks")
         spec = {k: getattr(args, k) for k in ("checkpoint", "whisper", "snac", "audio", "text")}
     import yaml
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         worker = dict(spec, mini_omni=str(args.mini_omni.resolve()), tasks=args.tasks, out_dir=f"{tmp}/wav",
-                      result=f"{tmp}/result.json")  # fmt: skip
+                      result=f"{tmp}/result.json", heard=[t for t in args.tasks if omni_task(t).audio_in])  # fmt: skip
         Path(tmp, "spec.json").write_text(json.dumps(worker))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         cmd = [sys.executable, __file__, "--mini-omni", str(args.mini_omni), "--_worker", f"{tmp}/spec.json"]

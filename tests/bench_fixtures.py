@@ -61,6 +61,20 @@ def trivia_qa(root: Path) -> Path:
     return folder
 
 
+def web_questions(root: Path, converted: bool = False) -> Path:
+    """fixie-ai/spoken-web-questions: url, question, answers (a list), audio; data/test-00000-of-00001.parquet,
+    or with `converted` the hub's converted-parquet branch, default/test/0000.parquet."""
+    folder = root / "spoken-web-questions"
+    shard = "default/test/0000.parquet" if converted else "data/test-00000-of-00001.parquet"
+    write_hf_parquet(folder / shard, {
+        "url": ["http://www.freebase.com/view/en/jamaica", "http://www.freebase.com/view/en/barack_obama"],
+        "question": ["what language do jamaican people speak?", "who is the president who won in 2008?"],
+        "answers": [["Jamaican English", "Jamaican Creole English Language"], ["Barack Obama"]],
+        "audio": clips(2),
+    })  # fmt: skip
+    return folder
+
+
 def uro_jsonl(root: Path) -> Path:
     """URO-Bench's manifest: test.jsonl rows with source_wav (relative), source_text, target_text."""
     folder = root / "WebQuestions-uro"

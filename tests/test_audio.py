@@ -3,6 +3,7 @@ import io
 import json
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,50 @@ def test_truncated_mp3_is_an_error():
     data = encode_file(tone(1.0, 16000), 16000, "mp3")
     with pytest.raises(AudioError, match="truncated"):
         load_audio(data[: len(data) // 2], 16000)
+
+
+# What Chromium 156's MediaRecorder wrote (its default, audio/webm;codecs=opus, 1-s time slices) from a
+# fake microphone playing a 440 Hz sine: 11 packets of 60 ms Opus, mono, 48 kHz.
+BROWSER_WEBM = Path(__file__).parent / "data" / "chromium_recorder_440hz.webm"
+
+
+def unknown_sizes(data: bytes) -> bytes:
+    """The same file as a recorder that cannot seek back writes it: Segment and Cluster sizes 'unknown'."""
+    out = bytearray(data)
+    for element in (b"\x18\x53\x80\x67", b"\x1f\x43\xb6\x75"):  # Segment, Cluster
+        starts = [at for at in range(len(out)) if out.startswith(element, at) and out[at + 4] == 0x01]
+        assert starts  # each with an 8-byte size (other matches are the IDs quoted in the SeekHead)
+        for at in starts:
+            out[at + 4 : at + 12] = b"\x01" + b"\xff" * 7  # all ones: the same length, so nothing moves
+    return bytes(out)
+
+
+def test_a_browser_recording_in_webm_opus_is_decoded(tmp_path):
+    data = BROWSER_WEBM.read_bytes()
+    with pytest.raises(sf.SoundFileError):
+        sf.read(io.BytesIO(data))  # what libsndfile alone says to a browser's recording
+    wave = load_audio(BROWSER_WEBM, 16000)
+    assert wave.numel() == 11 * 960  # 11 packets of 60 ms, at 16 kHz
+    spectrum = torch.fft.rfft(wave).abs()
+    assert abs(spectrum.argmax().item() * 16000 / wave.numel() - 440.0) <= 2.0
+    assert wave.abs().max() > 0.05
+    for same in (data, Audio(data=data), unknown_sizes(data)):
+        assert torch.equal(load_audio(same, 16000), wave)
+
+
+@pytest.mark.parametrize(
+    "cut, message",
+    [
+        (lambda d: d[: len(d) // 2], "WebM cut off: element 0xa3"),
+        (lambda d: d[:4] + b"\x00" * 60, "WebM: not an EBML element at byte 4"),
+        (lambda d: d.replace(b"A_OPUS", b"A_VORB"), "WebM without an Opus audio track .*A_VORB"),
+    ],
+    ids=["cut-off", "not-ebml", "not-opus"],
+)
+def test_a_broken_webm_names_the_problem(cut, message):
+    bad = cut(BROWSER_WEBM.read_bytes())
+    with pytest.raises(AudioError, match=f"cannot decode audio <{len(bad)} bytes>: {message}"):
+        load_audio(bad, 16000)
 
 
 def test_save_wav_round_trip_and_clipping(tmp_path):

@@ -15,7 +15,7 @@ from litgpt.tokenizer import Tokenizer
 from tiny import JUDGE_DIMS, SNAC_TINY, tiny_omni, train_tokenizer, whisper_model
 
 from omni_train import evaluate
-from omni_train.audio import SnacCodec
+from omni_train.audio import SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import load_omni, save_omni
 from omni_train.cli.eval import main
 from omni_train.data.samples import Turn
@@ -104,6 +104,18 @@ def test_spoken_last_turns_are_judged_by_whisper(files, capsys, tmp_path):
     assert len(spoken) == 2 and spoken[0]["question"] == f"{files['root'] / 'q0.flac'} (and what is that plus one)"
     for i in spoken:
         assert i["spoken_wer"] == round(evaluate.error_rate([i["reference"]], [i["transcript"]]), 2)
+    # the transcript is the judge's hearing of the answer's own speech (decoded from its SNAC codes),
+    # not its text: each answer again alone, decoded and transcribed here
+    model, tok = load_omni(files["ckpt"])[0].eval(), Tokenizer(files["ckpt"])
+    encoder, codec = WhisperEncoder.from_pretrained(judge), SnacCodec.from_pretrained(files["ckpt"] / "snac")
+    whisper = load_whisper(judge, transcribes=True)
+    for i, k in zip(spoken, (0, 1)):
+        m = files["rows"][k]["messages"]
+        alone = answer(model, encoder, tok, audio=files["root"] / f"q{k}.flac", task="A1A2", max_new_tokens=10,
+                       history=[Turn(m[0]["content"], m[1]["content"])])  # fmt: skip
+        assert i["text"] == alone.text and alone.frames.size(0) > 0
+        heard = evaluate.transcribe_speech(whisper, codec.decode(alone.frames), codec.sample_rate)
+        assert i["transcript"] == heard
     references, transcripts = [i["reference"] for i in spoken], [i["transcript"] for i in spoken]
     assert result["spoken_wer"] == round(evaluate.error_rate(references, transcripts), 2)
 

@@ -210,7 +210,7 @@ def snac_dir(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("layout", ["ljspeech", "common-voice", "vctk"])
+@pytest.mark.parametrize("layout", list(CORPORA))
 def test_snac_encode_then_the_corpus_speaks_its_texts(layout, corpora, snac_dir, tmp_path, capsys):
     """omni-prep snac-encode --layout: codes keyed by clip id, read back as T1A2 samples in the corpus's voice."""
     out = tmp_path / "snac"

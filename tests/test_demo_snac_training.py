@@ -81,6 +81,21 @@ def test_tiny_run_writes_a_codec_in_the_demo_frame_layout(tiny_trained):
 
 
 @needs_espeak
+def test_init_continues_training_the_given_codec(tiny_trained, tmp_path):
+    """--init starts from the codec's weights (its codebooks too), not from a fresh random codec."""
+    train_demo_snac.main(["--tiny", "--init", str(tiny_trained), "--out", str(tmp_path / "more"), "--workers", "1"])
+    train_demo_snac.main(["--tiny", "--seed", "1", "--out", str(tmp_path / "fresh"), "--workers", "1"])
+    start, more, fresh = (SnacCodec.from_pretrained(d).model.state_dict()
+                          for d in (tiny_trained, tmp_path / "more", tmp_path / "fresh"))
+    assert SnacCodec.from_pretrained(tmp_path / "more").config == SnacCodec.from_pretrained(tiny_trained).config
+
+    def distance(a, b):
+        return sum((a[k].float() - b[k].float()).norm() for k in a) / sum(a[k].float().norm() for k in a)
+
+    assert 0 < distance(more, start) < 0.5 * distance(fresh, start)
+
+
+@needs_espeak
 def test_round_trip_cer_table(tiny_trained, capsys):
     """The demo recogniser reads the held-out originals, and not a 3-step codec's round trips."""
     table = eval_demo_snac.main(["--snac", str(tiny_trained), "--limit", "2"])

@@ -313,3 +313,13 @@ def test_a_run_counts_cuts_and_names_bad_transcript_lines(tmp_path, caplog):
     assert example["row"] == "108-1081.trans.txt:6" and "byte 0xe4 at column 27" in example["detail"]
     logged = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("asr:A1T1: cut the audio of ") and "to Whisper's 30 s" in m for m in logged)
+
+
+def test_a_source_given_as_one_truncated_parquet_file_names_it(tmp_path):
+    """It named the folder ("/data: none of its 1 parquet files can be read"), which may hold many others."""
+    whole = (DEMO_DATA / "voice_assistant.parquet").read_bytes()
+    cut = tmp_path / "va.parquet"
+    cut.write_bytes(whole[:-100])  # the footer lost
+    with pytest.raises(ValueError) as err:
+        sources.voice_assistant(cut, tasks=["A1T2"])
+    assert str(err.value) == f"{cut}: cannot be read (a truncated or damaged parquet file, or not parquet)"

@@ -22,7 +22,7 @@ from runs import SHORT, config, omni_train
 from omni_train.config import ConfigError
 from omni_train.resume import RunLock, RunLocked, resume_point
 from omni_train.stages import warmup_cosine
-from omni_train.train import train
+from omni_train.train import check, train
 
 QUIET = ["eval.asr=null", "eval.speak=null"]
 
@@ -35,6 +35,14 @@ QUIET = ["eval.asr=null", "eval.speak=null"]
         (["stages.alignment.max_steps=0"], "stages.alignment.max_steps=0: a stage trains at least one step"),
         (["stages.finetune.max_steps=-5"], "stages.finetune.max_steps=-5: a stage trains at least one step"),
         (["data.max_seq_length=4096"], "data.max_seq_length=4096 is longer than the model's context (512 positions"),
+        # tracebacks from AdamW and the DataLoader, or a batch budget of 0 taken without a word
+        (["stages.alignment.max_lr=-1"], "stages.alignment.max_lr=-1.0: must be > 0"),
+        (["data.num_workers=-1", "data.max_tokens=0"], "data.max_tokens=0: must be >= 1 (a batch's token budget, "
+         "per rank); data.num_workers=-1: must be >= 0"),
+        # it said "holds another tokenizer than the base model"
+        (["model.tokenizer_dir=/no/such/tokenizer"], "model.tokenizer_dir=/no/such/tokenizer: no such folder"),
+        # found only after the model was built and the run folder made
+        (["eval.asr=/no/such/heldout"], "eval.asr=/no/such/heldout: no such folder"),
     ],
 )
 def test_settings_that_would_be_ignored_or_fail_late_are_one_line(tmp_path, overrides, says):
@@ -43,21 +51,42 @@ def test_settings_that_would_be_ignored_or_fail_late_are_one_line(tmp_path, over
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_data_root_no_source_reads_is_said(tmp_path, caplog):
+    """The demo's sources are bundled: `experiment=demo data.root=/data` would silently train on the demo."""
+    with caplog.at_level(logging.WARNING, logger="omni_train"):
+        check(config(*SHORT, f"run_dir={tmp_path}", "data.root=/nonexistent"))
+    assert "data.root=/nonexistent is not used: none of this config's data sources reads ${data.root}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="omni_train"):
+        check(config(*SHORT, f"run_dir={tmp_path}"))
+    assert "data.root" not in caplog.text
+
+
 def test_one_run_a_folder_and_a_killed_run_does_not_block_its_resume(tmp_path):
-    lock = RunLock(tmp_path)
-    with pytest.raises(RunLocked, match=f"in use by omni-train process {os.getpid()}"):
-        RunLock(tmp_path)
-    run = omni_train(*SHORT, "stage=alignment", *QUIET, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(
-        f"omni-train: error: {tmp_path} is in use by omni-train process {os.getpid()}")
-    lock.release()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from omni_train.resume import RunLock; "
                                f"RunLock(__import__('pathlib').Path({str(tmp_path)!r})); print('locked', flush=True); "
-                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert holder.stdout.readline().strip() == "locked"
-    holder.kill()  # SIGKILL: no cleanup runs
-    holder.wait()
-    RunLock(tmp_path).release()  # the kernel dropped the dead process's lock
+                               "time.sleep(120)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=f"in use by omni-train process {holder.pid}"):
+            RunLock(tmp_path)
+        (tmp_path / ".hydra").mkdir()
+        (tmp_path / ".hydra" / "overrides.yaml").write_text("- the first run's record\n")
+        run = omni_train(*SHORT, "stage=alignment", *QUIET, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+        assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == (
+            f"omni-train: error: {tmp_path} is in use by omni-train process {holder.pid}: wait for it to end, or "
+            "choose another hydra.run.dir")  # fmt: skip
+        # the refused run wrote nothing into the first one's folder (it replaced .hydra/ before)
+        assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- the first run's record\n"
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs
+        holder.wait()
+    lock = RunLock(tmp_path)  # the kernel dropped the dead process's lock
+    again = RunLock(tmp_path)  # the holding process may take it again (omni-train, then train())
+    again.release()
+    run = omni_train(*SHORT, "stage=alignment", *QUIET, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert run.returncode == 1 and "in use by omni-train process" in run.stderr  # held until its last release
+    lock.release()
 
 
 def fake_checkpoint(path, step: int):
@@ -84,6 +113,42 @@ def test_resume_falls_back_to_the_newest_loadable_checkpoint(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert resume_point(tmp_path / "alignment") is None
     assert not list(ckpts.iterdir()) and "starts again at step 0" in caplog.text
+
+
+def test_a_resume_that_asks_for_another_model_than_its_finished_stages_is_one_line(tmp_path):
+    """The run's stage 1 is done; its resume asks for another preset: stage 2 would silently train stage 1's model."""
+    train(config(*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET))
+    with pytest.raises(ConfigError) as err:
+        train(config(*SHORT, "stage=all", "model=tiny-llama", f"run_dir={tmp_path}", *QUIET, "resume=auto"))
+    said = str(err.value)
+    assert said.startswith(f"model.name='Llama-3.2-1B' but this run's finished stage alignment ({tmp_path / 'alignment' / 'model'}) holds 'Qwen2.5-0.5B'")
+    assert "\n" not in said and not (tmp_path / "adaption").exists()
+    # the same model goes on (every model.* key compared: the Python API counts them all as chosen)
+    summary = train(config(*SHORT, "stage=all", f"run_dir={tmp_path}", *QUIET, "resume=auto"))
+    assert summary["stages"]["finetune"]["steps"] == 2
+
+
+def test_a_run_folder_that_holds_a_run_is_not_trained_over_without_resume(tmp_path):
+    """The same command again without resume=auto retrained from step 0 over the run's models and summary."""
+    common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET]
+    train(config(*common))
+    model = (tmp_path / "alignment" / "model" / "lit_model.pth").read_bytes()
+    with pytest.raises(ConfigError) as err:
+        train(config(*common, "seed=1"))
+    assert str(err.value) == (f"{tmp_path} holds a run already (its config.yaml): resume=auto continues it; to train "
+                              "from the start, remove the folder or choose another hydra.run.dir")  # fmt: skip
+    assert (tmp_path / "alignment" / "model" / "lit_model.pth").read_bytes() == model
+
+
+def test_a_resume_mid_stage_with_another_model_is_one_line(tmp_path):
+    common = [*SHORT, "stage=alignment", f"run_dir={tmp_path}", *QUIET, "stages.alignment.checkpoint_every=1"]
+    train(config(*common))
+    (tmp_path / "alignment" / "summary.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(ConfigError) as err:
+        train(config(*common, "model=tiny-llama", "resume=auto"))
+    said = str(err.value)
+    assert said.startswith(f"resume=auto: {tmp_path / 'alignment' / 'checkpoints' / 'last.ckpt'} holds another model")
+    assert "Unexpected key(s) in state_dict" in said and "\n" not in said
 
 
 def test_a_resume_applies_the_changed_schedule_from_its_step(tmp_path, caplog):
@@ -143,6 +208,74 @@ def test_ctrl_c_saves_after_the_step_and_prints_the_command_that_continues(tmp_p
     assert run.returncode == 130 and "did not save" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]
 
 
+class SignalOnBuild(L.Callback):
+    """Sends `signal_name` to its own process when made (a stage's trainer is being built: no stage is
+    training), once the file `when` exists."""
+
+    def __init__(self, signal_name: str, when: str) -> None:
+        if os.path.exists(when):
+            os.kill(os.getpid(), getattr(signal, signal_name))
+
+
+def test_sigterm_outside_training_is_one_line_with_what_was_kept(tmp_path):
+    """Killed silently with 143 before (during the first WER pass, or between stages)."""
+    run_dir = tmp_path / "run"
+    args = [*SHORT, *QUIET, "+callbacks.sig._target_=test_faults_run.SignalOnBuild", "+callbacks.sig.signal_name=SIGTERM"]
+    run = omni_train(*args, f"+callbacks.sig.when={run_dir / 'alignment' / 'summary.json'}",
+                     f"hydra.run.dir={run_dir}", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 143 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("omni-train: SIGTERM: stopped outside a stage's training steps; the finished stages "
+                           "(alignment) are kept; continue with: omni-train ")  # fmt: skip
+    assert last.endswith(f"hydra.run.dir={run_dir} resume=auto")
+    run = omni_train(*args, f"+callbacks.sig.when={tmp_path}", f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert run.returncode == 143 and "nothing of this run was saved" in run.stderr.strip().splitlines()[-1]
+
+
+class SignalInFinalizer(L.Callback):
+    """Sends `signal_name` to its own process from its ``__del__`` (as a finished stage's trainer is
+    collected), once the file `when` exists: where Python prints an exception and carries on."""
+
+    def __init__(self, signal_name: str, when: str) -> None:
+        self.signal_name, self.when = signal_name, when
+
+    def __del__(self) -> None:
+        if os.path.exists(self.when):
+            os.kill(os.getpid(), getattr(signal, self.signal_name))
+            time.sleep(0.1)  # the handler runs here, inside the finalizer
+
+
+class SignalAtTrainEnd(L.Callback):
+    """Sends `signal_name` to its own process after the stage's last step (no step left to act on it)."""
+
+    def __init__(self, signal_name: str) -> None:
+        self.signal_name = signal_name
+
+    def on_train_end(self, trainer, module) -> None:
+        os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_stop_that_lands_where_it_cannot_act_stops_the_run_before_the_next_stage(tmp_path, signal_name):
+    """A Ctrl-C inside a finalizer was printed as 'Exception ignored' and the run went on to exit 0;
+    one after a stage's last step was recorded by no one."""
+    run_dir = tmp_path / "run"
+    callback = ["+callbacks.sig._target_=test_faults_run.SignalInFinalizer", f"+callbacks.sig.signal_name={signal_name}",
+                f"+callbacks.sig.when={run_dir / 'alignment' / 'summary.json'}"]  # fmt: skip
+    run = omni_train(*SHORT, *QUIET, *callback, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    code, name = (130, "Ctrl-C") if signal_name == "SIGINT" else (143, "SIGTERM")
+    assert run.returncode == code, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"omni-train: {name}: stopped outside a stage's training steps; the finished stages (alignment) are kept")
+    assert not (run_dir / "adaption" / "summary.json").exists()
+
+    run_dir = tmp_path / "end"
+    callback = ["+callbacks.sig._target_=test_faults_run.SignalAtTrainEnd", f"+callbacks.sig.signal_name={signal_name}"]
+    run = omni_train(*SHORT, *QUIET, "run_stages=[alignment,adaption]", *callback, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert run.returncode == code, run.stderr[-2000:]
+    assert "the finished stages (alignment) are kept" in run.stderr.strip().splitlines()[-1]
+
+
 def test_a_run_explains_itself_and_a_failed_command_leaves_nothing(tmp_path):
     run = omni_train(*SHORT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -158,6 +291,15 @@ def test_a_run_explains_itself_and_a_failed_command_leaves_nothing(tmp_path):
     said = [line for line in (bad.stdout + bad.stderr).splitlines() if "NoSuchModel-1B" in line]
     assert bad.returncode == 1 and len(said) == 1 and said[0].startswith("omni-train: error: model.name=")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    run = omni_train("experiment=demo", f"hydra.run.dir={tmp_path / 'a_file' / 'run'}", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [
+        f"omni-train: error: hydra.run.dir={tmp_path / 'a_file' / 'run'}: {tmp_path / 'a_file'} is not a folder"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing made, not even a trial folder
 
 
 def test_the_demo_writes_where_the_readme_says(tmp_path):

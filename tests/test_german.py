@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from runs import config
@@ -56,3 +57,13 @@ def test_a_short_german_run_lowers_the_german_wer(tmp_path, capsys):
     utts = result["utterances"]
     assert result["wer"] == round(evaluate.error_rate([u["ref"] for u in utts], [u["hyp"] for u in utts], "de"), 2)
     assert "| model | heldout |" in capsys.readouterr().out  # no English rows from the paper beside it
+
+
+def test_the_recipe_gives_the_schedule_demo_de_runs():
+    """docs/recipes/new_language.md states demo_de's steps a stage; the config is what it runs."""
+    recipe = " ".join((DEMO_DATA.parents[1] / "docs" / "recipes" / "new_language.md").read_text().split())
+    said = re.search(r"`experiment=demo_de` is the demo's schedule \((\d+) \+ (\d+) \+ (\d+) steps\)", recipe)
+    assert said, "new_language.md: 'experiment=demo_de is the demo's schedule (A + B + C steps)'"
+    stages = config("experiment=demo_de").stages
+    steps = [stages[s].max_steps for s in ("alignment", "adaption", "finetune")]
+    assert [int(n) for n in said.groups()] == steps

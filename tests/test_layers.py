@@ -27,3 +27,12 @@ def test_an_import_back_up_the_stack_breaks_them(tmp_path):
     collator.write_text(collator.read_text() + "\nfrom omni_train.stages import STAGES  # noqa: E402\n")
     run = lint_imports(copy)
     assert run.returncode != 0 and "omni_train.data.collator -> omni_train.stages" in run.stdout, run.stdout[-3000:]
+
+
+def test_a_module_outside_the_order_breaks_them(tmp_path):
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "omni_train", copy / "omni_train", ignore=shutil.ignore_patterns("demo_data", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy)
+    (copy / "omni_train" / "helpers.py").write_text('"""A module nobody placed in the layers."""\n')
+    run = lint_imports(copy)
+    assert run.returncode != 0 and "omni_train.helpers" in run.stdout, run.stdout[-3000:]

@@ -109,9 +109,34 @@ def test_bad_steps_in_a_row_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
     assert message.startswith("steps 2-3: 2 steps in a row had a non-finite loss or gradient (max_bad_steps=2)")
     assert "\n" not in message and ("asr:A1T1" in message or "voice_assistant:T1A2" in message)  # the batch's sources
     assert " row " in message  # and rows
+    assert "the newest checkpoint (step 2) holds the weights of step 1, the last good one" in message
 
     ckpt = torch.load(tmp_path / "run" / "alignment" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["bad_steps"] == 1  # written after skipped step 2; step 3 raised
     saved = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     assert same(saved, torch.load(before))  # the weights of the last good step
     assert not (Path(tmp_path / "run" / "alignment" / "summary.json")).exists()  # the stage did not finish
+
+
+@pytest.mark.parametrize(
+    "checkpoint_every, says",
+    [
+        (3, "the newest checkpoint holds the weights of step 3 (step 4 was good but not saved)"),
+        (5, "the newest checkpoint (step 5) holds the weights of step 4, the last good one"),  # saved in the streak
+        (None, "no checkpoint of this stage was written yet, so a resume starts the stage again"),
+    ],
+)
+def test_the_stop_says_which_steps_weights_the_checkpoints_hold(tmp_path, checkpoint_every, says):
+    """Steps 5-6 are bad: what the newest checkpoint holds depends on when it was written, not on the streak."""
+    torch.manual_seed(0)
+    model = OmniGPT(tiny_omni())
+    stage = StageConfig(tasks={}, max_steps=10, max_lr=1e-3, warmup_steps=1, max_bad_steps=2)
+    module = MultimodalFinetuning(ModelBundle(model, WhisperEncoder.from_dims(WHISPER)), stage)
+    saves = [L.pytorch.callbacks.ModelCheckpoint(tmp_path, every_n_train_steps=checkpoint_every)] if checkpoint_every else []
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=bool(saves), enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[NaNGrads([4, 5]), *saves],
+    )  # fmt: skip
+    with pytest.raises(TooManyBadSteps) as err:
+        trainer.fit(module, DataLoader([all_tasks_batch(model.config.vocab)] * 10, batch_size=None))
+    assert str(err.value).startswith("steps 5-6: 2 steps in a row") and says in str(err.value), str(err.value)

@@ -75,6 +75,19 @@ def test_a_rejected_secret_is_not_printed(tmp_path, args, env):
     assert not (tmp_path / "run").exists() or not files_holding(tmp_path / "run", SECRETS["added"])
 
 
+def test_what_wandb_keeps_of_the_run_is_masked(monkeypatch, tmp_path):
+    """A secret that ${oc.env:...} put into notes or a tag was stored in wandb's run file as typed."""
+    from omni_train.loggers import WandbLogger
+
+    monkeypatch.setenv("OMNI_TEST_API_KEY", SECRETS["env"])
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="p", api_key=SECRETS["override"],
+                         notes=f"from {SECRETS['env']}", tags=[SECRETS["override"], "demo"])  # fmt: skip
+    kept = repr({k: v for k, v in logger._wandb_init.items() if k != "settings"})  # what wandb.init records
+    assert SECRETS["env"] not in kept and SECRETS["override"] not in kept
+    assert logger._wandb_init["notes"] == f"from {MASK}" and logger._wandb_init["tags"] == [MASK, "demo"]
+    assert logger._wandb_init["settings"]["api_key"] == SECRETS["override"]  # wandb still gets the key
+
+
 def test_masking_by_key_and_by_value(monkeypatch):
     monkeypatch.setenv("SOME_TOKEN", "from-the-environment")
     monkeypatch.setenv("SHORT_TOKEN", "tiny")

@@ -151,6 +151,31 @@ def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path, monkeypat
     assert summary["stages"]["alignment"]["steps"] == 4
 
 
+def test_a_full_disk_is_said_whatever_the_writer_raises(tmp_path, monkeypatch):
+    """torch.save on a really full disk raises "RuntimeError: ... unexpected pos ...", not ENOSPC (seen on a 3 MB tmpfs)."""
+    from types import SimpleNamespace
+
+    from omni_train import atomic
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"old")
+    free = {"bytes": 2**20}
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: SimpleNamespace(free=free["bytes"]))
+
+    def fill(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 29696 vs 29590")
+
+    with pytest.raises(DiskFull) as failed:
+        atomic.atomic_write(target, fill)
+    assert str(failed.value) == (f"No space left on device writing {target} (1 MiB free on its disk); the previous "
+                                 "last.ckpt, if any, is intact")  # fmt: skip
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    free["bytes"] = 100 * 2**30  # the same error with space left is the writer's own
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        atomic.atomic_write(target, fill)
+
+
 def test_a_sharded_fsdp_checkpoint_is_swapped_in_whole(tmp_path, monkeypatch):
     """FSDP needs GPUs; its writer (a folder of shards) is replaced by one that can fail half-way."""
     from lightning.pytorch.strategies import FSDPStrategy

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import shutil
 import socket
 import threading
@@ -33,6 +34,7 @@ from omni_train.model import OmniGPT
 from omni_train.serve import BadRequest, Talker, Worker, create_app
 
 DEMO_SNAC = Path(serve.__file__).parent / "demo_data" / "snac"
+BROWSER_WEBM = Path(__file__).parent / "data" / "chromium_recorder_440hz.webm"
 MAX_NEW_TOKENS = 40
 
 
@@ -107,6 +109,9 @@ def summary(event: dict) -> tuple:
 def test_info_lists_the_tasks_and_limits(server):
     info = httpx.get(server.url + "/api/info").json()
     assert info["tasks"] == ["A1T1", "T1A2", "A1T2", "A1A2", "T1T2"]
+    # the page picks its task from the table by input and answer, not by parsing task names
+    assert info["task_rules"]["A1T1"] == {"audio_in": True, "audio_out": False, "converses": False}
+    assert info["task_rules"]["T1A2"] == {"audio_in": False, "audio_out": True, "converses": True}
     assert info["sample_rate"] == 24000 and info["max_new_tokens"] == MAX_NEW_TOKENS
     page = httpx.get(server.url + "/")
     assert page.status_code == 200 and "api/stream" in page.text
@@ -161,10 +166,12 @@ def test_streamed_chunks_concatenate_to_the_whole_answer(server, question):
 
 
 @pytest.mark.parametrize(
-    "fmt, kw", [("FLAC", {}), ("OGG", {"subtype": "VORBIS"}), ("MP3", {}), ("WAV", {"subtype": "FLOAT"})]
+    "fmt, kw",
+    [("FLAC", {}), ("OGG", {"subtype": "VORBIS"}), ("MP3", {}), ("WAV", {"subtype": "FLOAT"}), ("WEBM", {})],
 )
 def test_audio_uploads_in_each_container_are_decoded(server, fmt, kw):
-    data = wav_bytes(1.0, rate=22050, fmt=fmt, **kw)
+    # WEBM: what Chromium's MediaRecorder wrote (webm/opus); libsndfile cannot open it by itself
+    data = BROWSER_WEBM.read_bytes() if fmt == "WEBM" else wav_bytes(1.0, rate=22050, fmt=fmt, **kw)
     got = ask(server.url, audio=data, task="A1T1", max_new_tokens=6)
     assert got.status_code == 200, got.text
     t = server.talker
@@ -211,11 +218,16 @@ def test_bad_requests_get_one_clear_message(server, path, audio, fields, status,
 
 
 def test_more_bad_requests_and_the_server_keeps_serving(server):
-    webm = b"\x1a\x45\xdf\xa3" + bytes(300)  # a browser recorder's container, which libsndfile cannot read
+    webm = b"\x1a\x45\xdf\xa3" + bytes(300)  # a browser recorder's container, but broken
     got = httpx.post(server.url + "/api/stream", files={"audio": ("rec.webm", webm, "audio/webm")})
     assert got.status_code == 415
     assert got.json()["error"] == (
-        "cannot decode audio upload 'rec.webm' (audio/webm): not a format libsndfile reads (wav, flac, ogg, mp3)"
+        "audio upload 'rec.webm' (audio/webm): cannot decode audio <304 bytes>: WebM: not an EBML element at byte 4"
+    )
+    got = httpx.post(server.url + "/api/stream", files={"audio": ("rec.aac", b"\xff\xf1" * 200, "audio/aac")})
+    assert (got.status_code, got.json()["error"]) == (
+        415,
+        "cannot decode audio upload 'rec.aac' (audio/aac): not a format this server reads (wav, flac, ogg, mp3, webm)",
     )
     got = httpx.post(server.url + "/api/answer", json={"text": "hi"})
     assert got.status_code == 415 and got.json()["error"].startswith(
@@ -388,15 +400,33 @@ def test_cli_names_a_missing_checkpoint(tmp_path):
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
+def slowed(events, delay: float):
+    """`stream_events` that waits `delay` s after each event: an answer long enough to hear it start early."""
+
+    def slow(*args, **kwargs):
+        stream = events(*args, **kwargs)
+        try:
+            while True:
+                event = next(stream)
+                time.sleep(delay)
+                yield event
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            stream.close()
+
+    return slow
+
+
 @pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver (.ci/run does)",
 )
-def test_the_page_in_headless_chromium(server, tmp_path):
+def test_the_page_in_headless_chromium(server, tmp_path, monkeypatch):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     mic = tmp_path / "mic.wav"
     mic.write_bytes(wav_bytes(3.0, rate=48000, subtype="PCM_16"))
@@ -434,6 +464,11 @@ def test_the_page_in_headless_chromium(server, tmp_path):
             element,
         )
 
+    # every streamed answer takes 2 s at least (40 steps and their chunks, 50 ms each), so that playing
+    # before the end shows in time
+    monkeypatch.setattr(serve, "stream_events", slowed(serve.stream_events, 0.05))
+    # the screenshot, the test's artifact, is taken whether the test passes or fails (in $TEST_ARTIFACTS if set)
+    shot = Path(os.environ.get("TEST_ARTIFACTS") or tmp_path) / "omni-serve-page.png"
     try:
         driver.get(server.url + "/")
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
@@ -449,6 +484,11 @@ def test_the_page_in_headless_chromium(server, tmp_path):
         history = [{"question": question, "answer": expected["text"]}]
         samples = pcm(expected["audio"]["pcm"]).numel()
         assert int(turn.get_attribute("data-chunks")) == -(-samples // (4 * 2048))  # each chunk played as it came
+        # the speech began (on the AudioContext's clock) while the rest of the answer was still coming:
+        # at least 26 more steps at 50 ms each followed the first chunk
+        speech_start, answer_end = (turn.get_attribute(f"data-{k}") for k in ("speech-start", "answer-end"))
+        assert speech_start is not None, "no speech had been started when the answer ended"
+        assert float(speech_start) < float(answer_end) - 0.5, (speech_start, answer_end)
         assert audio_duration(turn.find_element(By.TAG_NAME, "audio")) == pytest.approx(samples / 24000, abs=1e-3)
         stats = turn.find_element(By.CSS_SELECTOR, ".stats").text
         assert "first audio after" in stats and "real-time factor" in stats, stats
@@ -488,8 +528,48 @@ def test_the_page_in_headless_chromium(server, tmp_path):
         assert turn.find_element(By.CSS_SELECTOR, ".answer").get_property("textContent") == history[0]["answer"]
         assert len(driver.find_elements(By.CSS_SELECTOR, ".turn.earlier")) == 2
 
-        shot = tmp_path / "omni-serve-page.png"
+        # the answer kinds pick their task from the server's task table: a written answer to a typed
+        # question is T1T2 (sent with the conversation), a transcript of a recording A1T1 (sent alone)
+        answer_kind = Select(driver.find_element(By.ID, "answer-kind"))
+        answer_kind.select_by_value("text")
+        driver.find_element(By.ID, "text").send_keys(question)
+        driver.find_element(By.ID, "send").click()
+        turn = finished_turn(4)
+        assert turn.get_attribute("data-task") == "T1T2" and turn.get_attribute("data-history") == "1"
+        answer_kind.select_by_value("transcript")
+        driver.find_element(By.ID, "record").click()
+        time.sleep(1.5)
+        driver.find_element(By.ID, "record").click()
+        turn = finished_turn(5)
+        assert turn.get_attribute("data-task") == "A1T1" and turn.get_attribute("data-history") == "0"
+
+        # the recorder's own webm/opus, sent as it is (no conversion in the page): the API decodes it
+        kind, recorded = driver.execute_async_script(
+            """const done = arguments[0];
+            const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+            const recorder = new MediaRecorder(stream), parts = [];
+            recorder.ondataavailable = (e) => parts.push(e.data);
+            recorder.onstop = async () => {
+              stream.getTracks().forEach((t) => t.stop());
+              const bytes = new Uint8Array(await new Blob(parts).arrayBuffer());
+              done([recorder.mimeType, btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(""))]);
+            };
+            recorder.start();
+            setTimeout(() => recorder.stop(), 1000);"""
+        )
+        recorded = base64.b64decode(recorded)
+        assert kind.startswith("audio/webm") and recorded[:4] == b"\x1a\x45\xdf\xa3", kind
+        got = httpx.post(server.url + "/api/answer", data={"task": "A1T2"}, timeout=120,
+                         files={"audio": ("recording.webm", recorded, kind)})  # fmt: skip
+        assert got.status_code == 200, got.text
+        wave = load_audio(recorded, 16000)
+        assert 0.8 < wave.numel() / 16000 < 1.6
+        t = server.talker
+        direct = answer(t.model, t.encoder, t.tokenizer, audio=wave, task="A1T2", max_new_tokens=MAX_NEW_TOKENS)
+        assert got.json()["text_tokens"] == direct.text_tokens
+    finally:
+        shot.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(shot))
         print(f"screenshot: {shot}")
-    finally:
         driver.quit()
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

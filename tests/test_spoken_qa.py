@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from bench_fixtures import llama_questions, trivia_qa, uro_jsonl, write_hf_parquet
+from bench_fixtures import llama_questions, trivia_qa, uro_jsonl, web_questions, write_hf_parquet
 
 from omni_train.evals import spoken_qa
 
@@ -64,6 +64,17 @@ def test_trivia_qa_layout(tmp_path):
     )  # the folder is named as the hub dataset: the set's name and [i.id for i in items] == ["tqa_1", "tqa_2"]
     assert items[0].answers == ["Mars", "Planet Mars"]  # the aliases, then the value (deduplicated)
     assert items[1].answers == ["Pacific Ocean", "Pacific"]
+
+
+@pytest.mark.parametrize("converted", [False, True], ids=["data-shard", "converted-parquet"])
+def test_web_questions_layout(tmp_path, converted):
+    name, source, items, total = spoken_qa.read_set(web_questions(tmp_path, converted))
+    items = list(items)
+    assert name == "web-questions" and total == 2  # the folder is named as the hub dataset: the set's name
+    assert items[0].text == "what language do jamaican people speak?"
+    assert items[0].answers == ["Jamaican English", "Jamaican Creole English Language"]  # the list, as it is
+    assert items[1].answers == ["Barack Obama"] and items[1].audio.data[:4] == b"fLaC"
+    assert spoken_qa.is_correct("They speak Jamaican English.", items[0].answers)
 
 
 def test_uro_jsonl_layout(tmp_path):

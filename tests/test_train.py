@@ -119,6 +119,20 @@ def test_init_from_decides_the_model_and_a_conflicting_model_setting_is_one_line
     with pytest.raises(ConfigError, match="model.name='Llama-3.2-1B' but init_from=.* holds 'Qwen2.5-0.5B'") as err:
         train(config(*SHORT, "stage=adaption", "model=tiny-llama", f"init_from={first}", f"run_dir={tmp_path / 'b'}"))
     assert "\n" not in str(err.value)
+    # a tokenizer or a Whisper other than the ones the checkpoint was trained with: one line each, never silent
+    import torch
+    from tiny import train_tokenizer
+
+    train_tokenizer(tmp_path / "other_tok")
+    whisper = torch.load(first / "whisper.pt", weights_only=False)
+    whisper["model_state_dict"] = {k: v + 1 for k, v in whisper["model_state_dict"].items()}
+    torch.save(whisper, tmp_path / "other_whisper.pt")
+    with pytest.raises(ConfigError) as err:
+        train(config(*SHORT, "stage=adaption", f"init_from={first}", f"model.tokenizer_dir={tmp_path / 'other_tok'}",
+                     f"model.whisper={tmp_path / 'other_whisper.pt'}", f"run_dir={tmp_path / 'b'}"))  # fmt: skip
+    assert f"model.tokenizer_dir={tmp_path / 'other_tok'} holds another tokenizer than init_from={first}" in str(err.value)
+    assert f"model.whisper={tmp_path / 'other_whisper.pt'} but init_from={first} was trained with" in str(err.value)
+    assert "\n" not in str(err.value)
     # on the command line only what the user chose counts; the rest is the checkpoint's, and config.yaml says so
     common = ["data=demo", "trainer=cpu", "stage=adaption", f"init_from={first}", "stages.adaption.max_steps=1",
               "data.num_workers=0", "eval.asr=null", "eval.speak=null"]
@@ -157,7 +171,7 @@ def test_resume_auto_continues_an_interrupted_stage(tmp_path):
         (["data.sources.asr.root=/no/such/dir"], "/no/such/dir"),
         (["+stages.alignment.tasks.X9=1"], "X9"),
         (["data.language=klingon"], "data.language: unknown language 'klingon'"),
-        (["model.mel_cache_mb=-1"], "model.mel_cache_mb=-1.0: 0 or more"),
+        (["model.mel_cache_mb=-1"], "model.mel_cache_mb=-1.0: must be >= 0"),
         (["stage=adaption", "init_from=/no/such/model"], "init_from=/no/such/model"),
         (["model.checkpoint_dir=null", "model.overrides.padded_vocab_size=256"],  # a random base: 905 tokens > 256 rows
          "model.tokenizer_dir: the tokenizer in"),

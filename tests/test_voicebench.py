@@ -91,6 +91,30 @@ def test_snapshot_layout(tmp_path):
         voicebench.subset_splits(root, "mmlu")
 
 
+def test_hub_name_goes_through_datasets(tmp_path, monkeypatch):
+    """``--data hlt-lab/voicebench`` reads each subset's split with `datasets` (a local stand-in here:
+    nothing downloads); mmsu's twelve subject areas are asked for by name, as the hub needs."""
+    import datasets
+
+    shard = voicebench_snapshot(tmp_path) / "mmsu" / "law-00000-of-00001.parquet"
+    asked = []
+
+    def fake_load(name, config=None, split=None, **kwargs):
+        asked.append((name, config, split))
+        return datasets.Dataset.from_parquet(str(shard))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    splits = voicebench.subset_splits("hlt-lab/voicebench", "mmsu")
+    assert list(splits) == voicebench.HUB_SPLITS["mmsu"] and set(splits.values()) == {None}
+    assert list(voicebench.subset_splits("hlt-lab/voicebench", "advbench")) == ["test"]
+    rows = list(voicebench.read_rows("hlt-lab/voicebench", "mmsu", "law", None))
+    assert asked == [("hlt-lab/voicebench", "mmsu", "law")]
+    assert [r["reference"] for r in rows] == ["A", "C"] and rows[0]["where"] == "hlt-lab/voicebench:law:0"
+    assert rows[0]["audio"].data[:4] == b"fLaC"  # still encoded: decoded when its batch is answered
+    with pytest.raises(FileNotFoundError, match="a VoiceBench snapshot, or the hub name hlt-lab/voicebench"):
+        voicebench.subset_splits("someone/else", "mmsu")
+
+
 @pytest.fixture
 def judge_server():
     with serving(fail_first=True) as url:

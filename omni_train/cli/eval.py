@@ -34,7 +34,6 @@ in that language.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import contextmanager
 from itertools import islice
@@ -44,6 +43,7 @@ import torch
 from litgpt.tokenizer import Tokenizer
 
 from omni_train import evaluate
+from omni_train.atomic import write_json, write_text
 from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
 from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
 from omni_train.data import sources
@@ -52,9 +52,10 @@ from omni_train.data.sources import LAYOUTS
 from omni_train.data.sources.corpora import check_layout
 from omni_train.evals import report as eval_report
 from omni_train.evals import speech_quality, spoken_qa, voicebench
-from omni_train.tasks import Task, describe_tasks
+from omni_train.tasks import Task, describe_tasks, spoken_answer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SPOKEN_ANSWERS = [t.value for t in Task if t.audio_out]  # the tasks whose answer consistency and speech-quality hear
 
 
 class EvalError(Exception):
@@ -104,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
     questions.add_argument("--librispeech", type=Path, help="LibriSpeech utterances as questions")
     p.add_argument("--splits", nargs="+", help="with --librispeech (default: the splits found)")
-    p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
+    p.add_argument("--task", choices=SPOKEN_ANSWERS,
                    help=f"default: A1A2 for spoken questions, T1A2 for written ones. {describe_tasks()}")  # fmt: skip
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
     p.add_argument("--max-items", type=int, help="answer only the first N questions")
@@ -166,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     questions.add_argument("--data", help="spoken questions: a spoken-qa set (name, hub, folder, .parquet, .jsonl)")
     questions.add_argument("--questions", type=Path, help="text file (a question a line) or jsonl (question/audio)")
     p.add_argument("--split", help="with --data: the split to read")
-    p.add_argument("--task", choices=[Task.A1A2.value, Task.T1A2.value],
+    p.add_argument("--task", choices=SPOKEN_ANSWERS,
                    help="default: A1A2 for spoken questions, T1A2 for written ones")  # fmt: skip
     p.add_argument("--mos", type=Path, help="MOS predictor: a TorchScript file, 16 kHz wave (B, T) -> scores (B,)")
     p.add_argument("--snac", help="SNAC directory or hub name (default: the checkpoint's)")
@@ -228,11 +229,6 @@ def _load_whisper(args):
         raise EvalError(e.advice("--whisper ")) from None
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _missing(root: Path, names: list[str]) -> str:
     there = sorted(f.name for f in root.iterdir() if f.is_dir() and evaluate.find_splits(f)[0]) if root.is_dir() else []
     hint = f"; split folders there: {', '.join(there)} (pass --splits NAME ...)" if there else ""
@@ -266,13 +262,13 @@ def run_asr(args) -> dict:
         if result.get("left_out"):
             print(f"omni-eval asr: note: {split}: {result['left_out']} clips left out (no audio, no text or an "
                   f"unreadable line)", file=sys.stderr)  # fmt: skip
-        _write_json(args.out, out)  # after every split: a long evaluation keeps what it finished
+        write_json(args.out, out)  # after every split: a long evaluation keeps what it finished
         print(f"{split}: {metric.upper()} {result[metric]:.2f} on {result['n']} utterances", file=sys.stderr)
     scores = {name: {s: r[metric] for s, r in out["splits"].items()}}
     # the paper's rows are English WER: beside another language's numbers they would only mislead
     english = evaluate.scoring(args.language).language == "en"
     out["table"] = evaluate.wer_table(scores, published=english, metric=metric)
-    _write_json(args.out, out)
+    write_json(args.out, out)
     print(out["table"])
     print(f"per-utterance results: {args.out}", file=sys.stderr)
     return out
@@ -287,7 +283,7 @@ def run_consistency(args) -> dict:
         if not splits or (args.splits and missing):
             raise EvalError(_missing(args.librispeech, missing))
         questions = evaluate.librispeech_questions(list(splits.values()), args.max_items)
-    task = Task(args.task or (Task.A1A2 if all(q.audio for q in questions) else Task.T1A2))
+    task = Task(args.task or spoken_answer(all(q.audio for q in questions)))
     judge = _load_whisper(args)  # first: the judge is the model most often missing
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
@@ -297,7 +293,7 @@ def run_consistency(args) -> dict:
         language=args.language,
     )  # fmt: skip
     result = {"checkpoint": str(args.checkpoint), "whisper": args.whisper, "task": task.value, **result}
-    _write_json(args.out, result)
+    write_json(args.out, result)
     number = "-" if result[metric] is None else f"{result[metric]:.2f}"
     if result[metric] is None:
         print("omni-eval consistency: note: no text answer had words to score against", file=sys.stderr)
@@ -325,7 +321,7 @@ def run_retention(args) -> dict:
     result = evaluate.retention(base, model, base_tokenizer, documents, args.max_length, desc="perplexity")
     result = {"base": str(args.base), "checkpoint": str(args.checkpoint), "text": str(args.text), **result}
     if args.out:
-        _write_json(args.out, result)
+        write_json(args.out, result)
     ppl, ratio = result["perplexity"], result["ratio_to_base"]
     print(f"{result['tokens']} tokens in {result['documents']} documents, windows of {result['window']}")
     print("| model | perplexity | ratio to base |\n|---|---|---|")
@@ -355,11 +351,11 @@ def run_spoken_qa(args) -> dict:
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, total=total, desc=name,
         )  # fmt: skip
         out["sets"][name] = {"source": source, **result}
-        _write_json(args.out, out)  # after every set: a long evaluation keeps what it finished
+        write_json(args.out, out)  # after every set: a long evaluation keeps what it finished
         print(f"{name}: " + ", ".join(f"{k} {v:.2f}%" for k, v in result["accuracy"].items()) + f" of {result['n']}",
               file=sys.stderr)  # fmt: skip
     out["table"] = spoken_qa.table({str(args.checkpoint): out["sets"]})
-    _write_json(args.out, out)
+    write_json(args.out, out)
     print(out["table"])
     print(f"per-question results: {args.out}", file=sys.stderr)
     return out
@@ -404,11 +400,11 @@ def run_voicebench(args) -> dict:
             for split, path in paths.items():  # the judge's replies, as VoiceBench's api_judge.py names its output
                 voicebench.write_jsonl(path.with_name("result-" + path.name), answered[split])
         out["subsets"][subset] = result
-        _write_json(args.out_dir / "voicebench.json", out)
+        write_json(args.out_dir / "voicebench.json", out)
         shown = ", ".join(f"{k} {v}" for k, v in result["scores"].items()) or result.get("note", "")
         print(f"{subset}: {shown} ({result['n']} rows)", file=sys.stderr)
     out["table"] = voicebench.table({str(args.checkpoint): out["subsets"]})
-    _write_json(args.out_dir / "voicebench.json", out)
+    write_json(args.out_dir / "voicebench.json", out)
     print(out["table"])
     print(f"answers and scores: {args.out_dir}", file=sys.stderr)
     return out
@@ -420,7 +416,7 @@ def run_speech(args) -> dict:
         questions = list(islice(items, args.max_items))
     else:
         questions = evaluate.read_questions(args.questions)[: args.max_items]
-    task = Task(args.task or (Task.A1A2 if all(q.audio for q in questions) else Task.T1A2))
+    task = Task(args.task or spoken_answer(all(q.audio for q in questions)))
     mos = speech_quality.MosPredictor(args.mos, args.device) if args.mos else None
     model, tokenizer = _load_model(args)
     encoder = _load_encoder(args) if task.audio_in else None
@@ -432,7 +428,7 @@ def run_speech(args) -> dict:
     result = {"command": "speech", "checkpoint": str(args.checkpoint), "mos": str(args.mos) if args.mos else None,
               "device": str(args.device), **result}  # fmt: skip
     result["table"] = speech_quality.table({str(args.checkpoint): result})
-    _write_json(args.out, result)
+    write_json(args.out, result)
     print(result["table"])
     print(f"per-answer results: {args.out}", file=sys.stderr)
     return result
@@ -441,8 +437,8 @@ def run_speech(args) -> dict:
 def run_report(args) -> dict:
     report = eval_report.build(args.run_dir)
     out_dir = args.out_dir or args.run_dir
-    _write_json(out_dir / "eval_report.json", report)
-    (out_dir / "eval_report.md").write_text(report["markdown"], encoding="utf-8")
+    write_json(out_dir / "eval_report.json", report)
+    write_text(out_dir / "eval_report.md", report["markdown"])
     panels = eval_report.plot(report, out_dir / "eval_report.png")
     print(report["markdown"])
     made = ["eval_report.md", "eval_report.json"] + (["eval_report.png"] if panels else [])
@@ -481,7 +477,7 @@ def run_dialogue(args) -> dict:
     last = list(src)
     spoken = [s for s in last if s.task is Task.A1T2]
     written = [s for s in last if s.task is Task.T1T2]
-    task = Task(args.task or ("A1A2" if spoken else "T1A2"))
+    task = Task(args.task or spoken_answer(bool(spoken)))
     pool, kind = (spoken, "spoken") if task.audio_in else (written, "written")
     if not pool:
         raise EvalError(f"{args.conversations}: no conversation's last turn has a {kind} question for {task.value}")
@@ -504,7 +500,7 @@ def run_dialogue(args) -> dict:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers",
     )  # fmt: skip
     result = {"checkpoint": str(args.checkpoint), "conversations": str(args.conversations), **result}
-    _write_json(args.out, result)
+    write_json(args.out, result)
     spoken_wer = "-" if result["spoken_wer"] is None else f"{result['spoken_wer']:.2f}"
     print("| model | task | history | conversations | right | text WER | spoken WER |\n|---|---|---|---|---|---|---|\n"
           f"| {args.checkpoint} | {task.value} | {'yes' if result['history'] else 'no'} | {result['n']} | "

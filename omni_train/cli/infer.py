@@ -39,7 +39,7 @@ from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.data.samples import Turn
 from omni_train.data.sources import BadRow, read_conversation, to_audio
 from omni_train.generate import Conversation
-from omni_train.tasks import Task, describe_tasks
+from omni_train.tasks import Task, describe_tasks, spoken_answer
 from omni_train.vocab import EOA
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,18 +115,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.out = args.out or (Path("omni-infer-turns") if speaks else None)
         if args.out and not speaks:
             parser.error(f"task {args.task.value} has no spoken answer for --out")
-        if args.task is Task.A1T1:
-            parser.error("A1T1 (ASR) has no conversation: use another --task with --interactive")
+        if args.task is not None and not args.task.rule.converses:
+            parser.error(f"{args.task.value} (ASR) has no conversation: use another --task with --interactive")
     else:
-        args.task = Task(args.task or ("A1A2" if args.audio else "T1A2"))
+        args.task = Task(args.task or spoken_answer(bool(args.audio)))
         if args.task.audio_in != (args.audio is not None):
             parser.error(f"task {args.task.value} takes {'--audio' if args.task.audio_in else '--text'}")
         if (args.out or args.stream) and not args.task.audio_out:
             parser.error(f"task {args.task.value} has no spoken answer for --out/--stream")
         if args.stream and not args.out:
             parser.error("--stream needs --out")
-        if args.turns and args.task is Task.A1T1:
-            parser.error("A1T1 (ASR) has no conversation: drop --history")
+        if args.turns and not args.task.rule.converses:
+            parser.error(f"{args.task.value} (ASR) has no conversation: drop --history")
     spoken_history = any(t.user.text is None for t in args.turns)  # transcribed by the model itself
     if (args.audio or spoken_history) and not args.whisper:
         why = "--audio" if args.audio else f"--history {args.history} (a turn with speech only)"
@@ -260,7 +260,7 @@ def interact(conversation: Conversation, codec, args, knobs: dict) -> None:
             continue
         spoken = line.startswith("/audio ")
         question = {"audio": Path(line[len("/audio ") :].strip())} if spoken else {"text": line}
-        task = args.task or (Task.A1A2 if spoken else Task.T1A2)
+        task = args.task or spoken_answer(spoken)
         try:
             if task.audio_in != spoken:
                 raise ValueError(f"task {task.value} takes {'/audio PATH' if task.audio_in else 'a written question'}")

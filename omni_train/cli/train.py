@@ -10,7 +10,8 @@ Add your own config folders with Hydra's ``--config-dir``; see ``omni_train/conf
 
 A mistake in the command ends with one line (``omni-train: error: ...``, status 1). Ctrl-C, SIGTERM
 and SIGUSR1 save ``last.ckpt`` after the step in progress and stop with status 128 + the signal,
-printing the command that continues the run. ``<run>/train.log`` holds the run's log.
+printing the command that continues the run (outside a stage's steps they stop at once, saying what is
+kept). ``<run>/train.log`` holds the run's log.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import shutil
 import signal
 import sys
 import textwrap
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from omni_train import stopping
+from omni_train.atomic import DiskFull, write_text
 from omni_train.config import register
 from omni_train.redact import Secrets, protect
 
@@ -36,13 +40,8 @@ log = logging.getLogger("omni_train")
 
 @hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
-    from omni_train.atomic import DiskFull
-    from omni_train.audio import AudioModelError, DownloadFailed
-    from omni_train.config import ConfigError
-    from omni_train.data.skips import TooManySkips
-    from omni_train.resume import Preempted, RunLocked
-    from omni_train.stages import TooManyBadSteps
-    from omni_train.train import train
+    from omni_train.distributed import rank
+    from omni_train.resume import RunLock, RunLocked
 
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]  # Hydra's <run>/train.log
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -52,8 +51,25 @@ def _main(cfg: DictConfig) -> None:
             logging.getLogger(name).addHandler(handler)
     SECRETS.add_config(cfg)
     protect(SECRETS)
-    save_hydra_files(cfg)
     run_dir = Path(cfg.run_dir)
+    try:  # before anything is written: a refused second run must not replace the first one's .hydra/ record
+        lock = RunLock(run_dir) if rank() == 0 else nullcontext()  # train() takes it again, as its own
+    except RunLocked as err:
+        print(f"omni-train: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    with lock:
+        _run(cfg, run_dir, files)
+
+
+def _run(cfg: DictConfig, run_dir: Path, files: list[logging.FileHandler]) -> None:
+    from omni_train.audio import AudioModelError, DownloadFailed
+    from omni_train.config import ConfigError
+    from omni_train.data.skips import TooManySkips
+    from omni_train.resume import Preempted, RunLocked
+    from omni_train.stages import TooManyBadSteps
+    from omni_train.train import train
+
+    save_hydra_files(cfg)
 
     def to_log_file(message: str, level: int) -> None:  # the terminal gets it once, by print
         record = {"name": log.name, "levelno": level, "levelname": logging.getLevelName(level), "msg": message}
@@ -73,14 +89,31 @@ def _main(cfg: DictConfig) -> None:
         stop(f"omni-train: error: {err.advice(f'model.{err.key}=') if isinstance(err, DownloadFailed) else err}", 1)
     except Preempted as err:  # status 128 + signal says "stopped, resumable"
         stop(f"omni-train: {err}; continue with: {resume_command(err.run_dir)}", err.exit_code)
-    except KeyboardInterrupt:  # Ctrl-C before a stage's training started: nothing to save yet
-        stop("omni-train: Ctrl-C: stopped before training (nothing saved)", 128 + signal.SIGINT)
+    except (KeyboardInterrupt, stopping.Stopped) as err:  # model building, a WER pass, between stages
+        stopping.forget()
+        signum = err.signum if isinstance(err, stopping.Stopped) else signal.SIGINT
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        done = sorted(p.parent.name for p in run_dir.glob("*/summary.json"))
+        kept = f"the finished stages ({', '.join(done)}) are kept" if done else "nothing of this run was saved"
+        stop(f"omni-train: {name}: stopped outside a stage's training steps; {kept}; continue with: "
+             f"{resume_command(run_dir)}", 128 + signum)  # fmt: skip
     if summary.get("final_model"):  # rank 0 only
         from omni_train.report import summary_table
 
         table = summary_table(summary)
         to_log_file("run summary\n" + table, logging.INFO)
         print(table, flush=True)
+
+
+def _stop_outside_training(signum: int, frame) -> None:
+    if signum == signal.SIGUSR1:  # SLURM's warning: the job goes back in the queue, as from a stage
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        from omni_train.resume import requeue
+
+        if SLURMEnvironment.detect():
+            requeue()
+    stopping.stop(signum)
 
 
 def resume_command(run_dir: Path) -> str:
@@ -124,26 +157,50 @@ def save_hydra_files(cfg: DictConfig) -> None:
     """Hydra's record of the job in ``<run>/.hydra/`` (the config as composed, Hydra's own settings, the
     command-line overrides), with secrets masked: ``train.yaml`` stops Hydra writing them as typed."""
     from hydra.core.hydra_config import HydraConfig
-    from lightning.pytorch.utilities import rank_zero_only
+
+    from omni_train.distributed import rank
 
     hydra_cfg = HydraConfig.get()
-    if rank_zero_only.rank != 0:
+    if rank() != 0:  # the same test as the run's own records (train.py)
         return
     out = Path(hydra_cfg.runtime.output_dir) / (hydra_cfg.output_subdir or ".hydra")
-    out.mkdir(parents=True, exist_ok=True)
     files = {"config.yaml": cfg, "hydra.yaml": {"hydra": hydra_cfg}, "overrides.yaml": hydra_cfg.overrides.task}
     for name, node in files.items():
         plain = OmegaConf.to_container(OmegaConf.create(node), resolve=False)
-        (out / name).write_text(OmegaConf.to_yaml(SECRETS.redact(plain)))
+        write_text(out / name, OmegaConf.to_yaml(SECRETS.redact(plain)))
 
 
 def main() -> None:
     register()
+    for signum in stopping.SIGNALS:  # else SIGTERM/SIGUSR1 kill the process silently outside training
+        signal.signal(signum, _stop_outside_training)
     SECRETS.add_overrides(sys.argv[1:])
     protect(SECRETS)  # Hydra's own errors echo the overrides
     if {"--help", "-h"} & set(sys.argv[1:]):  # Hydra's help lists the config groups; first, what a command looks like
         print(help_intro())
+    elif not {"--cfg", "-c", "--info"} & set(sys.argv[1:]) and (problem := run_dir_problem(sys.argv[1:])):  # else Hydra's mkdir fails with two tracebacks
+        print(f"omni-train: error: {problem}", file=sys.stderr)
+        sys.exit(1)
     _main()
+
+
+def run_dir_problem(args: list[str]) -> str | None:
+    """Why the run folder (``hydra.run.dir=``, else one under the current folder) cannot be made, if it
+    cannot: tried with a folder made and removed beside it, so that a failed command leaves none."""
+    import os
+    import tempfile
+
+    given = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    where = Path(given).absolute() if given else Path.cwd()
+    existing = next(p for p in [where, *where.parents] if os.path.lexists(p))
+    what = f"hydra.run.dir={given}" if given else f"the current folder {where} (the run folder goes under it)"
+    if not existing.is_dir():
+        return f"{what}: {existing} is not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".omni-train-", dir=existing))
+    except OSError as err:
+        return f"{what}: cannot make a folder in {existing} ({err.strerror})"
+    return None
 
 
 def help_intro() -> str:

@@ -68,8 +68,8 @@ class SampleEncoder:
 
     tokenizer: Any
     vocab: Vocab
-    too_long: str = "cut"
-    max_seq_length: int = 2048
+    too_long: str = DataConfig.too_long
+    max_seq_length: int = DataConfig.max_seq_length
 
     def text_ids(self, text: str, what: str) -> list[int]:
         if not text or not text.strip():
@@ -130,7 +130,7 @@ class OmniStream(IterableDataset):
         collator: OmniCollator,
         max_tokens: int,
         weights: dict[str, float] | None = None,
-        buffer_size: int = 1000,
+        buffer_size: int = DataConfig.buffer_size,
         max_batch_size: int | None = None,
         seed: int = 0,
         resume: dict[int, dict] | None = None,

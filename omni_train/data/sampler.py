@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+from omni_train.config import DataConfig
 from omni_train.distributed import rng_state, set_rng_state
 
 T = TypeVar("T")
@@ -84,7 +85,7 @@ def bucket_batches(
     items: Iterable[T],
     length: Callable[[T], int],
     max_tokens: int,
-    buffer_size: int = 1000,
+    buffer_size: int = DataConfig.buffer_size,
     seed: int = 0,
     max_batch_size: int | None = None,
 ) -> Iterator[list[T]]:
@@ -100,7 +101,7 @@ def resumable_buckets(
     items: Iterable[T],
     length: Callable[[T], int],
     max_tokens: int,
-    buffer_size: int = 1000,
+    buffer_size: int = DataConfig.buffer_size,
     seed: int = 0,
     max_batch_size: int | None = None,
     upstream: Callable[[], dict | None] = lambda: None,

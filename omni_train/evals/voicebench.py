@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from omni_train.atomic import write_text
 from omni_train.evals import ifeval
 from omni_train.evals.bench_data import audio_of, columns_of, find_splits, hub_rows, local_rows, num_rows
 from omni_train.evaluate import Question, spoken_answers
@@ -128,9 +129,7 @@ def jsonl_name(model: str, subset: str, split: str) -> str:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 # ---- rule scorers --------------------------------------------------------------------------------

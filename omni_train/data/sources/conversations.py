@@ -47,7 +47,7 @@ from omni_train.data.sources.files import (
 )
 from omni_train.tasks import Task
 
-CONVERSATION_TASKS = (Task.A1A2, Task.A1T2, Task.T1A2, Task.T1T2)  # ASR has no conversation
+CONVERSATION_TASKS = tuple(t for t in Task if t.rule.converses)  # all but ASR
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ def is_glob(path: PathLike) -> bool:
     return any(c in str(path) for c in "*?[")
 
 
-def existing(path: PathLike) -> Path:
+def existing(path: PathLike, what: str = "") -> Path:
+    """`path` as a Path, or a `FileNotFoundError` whose one line names it (and `what` it is, if given)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise FileNotFoundError(f"{what + ' ' if what else ''}{path}: no such file or directory")
     return p
 
 
@@ -107,6 +108,8 @@ def first_readable(files: list[Path]) -> Path:
     for f in files:
         if not _is_parquet(f) or _num_row_groups(f) >= 0:
             return f
+    if len(files) == 1:  # a source given as one file: name it
+        raise ValueError(f"{files[0]}: cannot be read (a truncated or damaged parquet file, or not parquet)")
     raise ValueError(
         f"{files[0].parent}: none of its {len(files)} parquet files can be read (truncated or not parquet)"
     )

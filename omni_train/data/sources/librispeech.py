@@ -30,6 +30,7 @@ from omni_train.tasks import Task
 
 log = logging.getLogger(__name__)
 AUDIO_EXTS = (".flac", ".wav")  # LibriSpeech ships flac; converted copies are often wav
+TRANSCRIPTS = "*.trans.txt"  # one a chapter folder, speaker/chapter/ below the split
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def utterances(root: PathLike, bad_lines: bool = False) -> Iterator[Utterance]:
     A line that is not UTF-8 is logged (``file:line`` and the byte) and passed over; with
     `bad_lines` it comes back as an `Utterance` with its `error` set, for the caller to count.
     """
-    for trans in sorted(Path(root).rglob("*.trans.txt")):
+    for trans in sorted(Path(root).rglob(TRANSCRIPTS)):
         with open(trans, "rb") as f:  # bytes, decoded a line at a time: a bad byte costs its line, not the scan
             for lineno, raw in enumerate(f, start=1):
                 try:
@@ -73,9 +74,14 @@ def utterances(root: PathLike, bad_lines: bool = False) -> Iterator[Utterance]:
                     yield Utterance(utt, trans.parent, text)
 
 
-def is_librispeech(path: Path) -> bool:
-    """Whether `path` is a folder holding LibriSpeech-layout transcripts."""
-    return path.is_dir() and next(path.rglob("*.trans.txt"), None) is not None
+def is_librispeech(path: Path, depth: int | None = None) -> bool:
+    """Whether `path` is a folder holding LibriSpeech-layout transcripts, at most `depth` folders
+    down (None: any depth). A split holds them two down (speaker/chapter), a folder of splits three."""
+    if not path.is_dir():
+        return False
+    if depth is None:
+        return next(path.rglob(TRANSCRIPTS), None) is not None
+    return any(next(path.glob("*/" * d + TRANSCRIPTS), None) for d in range(depth + 1))
 
 
 def librispeech(
