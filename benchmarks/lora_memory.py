@@ -121,7 +121,7 @@ class RandomFrames(nn.Module):
         super().__init__()
         self.width = width
 
-    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    def encode_audio(self, audio: torch.Tensor, samples: torch.Tensor, cache=None) -> torch.Tensor:  # cache: no log-mels here
         from omni_train.audio import whisper_frames
 
         g = torch.Generator().manual_seed(0)
