@@ -311,23 +311,8 @@ def test_concurrent_requests_each_get_their_own_answer(server, monkeypatch):
 
 def test_a_client_that_hangs_up_stops_its_generation(server, monkeypatch):
     produced, closed = [], threading.Event()
-    real = serve.stream_events
-
-    def spied(*args, **kwargs):  # slowed down, so that the whole answer would take 2 s at least
-        events = real(*args, **kwargs)
-        try:
-            while True:
-                event = next(events)
-                time.sleep(0.05)
-                produced.append(event)
-                yield event
-        except StopIteration as stop:
-            return stop.value
-        finally:
-            events.close()
-            closed.set()
-
-    monkeypatch.setattr(serve, "stream_events", spied)
+    # slowed down, so that the whole answer would take 2 s at least
+    monkeypatch.setattr(serve, "stream_events", slowed(serve.stream_events, 0.05, produced, closed))
     with httpx.stream("POST", server.url + "/api/stream", data={"text": "what is two plus three"}) as response:
         first = json.loads(next(response.iter_lines()))
         assert first["event"] == "start"
@@ -400,8 +385,9 @@ def test_cli_names_a_missing_checkpoint(tmp_path):
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-def slowed(events, delay: float):
-    """`stream_events` that waits `delay` s after each event: an answer long enough to hear it start early."""
+def slowed(events, delay: float, produced: list | None = None, closed: threading.Event | None = None):
+    """`stream_events` that waits `delay` s after each event (an answer long enough to hear it start
+    early), appends each event to `produced` and sets `closed` once the generation is closed."""
 
     def slow(*args, **kwargs):
         stream = events(*args, **kwargs)
@@ -409,11 +395,15 @@ def slowed(events, delay: float):
             while True:
                 event = next(stream)
                 time.sleep(delay)
+                if produced is not None:
+                    produced.append(event)
                 yield event
         except StopIteration as stop:
             return stop.value
         finally:
             stream.close()
+            if closed is not None:
+                closed.set()
 
     return slow
 
