@@ -294,6 +294,8 @@ class Preemption(L.Callback):
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if self._received and not self.signum and not self.stopped_at_once:  # came after the last step
             stopping.keep(self._received)  # the stage ends as planned; the run stops before the next
+            if self._received == signal.SIGUSR1 and trainer.is_global_zero and SLURMEnvironment.detect():
+                requeue()  # as a SIGUSR1 during the steps does
         # after the fit (the WER pass, the next stage) a signal means what it meant before
         for sig, handler in self._before.items():
             signal.signal(sig, handler)

@@ -276,6 +276,20 @@ def test_a_stop_that_lands_where_it_cannot_act_stops_the_run_before_the_next_sta
     assert "the finished stages (alignment) are kept" in run.stderr.strip().splitlines()[-1]
 
 
+def test_slurms_warning_after_a_stages_last_step_still_requeues_the_job(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")  # records its call
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "omni", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "PATH": f"{bin_dir}:{os.environ['PATH']}"}  # fmt: skip
+    callback = ["+callbacks.sig._target_=test_faults_run.SignalAtTrainEnd", "+callbacks.sig.signal_name=SIGUSR1"]
+    run = omni_train(*SHORT, *QUIET, "run_stages=[alignment,adaption]", *callback, f"hydra.run.dir={tmp_path / 'run'}",
+                     cwd=tmp_path, env=slurm)  # fmt: skip
+    assert run.returncode == 128 + signal.SIGUSR1, run.stderr[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+
+
 def test_a_run_explains_itself_and_a_failed_command_leaves_nothing(tmp_path):
     run = omni_train(*SHORT, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
