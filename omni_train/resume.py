@@ -243,9 +243,8 @@ class Preempted(RuntimeError):
     """
 
     def __init__(self, signum: int, stage: str, step: int, run_dir: Path, saved: Path | None) -> None:
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         what = f"saved {saved}" if saved else "did not save (stopped at once; resume=auto takes its last checkpoint)"
-        super().__init__(f"{name}: stage {stage} stopped after step {step} and {what}")
+        super().__init__(f"{stopping.name(signum)}: stage {stage} stopped after step {step} and {what}")
         self.exit_code, self.run_dir = 128 + signum, Path(run_dir)
 
 
@@ -294,8 +293,8 @@ class Preemption(L.Callback):
     def teardown(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
         if self._received and not self.signum and not self.stopped_at_once:  # came after the last step
             stopping.keep(self._received)  # the stage ends as planned; the run stops before the next
-            if self._received == signal.SIGUSR1 and trainer.is_global_zero and SLURMEnvironment.detect():
-                requeue()  # as a SIGUSR1 during the steps does
+            if trainer.is_global_zero:
+                requeue_if_warned(self._received)  # as a SIGUSR1 during the steps does
         # after the fit (the WER pass, the next stage) a signal means what it meant before
         for sig, handler in self._before.items():
             signal.signal(sig, handler)
@@ -318,12 +317,15 @@ class Preemption(L.Callback):
             for callback in trainer.checkpoint_callbacks:  # it would write last.ckpt again at train end
                 callback.save_last = False
         trainer.should_stop = True
-        if signum == signal.SIGUSR1 and trainer.is_global_zero and SLURMEnvironment.detect():
-            requeue()
+        if trainer.is_global_zero:
+            requeue_if_warned(signum)
 
 
-def requeue() -> None:
-    """Put this SLURM job back in the queue (it keeps its id; resume=auto continues it)."""
+def requeue_if_warned(signum: int) -> None:
+    """After SLURM's warning (SIGUSR1 in a SLURM job), put the job back in the queue (it keeps its
+    id; resume=auto continues it). Any other signal, or no SLURM: nothing."""
+    if signum != signal.SIGUSR1 or not SLURMEnvironment.detect():
+        return
     job = os.environ.get("SLURM_JOB_ID", "")
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"

@@ -30,6 +30,11 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+def name(signum: int) -> str:
+    """How messages name a stop signal: "Ctrl-C" for SIGINT, else its name (SIGTERM, SIGUSR1)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 def keep(signum: int) -> None:
     """Remember that `signum` asked the run to stop (the stage loop raises it at its next safe point)."""
     global _kept
@@ -39,7 +44,7 @@ def keep(signum: int) -> None:
 def stop(signum: int, frame=None) -> None:
     """The signal handler outside training: keep the signal, raise it here."""
     keep(signum)
-    raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
+    _raise(signum)
 
 
 def raise_kept() -> None:
@@ -47,10 +52,8 @@ def raise_kept() -> None:
     global _kept
     signum, _kept = _kept, 0
     if signum:
-        raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
+        _raise(signum)
 
 
-def forget() -> None:
-    """The run stopped on the kept signal (or was told so): nothing is pending any more."""
-    global _kept
-    _kept = 0
+def _raise(signum: int) -> None:
+    raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)

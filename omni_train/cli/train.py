@@ -90,12 +90,10 @@ def _run(cfg: DictConfig, run_dir: Path, files: list[logging.FileHandler]) -> No
     except Preempted as err:  # status 128 + signal says "stopped, resumable"
         stop(f"omni-train: {err}; continue with: {resume_command(err.run_dir)}", err.exit_code)
     except (KeyboardInterrupt, stopping.Stopped) as err:  # model building, a WER pass, between stages
-        stopping.forget()
         signum = err.signum if isinstance(err, stopping.Stopped) else signal.SIGINT
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         done = sorted(p.parent.name for p in run_dir.glob("*/summary.json"))
         kept = f"the finished stages ({', '.join(done)}) are kept" if done else "nothing of this run was saved"
-        stop(f"omni-train: {name}: stopped outside a stage's training steps; {kept}; continue with: "
+        stop(f"omni-train: {stopping.name(signum)}: stopped outside a stage's training steps; {kept}; continue with: "
              f"{resume_command(run_dir)}", 128 + signum)  # fmt: skip
     if summary.get("final_model"):  # rank 0 only
         from omni_train.report import summary_table
@@ -107,12 +105,9 @@ def _run(cfg: DictConfig, run_dir: Path, files: list[logging.FileHandler]) -> No
 
 def _stop_outside_training(signum: int, frame) -> None:
     if signum == signal.SIGUSR1:  # SLURM's warning: the job goes back in the queue, as from a stage
-        from lightning.fabric.plugins.environments import SLURMEnvironment
+        from omni_train.resume import requeue_if_warned
 
-        from omni_train.resume import requeue
-
-        if SLURMEnvironment.detect():
-            requeue()
+        requeue_if_warned(signum)
     stopping.stop(signum)
 
 
