@@ -16,6 +16,9 @@ trained), and a dense batch where every position of every layer is trained (Omni
 case). The frozen Whisper encoder is not part of the step (see whisper_encoder.py); its output is
 random frames of whisper-small's width.
 
+Both steps run with the allocator setting omni-train applies to CPU runs (`omni_train.allocator`:
+freed memory kept for the next step); ``--allocator default`` leaves glibc as it comes.
+
     python benchmarks/step_overhead.py [--layers 2] [--max-tokens 1024] [--reps 3] [--spread 0.03] [--tiny]
 """
 
@@ -32,6 +35,7 @@ from litgpt.config import Config
 from litgpt.model import GPT
 from litgpt.utils import chunked_cross_entropy
 
+from omni_train.allocator import keep_freed_memory
 from omni_train.data.collator import IGNORE_INDEX, TASKS, OmniCollator, sequence_length
 from omni_train.data.sampler import bucket_batches
 from omni_train.loss import omni_loss
@@ -157,12 +161,16 @@ def main() -> None:
     parser.add_argument("--max-reps", type=int, default=20)
     parser.add_argument("--variants", default="lm_head,post_adapter")
     parser.add_argument("--batches", default="voice_assistant,dense")
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="keep: freed memory kept for reuse, as omni-train's CPU runs; default: glibc's own")  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="a 64-wide model with a 512-token base vocab (smoke test)")
     args = parser.parse_args()
+    kept = keep_freed_memory() if args.allocator == "keep" else False
     if args.tiny:
         args.max_tokens, args.reps, args.whisper_dim = min(args.max_tokens, 256), 1, 32
 
-    print(f"threads={torch.get_num_threads()} model={args.model} layers={args.layers} max_tokens={args.max_tokens}")
+    print(f"threads={torch.get_num_threads()} model={args.model} layers={args.layers} max_tokens={args.max_tokens} "
+          f"allocator={'freed memory kept' if kept else 'glibc as configured'}")  # fmt: skip
     ratios = {}
     for variant in args.variants.split(","):
         omni, plain, own = build(args, post_adapter=variant == "post_adapter")

@@ -30,6 +30,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from omni_train import evaluate
+from omni_train.allocator import keep_freed_memory
 from omni_train.atomic import write_json, write_text
 from omni_train.audio import MelCache
 from omni_train.builders import (
@@ -79,6 +80,8 @@ def train(cfg: DictConfig, requested_model: Collection[str] | None = None) -> di
     """
     check(cfg)
     set_threads(cfg.threads, processes=_processes_per_node(cfg))
+    if not _on_gpu(cfg):  # CUDA's caching allocator keeps a GPU run's tensors already
+        keep_freed_memory()
     run_dir = Path(cfg.run_dir)
     with RunLock(run_dir) if rank() == 0 else nullcontext():  # one omni-train a run folder
         if cfg.resume != "auto" and rank() == 0 and (run_dir / "config.yaml").exists():  # written as a run starts
@@ -339,6 +342,14 @@ def check(cfg: DictConfig) -> None:
     lora = OmegaConf.to_container(cfg.model.lora)
     if not lora["r"] and (unused := [f"model.lora.{k}={v}" for k, v in lora.items() if v != getattr(LoraConfig, k)]):
         log.warning("%s: not used, LoRA is off (model.lora.r=0)", ", ".join(unused))
+
+
+def _on_gpu(cfg: DictConfig) -> bool:
+    """Whether the trainer will run on a GPU (``accelerator`` gpu/cuda, or auto with one visible)."""
+    import torch
+
+    accelerator = cfg.trainer.get("accelerator", "auto")
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def _processes_per_node(cfg: DictConfig) -> int:

@@ -1,6 +1,7 @@
 """omni-train end to end: the configs, the staged run, resume, DDP, and users' mistakes."""
 
 import json
+import platform
 import signal
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from litgpt.config import Config
 from omegaconf import OmegaConf
 from runs import SHORT, config, omni_train
 
+from omni_train import allocator
 from omni_train.checkpoints import audio_sources, load_checkpoint
 from omni_train.cli.train import CONFIGS
 from omni_train.config import ConfigError
@@ -142,6 +144,8 @@ def test_init_from_decides_the_model_and_a_conflicting_model_setting_is_one_line
     assert "'Qwen2.5-0.5B'" in last
     run = omni_train(*common, f"hydra.run.dir={tmp_path / 'd'}", cwd=tmp_path)  # model left at its default preset
     assert run.returncode == 0, run.stderr[-2000:]
+    if platform.libc_ver()[0] == "glibc" and allocator.user_choice() is None:  # a CPU run keeps freed memory
+        assert "allocator: freed memory kept for reuse" in run.stdout + run.stderr
     saved = OmegaConf.load(tmp_path / "d" / "config.yaml").model
     assert saved.name == "Qwen2.5-0.5B" and saved.overrides.n_layer == 4 and saved.overrides.n_embd == 128
     assert saved.checkpoint_dir is None and saved.tokenizer_dir == str(first)
