@@ -31,8 +31,9 @@ log = logging.getLogger("omni_train")
 # mallopt parameters (<malloc.h>)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
-# mallopt takes an int: the largest trim threshold it can set (2 GiB free at the heap's top)
-NEVER_TRIM = 2**31 - 1
+# -1 turns trimming off (mallopt(3)); the largest positive int would still trim once 2 GiB at the
+# heap's top are free, which a full-depth 0.5B step frees every step
+NEVER_TRIM = -1
 OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 

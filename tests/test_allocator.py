@@ -67,3 +67,20 @@ def test_another_allocator_preloaded_is_left_alone(monkeypatch):
     assert allocator.user_choice() == "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libfaketime.so")
     assert allocator.user_choice() is None
+
+
+def test_trimming_is_turned_off_not_bounded(monkeypatch):
+    """A threshold is an int: 2**31 - 1, the largest, still trims a heap with 2 GiB free at its top, as a
+    full-depth 0.5B step leaves it (21.8 M page faults in that benchmark, BENCHMARKS.md section 1); -1 never trims."""
+    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES", "LD_PRELOAD"]:
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+
+    class Libc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: Libc())
+    assert allocator.keep_freed_memory() is True
+    assert calls == [(allocator.M_MMAP_MAX, 0), (allocator.M_TRIM_THRESHOLD, -1)]
