@@ -4,8 +4,8 @@ A training step allocates and frees the same large buffers every step: activatio
 gradients. glibc serves every buffer over its mmap threshold (32 MB at most) with a fresh `mmap`
 and unmaps it on `free`, and it trims the top of its heap back to the OS once 128 kB there are free
 (its defaults), so the next step faults every page of those buffers in again and the kernel zeroes
-each one. At Qwen2-0.5B's full depth on one CPU thread that was a fifth of a step's CPU time (32.5
-million minor page faults in 18 steps; BENCHMARKS.md section 1). With mmap and trimming off, freed
+each one. At Qwen2-0.5B's full depth on one CPU thread that was a third of the CPU time (335 of
+1015 s in the kernel, 48 million minor page faults; BENCHMARKS.md section 1). With mmap and trimming off, freed
 memory stays in the process and the next step reuses it; the arithmetic is the same, so the
 weights are the same bits. The price is resident memory: the heap keeps its high-water mark, and
 for the first steps it grows a little past it (an aligned allocation needs slightly more than the
@@ -40,7 +40,7 @@ OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 def user_choice() -> str | None:
     """The environment setting that configures the allocator already, if any (as ``NAME=value``)."""
     for name, value in os.environ.items():
-        if name.startswith("MALLOC_") and name.endswith("_"):
+        if name.startswith("MALLOC_"):  # MALLOC_MMAP_MAX_, MALLOC_ARENA_MAX, ...: the user tunes glibc
             return f"{name}={value}"
     if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"

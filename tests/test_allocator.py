@@ -35,10 +35,19 @@ print(json.dumps({"applied": applied, "faults": faults}))
 PAGES = 256 * 2**20 // 4096
 
 
+def configures_allocator(name: str) -> bool:
+    return name.startswith("MALLOC_") or name in ("GLIBC_TUNABLES", "LD_PRELOAD")
+
+
+@pytest.fixture
+def unconfigured(monkeypatch):
+    for name in filter(configures_allocator, list(os.environ)):
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
 def step(mode: str, **env: str) -> tuple[dict, str]:
-    clean = {
-        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")
-    }
+    clean = {k: v for k, v in os.environ.items() if not configures_allocator(k)}
     run = subprocess.run([sys.executable, "-c", STEP, mode], env={**clean, **env}, capture_output=True, text=True,
                          timeout=120, check=True)  # fmt: skip
     return json.loads(run.stdout), run.stderr
@@ -60,20 +69,19 @@ def test_what_the_environment_sets_wins_and_is_said(env):
     assert result["faults"] > 0.9 * PAGES  # glibc as configured there: its default
 
 
-def test_another_allocator_preloaded_is_left_alone(monkeypatch):
-    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES"]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+def test_another_allocator_preloaded_or_any_malloc_variable_is_left_alone(unconfigured):
+    unconfigured.setenv("MALLOC_ARENA_MAX", "2")
+    assert allocator.user_choice() == "MALLOC_ARENA_MAX=2"
+    unconfigured.delenv("MALLOC_ARENA_MAX")
+    unconfigured.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     assert allocator.user_choice() == "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libfaketime.so")
+    unconfigured.setenv("LD_PRELOAD", "/usr/lib/libfaketime.so")
     assert allocator.user_choice() is None
 
 
-def test_trimming_is_turned_off_not_bounded(monkeypatch):
+def test_trimming_is_turned_off_not_bounded(unconfigured):
     """A threshold is an int: 2**31 - 1, the largest, still trims a heap with 2 GiB free at its top, as a
     full-depth 0.5B step leaves it (21.8 M page faults in that benchmark, BENCHMARKS.md section 1); -1 never trims."""
-    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["GLIBC_TUNABLES", "LD_PRELOAD"]:
-        monkeypatch.delenv(name, raising=False)
     calls = []
 
     class Libc:
@@ -81,6 +89,6 @@ def test_trimming_is_turned_off_not_bounded(monkeypatch):
             calls.append((param, value))
             return 1
 
-    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda name: Libc())
+    unconfigured.setattr(allocator.ctypes, "CDLL", lambda name: Libc())
     assert allocator.keep_freed_memory() is True
     assert calls == [(allocator.M_MMAP_MAX, 0), (allocator.M_TRIM_THRESHOLD, -1)]
