@@ -5,12 +5,12 @@ gradients. glibc serves every buffer over its mmap threshold (32 MB at most) wit
 and unmaps it on `free`, and it trims the top of its heap back to the OS once 128 kB there are free
 (its defaults), so the next step faults every page of those buffers in again and the kernel zeroes
 each one. At Qwen2-0.5B's full depth on one CPU thread that was a third of the CPU time (335 of
-1015 s in the kernel, 48 million minor page faults; BENCHMARKS.md section 1). With mmap and trimming off, freed
-memory stays in the process and the next step reuses it; the arithmetic is the same, so the
-weights are the same bits. The price is resident memory: the heap keeps its high-water mark, and
-for the first steps it grows a little past it (an aligned allocation needs slightly more than the
-block the same tensor freed, until freed blocks coalesce); `release_memory` between stages still
-gives it back (`malloc_trim`).
+1015 s in the kernel, 48 million minor page faults; BENCHMARKS.md section 1). With mmap and
+trimming off, freed memory stays in the process and the next step reuses it; the arithmetic is the
+same, so the weights are the same bits. The price is resident memory: the heap keeps its
+high-water mark, and for the first steps it grows a little past it (an aligned allocation needs
+slightly more than the block the same tensor freed, until freed blocks coalesce); between stages
+`give_back_freed_memory` returns it (`malloc_trim`).
 
 It is applied to CPU runs only: a GPU run's tensors live in CUDA's caching allocator already.
 
@@ -50,6 +50,13 @@ def user_choice() -> str | None:
     return None
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """The C library, where it is glibc (macOS, musl: their allocators have no such switches)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(None)
+
+
 def keep_freed_memory() -> bool:
     """Turn off glibc's mmap for large buffers and its heap trimming, unless the user chose; log the outcome.
 
@@ -59,12 +66,23 @@ def keep_freed_memory() -> bool:
     if chosen:
         log.info("allocator: as the environment configures it (%s)", chosen)
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False  # macOS, musl: their allocators have no such switches; nothing to say
-    libc = ctypes.CDLL(None)
+    libc = _glibc()
+    if libc is None:
+        return False  # nothing to say
     if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)):
         log.warning("allocator: glibc refused mallopt; freed memory goes back to the OS as by default")
         return False
     log.info("allocator: freed memory kept for reuse (glibc: no mmap, no trimming; MALLOC_MMAP_MAX_=65536 "
              "for glibc's default)")  # fmt: skip
     return True
+
+
+def give_back_freed_memory() -> None:
+    """Return the heap's free memory to the OS now (glibc's `malloc_trim`), whatever trimming is set to.
+
+    Between stages (`omni_train.train.release_memory`), so that a run's resident memory at a stage's
+    start is that stage's, not the high-water mark of the stages before (BENCHMARKS.md section 12).
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

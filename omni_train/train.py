@@ -30,7 +30,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from omni_train import evaluate
-from omni_train.allocator import keep_freed_memory
+from omni_train.allocator import give_back_freed_memory, keep_freed_memory
 from omni_train.atomic import write_json, write_text
 from omni_train.audio import MelCache
 from omni_train.builders import (
@@ -219,10 +219,10 @@ def release_memory() -> None:
     Lightning's trainer and module refer to each other (and hold the optimizer state, the loaders
     and the callbacks), so they are freed only by a garbage collection, which Python would run at
     some later allocation count: until then the next stage's model and optimizer come on top of
-    the old ones (at Qwen2-0.5B, about 12 GB). glibc keeps freed small blocks in its heap, so it is
-    asked to return them too; CUDA's caching allocator likewise.
+    the old ones (at Qwen2-0.5B, about 12 GB). The C allocator keeps freed blocks in its heap (a CPU
+    run's on purpose, `omni_train.allocator`), so it is asked to return them too; CUDA's caching
+    allocator likewise.
     """
-    import ctypes
     import gc
 
     import torch
@@ -230,10 +230,7 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator decides
-        pass
+    give_back_freed_memory()
 
 
 def final_checks(cfg: DictConfig, final: ModelBundle, summary: dict) -> None:
