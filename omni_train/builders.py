@@ -30,9 +30,7 @@ from omni_train.checkpoints import (
     CONFIG_FILE,
     WHISPER_FILE,
     ModelBundle,
-    audio_sources,
     load_base,
-    load_checkpoint,
     omni_from_base,
     validate_tokenizer,
 )
@@ -77,16 +75,12 @@ def build_model(
     else:
         if not (start / CONFIG_FILE).is_file():
             raise ConfigError(f"init_from={start}: not a model folder (no {CONFIG_FILE}); give <run>/<stage>/model")
-        try:
-            model, _ = load_checkpoint(start)
+        try:  # what the model was trained with, else (a Mini-Omni checkpoint) model.*'s audio models
+            bundle = ModelBundle.load(start, fallback={"whisper": m.whisper, "snac": m.snac, "pad_to_30s": m.pad_to_30s})
         except ValueError as err:  # e.g. a tokenizer that does not fit the checkpoint's vocabulary
             raise ConfigError(f"init_from={start}: {err}") from None
-        audio = {"whisper": m.whisper, "snac": m.snac, "pad_to_30s": m.pad_to_30s}
-        audio.update(audio_sources(start) or {})  # what the model was trained with
-        bundle = ModelBundle(model, None, start, audio["whisper"], audio["snac"], audio["pad_to_30s"], str(start),
-                             trained_context=audio.get("trained_context"), language=audio.get("language"))  # fmt: skip
-        check_requested(m, bundle, requested, start_name or f"init_from={start}")
-        bundle.encoder = WhisperEncoder.from_pretrained(bundle.whisper, pad_to_30s=bundle.pad_to_30s)
+        check_requested(m, bundle, requested, start_name or f"init_from={start}")  # before Whisper loads
+        bundle.load_encoder()
     if m.lora.r:
         lora = m.lora if isinstance(m.lora, LoraConfig) else LoraConfig(**plain(m.lora))
         bundle.model.add_lora(lora, seed=seed)

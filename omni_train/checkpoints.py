@@ -37,6 +37,7 @@ from litgpt.tokenizer import Tokenizer
 from litgpt.utils import lazy_load
 
 from omni_train.atomic import atomic_dir
+from omni_train.audio import WhisperEncoder
 from omni_train.model import OmniConfig, OmniGPT
 
 WEIGHTS_FILE = "lit_model.pth"
@@ -565,8 +566,8 @@ def save_lora(model_dir: Path, model: OmniGPT, base: str) -> None:
 class ModelBundle:
     """A model with what it hears and talks with: what a model folder holds, loaded.
 
-    The hand-off between the parts of a run: the model builder makes one (from a base LLM or a
-    model folder), the stage module trains its model, the evaluations and the sample logger
+    The hand-off between the parts of a run: the model builder makes one (from a base LLM, or a
+    model folder through `load`, as the CLIs and omni-serve do), the stage module trains its model, the evaluations and the sample logger
     answer with it, and `save` writes it as the next stage's starting point.
 
     Attributes:
@@ -582,7 +583,7 @@ class ModelBundle:
     """
 
     model: OmniGPT
-    encoder: Any = None  # omni_train.audio.WhisperEncoder
+    encoder: WhisperEncoder | None = None
     tokenizer_dir: Path | None = None
     whisper: str | None = None
     snac: str | None = None
@@ -590,6 +591,26 @@ class ModelBundle:
     origin: str = ""  # where the model came from, for messages
     trained_context: int | None = None
     language: str | None = None
+
+    @classmethod
+    def load(
+        cls, model_dir: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        fallback: Mapping[str, Any] | None = None,
+    ) -> ModelBundle:
+        """A model folder, ours or Mini-Omni's, loaded without its encoder (`load_encoder`): the one reader of one.
+
+        Its Whisper, SNAC, padding rule, trained context and language are what the folder records
+        (`audio_sources`); `fallback` gives those it does not (a Mini-Omni checkpoint records none).
+        """
+        model, _ = load_checkpoint(model_dir, device=device, dtype=dtype)
+        audio = {"pad_to_30s": False, **(fallback or {}), **(audio_sources(model_dir) or {})}
+        return cls(model, None, Path(model_dir), audio.get("whisper"), audio.get("snac"), audio["pad_to_30s"],
+                   str(model_dir), audio.get("trained_context"), audio.get("language"))  # fmt: skip
+
+    def load_encoder(self, device: torch.device | str | None = None) -> WhisperEncoder:
+        """The Whisper encoder it hears with (``self.whisper``), kept as ``self.encoder``."""
+        self.encoder = WhisperEncoder.from_pretrained(self.whisper, device=device, pad_to_30s=self.pad_to_30s)
+        return self.encoder
 
     def save(self, out_dir: str | Path, model: OmniGPT | None = None) -> Path:
         """Write our format with the tokenizer and audio models, atomically (`model`: e.g. gathered from shards).

@@ -64,7 +64,7 @@ from omni_train.audio import (
     load_audio,
     whisper_frames,
 )
-from omni_train.checkpoints import audio_sources, load_checkpoint
+from omni_train.checkpoints import ModelBundle
 from omni_train.data.collator import build_prompt
 from omni_train.data.samples import Encoded, Turn
 from omni_train.generate import Conversation, answer, stream_events
@@ -148,13 +148,12 @@ class Talker:
         **settings,
     ) -> Talker:
         """Load a checkpoint with the Whisper and SNAC named here, else those it was trained with."""
-        model, _ = load_checkpoint(checkpoint, device=device, dtype=dtype)
-        saved = audio_sources(checkpoint) or {}
-        whisper, snac = whisper or saved.get("whisper"), snac or saved.get("snac")
-        pad = saved.get("pad_to_30s", False) if pad_to_30s is None else pad_to_30s
-        encoder = WhisperEncoder.from_pretrained(whisper, device=device, pad_to_30s=pad) if whisper else None
+        bundle = ModelBundle.load(checkpoint, device=device, dtype=dtype)
+        bundle.whisper, snac = whisper or bundle.whisper, snac or bundle.snac
+        bundle.pad_to_30s = bundle.pad_to_30s if pad_to_30s is None else pad_to_30s
+        encoder = bundle.load_encoder(device) if bundle.whisper else None
         codec = SnacCodec.from_pretrained(snac, device=device) if snac else None
-        return cls(model, Tokenizer(checkpoint), encoder, codec, name=str(checkpoint), **settings)
+        return cls(bundle.model, Tokenizer(checkpoint), encoder, codec, name=str(checkpoint), **settings)
 
     @property
     def tasks(self) -> list[Task]:

@@ -45,7 +45,7 @@ from litgpt.tokenizer import Tokenizer
 from omni_train import evaluate
 from omni_train.atomic import write_json, write_text
 from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, load_whisper
-from omni_train.checkpoints import audio_sources, base_model, load_base, load_checkpoint
+from omni_train.checkpoints import ModelBundle, audio_sources, base_model, load_base
 from omni_train.data import sources
 from omni_train.data.sources.conversations import CONVERSATION_TASKS
 from omni_train.data.sources import LAYOUTS
@@ -203,8 +203,8 @@ def _loading(what):
 
 def _load_model(args):
     with _loading(args.checkpoint):
-        model, _ = load_checkpoint(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
-    return model.eval(), Tokenizer(args.checkpoint)
+        bundle = ModelBundle.load(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
+    return bundle.model.eval(), Tokenizer(bundle.tokenizer_dir)
 
 
 def _saved(args, key: str, flag: str) -> str:

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from omni_train.checkpoints import audio_sources, export_mini_omni, load_checkpoint, mini_omni_block_size, save_omni
+from omni_train.checkpoints import ModelBundle, export_mini_omni, mini_omni_block_size, save_omni
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,13 +32,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--block-size is for --format mini-omni (our format keeps the model's own)")
 
     try:
-        model, _ = load_checkpoint(args.checkpoint)
+        bundle = ModelBundle.load(args.checkpoint)
         if args.format == "mini-omni":
-            trained = (audio_sources(args.checkpoint) or {}).get("trained_context")
-            block_size = args.block_size or mini_omni_block_size(model.config, trained)
-            out = export_mini_omni(model, args.out_dir, args.checkpoint, block_size)
+            block_size = args.block_size or mini_omni_block_size(bundle.model.config, bundle.trained_context)
+            out = export_mini_omni(bundle.model, args.out_dir, args.checkpoint, block_size)
         else:
-            out = save_omni(model, args.out_dir, args.checkpoint)
+            out = save_omni(bundle.model, args.out_dir, args.checkpoint)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as e:
         sys.exit(f"omni-export: error: {e}")
     print(f"wrote {args.format} checkpoint to {out}")

@@ -35,7 +35,7 @@ import torch
 from litgpt.tokenizer import Tokenizer
 
 from omni_train.audio import DownloadFailed, SnacCodec, WhisperEncoder, save_wav
-from omni_train.checkpoints import audio_sources, load_checkpoint
+from omni_train.checkpoints import ModelBundle, audio_sources
 from omni_train.data.samples import Turn
 from omni_train.data.sources import BadRow, read_conversation, to_audio
 from omni_train.generate import Conversation
@@ -161,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     try:
-        model, _ = load_checkpoint(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
-        tokenizer = Tokenizer(args.checkpoint)
+        bundle = ModelBundle.load(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
+        model, tokenizer = bundle.model, Tokenizer(bundle.tokenizer_dir)
         encoder = load_encoder(args) if args.audio or any(t.user.text is None for t in args.turns) else None
         codec = SnacCodec.from_pretrained(args.snac, device=args.device) if args.out else None
     except RuntimeError as e:  # a state dict that does not fit its config, an unknown device
