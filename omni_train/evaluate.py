@@ -631,9 +631,10 @@ def plot_losses(run_dir: str | Path, out: str | Path) -> list[dict]:
 
 
 # ---- conversations -----------------------------------------------------------------------------
-def same_answer(reference: str, hypothesis: str) -> bool:
-    """Whether an answer is right: the reference's words exactly, after Whisper's English normaliser."""
-    return _normalize(reference).split() == _normalize(hypothesis).split()
+def same_answer(reference: str, hypothesis: str, language: str = "en") -> bool:
+    """Whether an answer is right: the reference's words exactly, after the language's normaliser (`scoring`)."""
+    normalize = scoring(language).normalize
+    return normalize(reference).split() == normalize(hypothesis).split()
 
 
 def _question(s: Sample, task: Task) -> str:
@@ -648,22 +649,25 @@ def _question(s: Sample, task: Task) -> str:
 def dialogue(
     model: OmniGPT, encoder, tokenizer, samples: list[Sample], task: Task | str, *, history: bool = True,
     codec: SnacCodec | None = None, judge=None, batch_size: int = 8, max_new_tokens: int = 256,
-    desc: str | None = None,
+    desc: str | None = None, language: str = "en",
 ) -> dict:  # fmt: skip
     """Answer the last turns of held-out conversations and score them against their references.
 
     Each sample is a conversation's last turn (`sources.conversations(..., turns="last")`): its
     earlier turns, as the file has them, are the history (the oldest give way when the prompt would
     leave fewer than `answer_room` steps), unless `history` is False, which asks the question alone,
-    as a single-turn model would see it. Scored: text WER against the reference answer and how many
-    answers are exactly right (`same_answer`); for a spoken answer with `codec` and `judge` (an
-    openai-whisper model), the WER of the judge's transcript against the reference too.
+    as a single-turn model would see it. Scored in `language` (`scoring`: its normaliser, WER or
+    CER): the text answer's error rate against the reference answer and how many answers are exactly
+    right (`same_answer`); for a spoken answer with `codec` and `judge` (an openai-whisper model,
+    transcribing in `language`), the error rate of the judge's transcript against the reference too.
 
     Returns:
-        ``{"task", "history", "n", "right", "accuracy", "wer", "spoken_wer", "items": [...]}``;
-        ``spoken_wer`` is None without a spoken answer to judge.
+        ``{"task", "history", "language", "metric", "n", "right", "accuracy", <metric>,
+        "spoken_<metric>", "items": [...]}``, the metric ``wer`` or ``cer``; ``spoken_<metric>`` is
+        None without a spoken answer to judge.
     """
-    task, vocab = Task(task), model.config.vocab
+    task, vocab, score = Task(task), model.config.vocab, scoring(language)
+    metric, rate = score.metric, (lambda refs, hyps: error_rate(refs, hyps, language))
     room = answer_room(model, max_new_tokens)
     items = []
     for start in tqdm(range(0, len(samples), batch_size), desc=desc, unit="batch", disable=desc is None):
@@ -687,22 +691,23 @@ def dialogue(
             item = {
                 "id": s.row, "history": [list(t) for t in s.history[e.dropped_turns :]] if history else [],
                 "question": _question(s, task), "reference": s.answer_text,
-                "text": text, "right": same_answer(s.answer_text, text), "wer": round(error_rate([s.answer_text], [text]), 2),
+                "text": text, "right": same_answer(s.answer_text, text, language),
+                metric: round(rate([s.answer_text], [text]), 2),
             }  # fmt: skip
             if task.audio_out and codec is not None and judge is not None:
                 wave = codec.decode(g.frames.to(codec.device)) if g.frames.size(0) else torch.zeros(0)
-                item["transcript"] = transcribe_speech(judge, wave, codec.sample_rate)
-                item["spoken_wer"] = round(error_rate([s.answer_text], [item["transcript"]]), 2)
+                item["transcript"] = transcribe_speech(judge, wave, codec.sample_rate, score.language)
+                item[f"spoken_{metric}"] = round(rate([s.answer_text], [item["transcript"]]), 2)
             items.append(item)
     if not items:
         raise ValueError("no conversation to score")
     right = sum(i["right"] for i in items)
     spoken = [i for i in items if "transcript" in i]
-    spoken_wer = error_rate([i["reference"] for i in spoken], [i["transcript"] for i in spoken]) if spoken else None
+    spoken_rate = rate([i["reference"] for i in spoken], [i["transcript"] for i in spoken]) if spoken else None
     return {
-        "task": task.value, "history": history, "n": len(items), "right": right,
-        "accuracy": round(100.0 * right / len(items), 2),
-        "wer": round(error_rate([i["reference"] for i in items], [i["text"] for i in items]), 2),
-        "spoken_wer": None if spoken_wer is None else round(spoken_wer, 2),
+        "task": task.value, "history": history, "language": score.language, "metric": metric, "n": len(items),
+        "right": right, "accuracy": round(100.0 * right / len(items), 2),
+        metric: round(rate([i["reference"] for i in items], [i["text"] for i in items]), 2),
+        f"spoken_{metric}": None if spoken_rate is None else round(spoken_rate, 2),
         "items": items,
     }  # fmt: skip

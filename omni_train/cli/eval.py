@@ -469,9 +469,11 @@ def add_dialogue_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--out", type=Path, default=Path("dialogue_results.json"), help="per-conversation results (JSON)")
+    _language_arg(p)
 
 
 def run_dialogue(args) -> dict:
+    metric = evaluate.scoring(args.language).metric  # an unknown language fails before any model loads
     # the last turns with their question spoken (read as A1T2) and written (T1T2); the reference is the text answer
     src = sources.conversations(args.conversations, tasks=["A1T2", "T1T2"], turns="last")
     last = list(src)
@@ -497,14 +499,16 @@ def run_dialogue(args) -> dict:
         codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
     result = evaluate.dialogue(
         model, encoder, tokenizer, samples, task, history=not args.no_history, codec=codec, judge=judge,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers",
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers", language=args.language,
     )  # fmt: skip
     result = {"checkpoint": str(args.checkpoint), "conversations": str(args.conversations), **result}
     write_json(args.out, result)
-    spoken_wer = "-" if result["spoken_wer"] is None else f"{result['spoken_wer']:.2f}"
-    print("| model | task | history | conversations | right | text WER | spoken WER |\n|---|---|---|---|---|---|---|\n"
+    spoken, name = result[f"spoken_{metric}"], metric.upper()
+    spoken = "-" if spoken is None else f"{spoken:.2f}"
+    print(f"| model | task | history | conversations | right | text {name} | spoken {name} |\n"
+          "|---|---|---|---|---|---|---|\n"
           f"| {args.checkpoint} | {task.value} | {'yes' if result['history'] else 'no'} | {result['n']} | "
-          f"{result['right']} ({result['accuracy']:.1f}%) | {result['wer']:.2f} | {spoken_wer} |")  # fmt: skip
+          f"{result['right']} ({result['accuracy']:.1f}%) | {result[metric]:.2f} | {spoken} |")  # fmt: skip
     print(f"per-conversation results: {args.out}", file=sys.stderr)
     return result
 
