@@ -315,8 +315,8 @@ sees a big dog", so that a tiny model can learn it in minutes.
   losses: multi-scale mel, waveform, codebook and commitment, and from a fifth of the steps on a
   narrow multi-period discriminator with feature matching. 2600 steps of 8 windows of 0.34 s,
   seed 0, then 1800 and 4500 more, each from the codec before (`--init`, a fresh schedule peaking
-  at 5e-4): 31.4 + 21.9 + 55.8 CPU minutes on one thread of a 2-core CPU. Only the first 512 codes of each codebook are
-  used, so that a tiny model can learn them. It keeps the timing, loudness and voicing of speech,
+  at 5e-4): 31.4 + 21.9 + 55.8 CPU minutes on one thread of a 2-core CPU. Only the first 512 codes
+  of each codebook are used, so that a tiny model can learn them. It keeps the timing, loudness and voicing of speech,
   but voiced sounds still buzz at harmonics of the codec's frame rate (46.9 Hz) instead of the
   voice's pitch, and the demo's recogniser reads it in part (CER on the 40 held-out sentences,
   `data_prep/eval_demo_snac.py`; before: the codec of the first two runs alone):

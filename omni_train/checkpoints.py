@@ -567,8 +567,9 @@ class ModelBundle:
     """A model with what it hears and talks with: what a model folder holds, loaded.
 
     The hand-off between the parts of a run: the model builder makes one (from a base LLM, or a
-    model folder through `load`, as the CLIs and omni-serve do), the stage module trains its model, the evaluations and the sample logger
-    answer with it, and `save` writes it as the next stage's starting point.
+    model folder through `load`, as the CLIs and omni-serve do), the stage module trains its
+    model, the evaluations and the sample logger answer with it, and `save` writes it as the next
+    stage's starting point.
 
     Attributes:
         model: the OmniGPT.
