@@ -114,6 +114,23 @@ def test_asr_on_one_split_folder_and_missing_splits(files, capsys, tmp_path):
     )
 
 
+def test_a_checkpoint_without_its_audio_models_asks_for_them(files, capsys, tmp_path):
+    """A model folder that names no Whisper (no omni_audio.json, no whisper.pt) needs --encoder; given, it runs."""
+    bare = tmp_path / "bare"
+    shutil.copytree(files["ckpt"], bare, ignore=shutil.ignore_patterns("whisper.pt", "snac"))
+    argv = ["asr", "--checkpoint", bare, "--librispeech", files["ls"] / "dev-other", "--max-utterances", "1",
+            "--max-new-tokens", "2", "--device", "cpu", "--out", tmp_path / "asr.json"]  # fmt: skip
+    err = fails(capsys, *argv)
+    assert err == f"omni-eval asr: error: {bare} does not say which whisper it was trained with: pass --encoder"
+    main([*map(str, argv), "--encoder", str(files["ckpt"] / "whisper.pt")])
+    assert json.loads((tmp_path / "asr.json").read_text())["splits"]["dev-other"]["n"] == 1
+    capsys.readouterr()
+    (tmp_path / "q.txt").write_text("what is two plus three\n")
+    err = fails(capsys, "consistency", "--checkpoint", bare, "--questions", tmp_path / "q.txt",
+                "--whisper", files["ckpt"] / "whisper.pt", "--device", "cpu")  # fmt: skip
+    assert err == f"omni-eval consistency: error: {bare} does not say which snac it was trained with: pass --snac"
+
+
 # ---- scoring by language -----------------------------------------------------------------------
 def test_english_normaliser_for_english_basic_for_others():
     # English: spellings and numbers are made one form ("mister", "25"); the basic normaliser does not

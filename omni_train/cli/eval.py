@@ -201,24 +201,29 @@ def _loading(what):
         raise EvalError(f"cannot load {what}: {str(e).splitlines()[0]}") from e
 
 
-def _load_model(args):
+def _load_model(args) -> tuple[ModelBundle, Tokenizer]:
+    """The checkpoint in eval mode, with the Whisper and SNAC it was trained with unless --encoder / --snac name others."""
     with _loading(args.checkpoint):
         bundle = ModelBundle.load(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype))
-    return bundle.model.eval(), Tokenizer(bundle.tokenizer_dir)
+    bundle.model.eval()
+    bundle.whisper = getattr(args, "encoder", None) or bundle.whisper
+    bundle.snac = getattr(args, "snac", None) or bundle.snac
+    return bundle, Tokenizer(bundle.tokenizer_dir)
 
 
-def _saved(args, key: str, flag: str) -> str:
-    saved = audio_sources(args.checkpoint) or {}
-    if key not in saved:
-        raise EvalError(f"{args.checkpoint} does not say which {key} it was trained with: pass {flag}")
-    return saved[key]
+def _saved(bundle: ModelBundle, key: str, flag: str) -> str:
+    if getattr(bundle, key) is None:
+        raise EvalError(f"{bundle.origin} does not say which {key} it was trained with: pass {flag}")
+    return getattr(bundle, key)
 
 
-def _load_encoder(args) -> WhisperEncoder:
-    name = args.encoder or _saved(args, "whisper", "--encoder")
-    pad = (audio_sources(args.checkpoint) or {}).get("pad_to_30s", False)
-    with _loading(name):
-        return WhisperEncoder.from_pretrained(name, device=args.device, pad_to_30s=pad)
+def _load_encoder(args, bundle: ModelBundle) -> WhisperEncoder:
+    with _loading(_saved(bundle, "whisper", "--encoder")):
+        return bundle.load_encoder(args.device)
+
+
+def _load_codec(args, bundle: ModelBundle) -> SnacCodec:
+    return SnacCodec.from_pretrained(_saved(bundle, "snac", "--snac"), device=args.device)
 
 
 def _load_whisper(args):
@@ -249,8 +254,9 @@ def run_asr(args) -> dict:
         raise EvalError(_missing(args.librispeech, missing))
     if missing:
         print(f"omni-eval asr: note: {_missing(args.librispeech, missing)}; their columns show '-'", file=sys.stderr)
-    model, tokenizer = _load_model(args)
-    encoder = _load_encoder(args)
+    bundle, tokenizer = _load_model(args)
+    model = bundle.model
+    encoder = _load_encoder(args, bundle)
     name = str(args.checkpoint)
     out = {"checkpoint": name, "splits": {}}
     for split, folder in splits.items():
@@ -285,9 +291,10 @@ def run_consistency(args) -> dict:
         questions = evaluate.librispeech_questions(list(splits.values()), args.max_items)
     task = Task(args.task or spoken_answer(all(q.audio for q in questions)))
     judge = _load_whisper(args)  # first: the judge is the model most often missing
-    model, tokenizer = _load_model(args)
-    encoder = _load_encoder(args) if task.audio_in else None
-    codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+    bundle, tokenizer = _load_model(args)
+    model = bundle.model
+    encoder = _load_encoder(args, bundle) if task.audio_in else None
+    codec = _load_codec(args, bundle)
     result = evaluate.consistency(
         model, encoder, tokenizer, codec, judge, questions, task, args.batch_size, args.max_new_tokens, desc="answers",
         language=args.language,
@@ -305,7 +312,8 @@ def run_consistency(args) -> dict:
 
 def run_retention(args) -> dict:
     documents = evaluate.read_documents(args.text, args.max_documents)
-    model, tokenizer = _load_model(args)
+    bundle, tokenizer = _load_model(args)
+    model = bundle.model
     with _loading(args.base):
         base_omni, _ = load_base(args.base, model_name=args.base_name, dtype=model.dtype)
     base = base_model(base_omni.to(args.device))
@@ -336,11 +344,12 @@ def run_spoken_qa(args) -> dict:
     if Task.A1A2 in tasks and not args.whisper:
         raise EvalError("A1A2 answers are spoken: pass --whisper (a model to transcribe them), or --tasks A1T2")
     sets = [spoken_qa.read_set(source, args.split) for source in args.data]  # every set opens before any model loads
-    model, tokenizer = _load_model(args)
-    encoder = _load_encoder(args)
+    bundle, tokenizer = _load_model(args)
+    model = bundle.model
+    encoder = _load_encoder(args, bundle)
     codec = judge = None
     if Task.A1A2 in tasks:
-        codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+        codec = _load_codec(args, bundle)
         judge = _load_whisper(args)
     rule = "normalised answer contained in the normalised response"
     out = {"command": "spoken-qa", "checkpoint": str(args.checkpoint), "whisper": args.whisper,
@@ -370,8 +379,9 @@ def run_voicebench(args) -> dict:
     if args.splits and len(args.subsets) > 1:
         raise EvalError("--splits names the splits of one subset: pass one --subsets with it")
     plan = {s: voicebench.subset_splits(args.data, s, args.splits) for s in args.subsets}
-    model, tokenizer = _load_model(args)
-    encoder = _load_encoder(args)
+    bundle, tokenizer = _load_model(args)
+    model = bundle.model
+    encoder = _load_encoder(args, bundle)
     name = args.name or args.checkpoint.resolve().name
     out = {"command": "voicebench", "checkpoint": str(args.checkpoint), "data": str(args.data), "task": "A1T2",
            "subsets": {}}
@@ -418,9 +428,10 @@ def run_speech(args) -> dict:
         questions = evaluate.read_questions(args.questions)[: args.max_items]
     task = Task(args.task or spoken_answer(all(q.audio for q in questions)))
     mos = speech_quality.MosPredictor(args.mos, args.device) if args.mos else None
-    model, tokenizer = _load_model(args)
-    encoder = _load_encoder(args) if task.audio_in else None
-    codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+    bundle, tokenizer = _load_model(args)
+    model = bundle.model
+    encoder = _load_encoder(args, bundle) if task.audio_in else None
+    codec = _load_codec(args, bundle)
     result = speech_quality.measure(
         model, encoder, tokenizer, codec, questions, task=task, mos=mos, warmup=args.warmup, chunk=args.chunk,
         context=args.context, max_new_tokens=args.max_new_tokens, save_dir=args.save_audio, desc="answers",
@@ -492,11 +503,12 @@ def run_dialogue(args) -> dict:
     judge = _load_whisper(args) if task.audio_out and args.whisper else None  # first: the most often missing
     if task.audio_out and not args.whisper:
         print("omni-eval dialogue: note: without --whisper only the text answers are scored", file=sys.stderr)
-    model, tokenizer = _load_model(args)
-    encoder = _load_encoder(args) if task.audio_in else None
+    bundle, tokenizer = _load_model(args)
+    model = bundle.model
+    encoder = _load_encoder(args, bundle) if task.audio_in else None
     codec = None
     if judge is not None:
-        codec = SnacCodec.from_pretrained(args.snac or _saved(args, "snac", "--snac"), device=args.device)
+        codec = _load_codec(args, bundle)
     result = evaluate.dialogue(
         model, encoder, tokenizer, samples, task, history=not args.no_history, codec=codec, judge=judge,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, desc="answers", language=args.language,
