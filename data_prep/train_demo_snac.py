@@ -263,9 +263,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="continue training this codec (its config and weights; a fresh optimiser, "
                              "schedule and discriminator) instead of starting from random weights")
     parser.add_argument("--save-every", type=int, default=0, help="also write the codec every N steps (to listen)")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="with --init: train only the decoder, so that the encoder and codebooks, and with "
+                             "them every code already made with the codec, stay exactly as they are")
     parser.add_argument("--tiny", action="store_true",
                         help="a smoke run in seconds: a narrow codec, a few sentences and steps (for tests)")
     args = parser.parse_args(argv)
+    if args.decoder_only and args.init is None:
+        parser.error("--decoder-only continues a trained codec: pass --init DIR")
     config, n_answers, n_heldout = TINY_SNAC, None, 40
     if args.tiny:
         config, n_answers, n_heldout = {**TINY_SNAC, "encoder_dim": 2, "decoder_dim": 16}, 2, 2
@@ -281,13 +286,15 @@ def main(argv: list[str] | None = None) -> None:
 
     codec = SnacCodec.from_pretrained(args.init) if args.init else SnacCodec.from_config(config)
     model = codec.model.train()
-    model.requires_grad_(True)
+    model.requires_grad_(not args.decoder_only)
+    model.decoder.requires_grad_(True)
     params = sum(p.numel() for p in model.parameters())
     mel_loss = MultiScaleMelLoss(SNAC_RATE)
     disc = PeriodDiscriminator()
     opt_d = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     adv_start = max(1, round(args.adversarial * args.steps)) if args.adversarial < 1 else args.steps + 1
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
     length = round(args.seconds * SNAC_RATE / 2048) * 2048  # whole coarse frames: no padding inside SNAC
     usage = [torch.zeros(args.codes) for _ in model.quantizer.quantizers]
@@ -297,8 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     logged = torch.zeros(3)  # mel, wave, commitment summed since the last log line
     for step in range(1, args.steps + 1):
         x = crops(audio, args.batch_size, length, gen)  # (B, 1, S)
-        z = model.encoder(x)  # (B, latent_dim, S / 512)
-        z_q, commit, cb, codes, latents = quantize(model, z, args.codes)
+        with torch.set_grad_enabled(not args.decoder_only):
+            z = model.encoder(x)  # (B, latent_dim, S / 512)
+            z_q, commit, cb, codes, latents = quantize(model, z, args.codes)
         y = model.decoder(z_q)  # (B, 1, S)
         mel = mel_loss(y[:, 0], x[:, 0])
         wave = F.l1_loss(y, x)
@@ -311,14 +319,15 @@ def main(argv: list[str] | None = None) -> None:
             loss = loss + W_ADV * adv + W_FEAT * fm
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1e3)
+        torch.nn.utils.clip_grad_norm_(trained, 1e3)
         opt.step()
         sched.step()
         logged += torch.tensor([mel.item(), wave.item(), commit.item()])
         for u, c in zip(usage, codes):
             u += torch.bincount(c.reshape(-1), minlength=args.codes)
         if step % 100 == 0:
-            resets = restart_dead_codes(model, usage, latents, gen) if step <= 0.8 * args.steps else 0
+            restart = step <= 0.8 * args.steps and not args.decoder_only  # a moved row would change old codes
+            resets = restart_dead_codes(model, usage, latents, gen) if restart else 0
             used = "/".join(str(int((u > 0).sum())) for u in usage)
             m, w, c = (logged / 100).tolist()
             logged.zero_()

@@ -96,6 +96,22 @@ def test_init_continues_training_the_given_codec(tiny_trained, tmp_path):
 
 
 @needs_espeak
+def test_decoder_only_keeps_every_code_the_codec_made(tiny_trained, tmp_path):
+    """--decoder-only moves the decoder alone: the encoder and codebooks stay bit for bit, so codes made
+    with the codec before (the demo data's) are still the new codec's codes for that speech."""
+    out = tmp_path / "decoder"
+    train_demo_snac.main(["--tiny", "--init", str(tiny_trained), "--decoder-only", "--out", str(out), "--workers", "1"])
+    before, after = SnacCodec.from_pretrained(tiny_trained), SnacCodec.from_pretrained(out)
+    old, new = before.model.state_dict(), after.model.state_dict()
+    moved = {k for k in old if not torch.equal(old[k], new[k])}
+    assert moved and all(k.startswith("decoder.") for k in moved), sorted(moved)[:5]
+    speech = torch.randn(24000, generator=torch.Generator().manual_seed(0)) * 0.1
+    assert torch.equal(before.encode(speech), after.encode(speech))
+    with pytest.raises(SystemExit):  # nothing to keep without a trained codec
+        train_demo_snac.main(["--tiny", "--decoder-only", "--out", str(tmp_path / "x")])
+
+
+@needs_espeak
 def test_round_trip_cer_table(tiny_trained, capsys):
     """The demo recogniser reads the held-out originals, and not a 3-step codec's round trips."""
     table = eval_demo_snac.main(["--snac", str(tiny_trained), "--limit", "2"])
