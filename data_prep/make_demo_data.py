@@ -314,17 +314,17 @@ sees a big dog", so that a tiny model can learn it in minutes.
   training sentences and the assistant's answers, all spoken by the assistant's voice, with SNAC's
   losses: multi-scale mel, waveform, codebook and commitment, and from a fifth of the steps on a
   narrow multi-period discriminator with feature matching. 2600 steps of 8 windows of 0.34 s,
-  seed 0, then 1800 and 4500 more, each from the codec before (`--init`, a fresh schedule peaking
-  at 5e-4): 31.4 + 21.9 + 55.8 CPU minutes on one thread of a 2-core CPU. Only the first 512 codes
+  seed 0, then 1800, 4500 and 4500 more, each from the codec before (`--init`, a fresh schedule
+  peaking at 5e-4): 31.4 + 21.9 + 55.8 + 61.0 CPU minutes on one thread of a 2-core CPU. Only the first 512 codes
   of each codebook are used, so that a tiny model can learn them. It keeps the timing, loudness and voicing of speech,
   but voiced sounds still buzz at harmonics of the codec's frame rate (46.9 Hz) instead of the
   voice's pitch, and the demo's recogniser reads it in part (CER on the 40 held-out sentences,
-  `data_prep/eval_demo_snac.py`; before: the codec of the first two runs alone):
+  `data_prep/eval_demo_snac.py`; before: the codec of the first three runs alone):
 
   | speech | original | codec round trip | before |
   |---|---|---|---|
-  | `asr/heldout` (8 voices) | 3.7% | 24.7% | 36.9% |
-  | the same sentences in the assistant's voice | 3.3% | 13.3% | 23.7% |
+  | `asr/heldout` (8 voices) | 3.7% | 22.5% | 24.7% |
+  | the same sentences in the assistant's voice | 3.3% | 9.4% | 13.3% |
 
   Replace it with `hubertsiuzdak/snac_24khz` for real work.
 - Mini-Omni hears through a *pretrained* Whisper. `whisper.pt` stands in for it at toy scale:
@@ -338,7 +338,8 @@ folder is rewritten; skip this to keep the shipped one), then the data, the toke
 
     python data_prep/train_demo_snac.py --out /tmp/snac2600 --seed {seed}
     python data_prep/train_demo_snac.py --init /tmp/snac2600 --out /tmp/snac4400 --steps 1800 --lr 5e-4 --adversarial 0 --seed {seed}
-    python data_prep/train_demo_snac.py --init /tmp/snac4400 --out omni_train/demo_data/snac --steps 4500 --lr 5e-4 --adversarial 0 --seed {seed}
+    python data_prep/train_demo_snac.py --init /tmp/snac4400 --out /tmp/snac8900 --steps 4500 --lr 5e-4 --adversarial 0 --seed {seed}
+    python data_prep/train_demo_snac.py --init /tmp/snac8900 --out omni_train/demo_data/snac --steps 4500 --lr 5e-4 --adversarial 0 --seed {seed}
     python data_prep/make_demo_data.py --out omni_train/demo_data --seed {seed} --train {n_train}
     python data_prep/train_demo_tokenizer.py
     python data_prep/train_demo_whisper.py
