@@ -128,12 +128,13 @@ def training_flops_per_sample(stage: str, row_length: float, audio_frames: float
     from litgpt.utils import estimate_flops, flops_per_param
 
     from omni_train.checkpoints import ModelBundle
+    from omni_train.config import StageConfig
     from omni_train.model import OmniConfig, OmniGPT
     from omni_train.stages import STAGES
 
     with torch.device("meta"):
         model = OmniGPT(OmniConfig.from_base(Config.from_name("Qwen2.5-0.5B"), post_adapter=post_adapter))
-        STAGES[stage](ModelBundle(model))  # sets requires_grad by the stage's freeze rule
+        STAGES[stage](ModelBundle(model), StageConfig(tasks={}, max_steps=1))  # sets requires_grad by the stage's freeze rule
         model.max_seq_length = round(row_length)
     llm = estimate_flops(model, training=True)
     whisper_small = 87_002_112  # parameters of whisper-small's encoder (12 layers, 768 wide)

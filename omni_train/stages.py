@@ -69,21 +69,21 @@ class OmniModule(L.LightningModule):
             the tokenizer and SNAC that callbacks need to hear its answers (`ModelBundle`, made by
             `omni_train.builders.build_model`).
         cfg: the stage's settings (`StageConfig`: schedule, AdamW's betas and weight decay, loss
-            weights and chunking, max_bad_steps); the defaults of the schema when None.
+            weights and chunking, max_bad_steps); required, so that no schedule is made up here.
         mels: the run's log-mel cache (``model.mel_cache_mb``); None: every clip's is made anew.
     """
 
     stage: str = "base"
 
     def __init__(
-        self, bundle: ModelBundle, cfg: StageConfig | None = None, mels: MelCache | None = None
+        self, bundle: ModelBundle, cfg: StageConfig, mels: MelCache | None = None
     ) -> None:
         super().__init__()
         self.model: OmniGPT = bundle.model
         self.encoder: nn.Module | None = bundle.encoder
         self.mels = mels
         self.bundle = bundle
-        self.cfg = cfg if cfg is not None else StageConfig(tasks={}, max_steps=40_000)
+        self.cfg = cfg
         self.apply_freeze_rule()
         self.bad_steps = 0  # skipped steps of this stage, all told (kept in checkpoints)
         self._bad_in_row = 0

@@ -176,7 +176,7 @@ def test_fsdp_is_allowed_in_every_lora_stage():
     from omni_train.builders import check_strategy
 
     for stage in STAGES:  # no table is masked: the new rows are tensors of their own
-        module = STAGES[stage](ModelBundle(lora_model()[0], WhisperEncoder.from_dims(WHISPER)))
+        module = STAGES[stage](ModelBundle(lora_model()[0], WhisperEncoder.from_dims(WHISPER)), StageConfig(tasks={}, max_steps=1))
         check_strategy(SimpleNamespace(strategy=FSDPStrategy()), module)
 
 

@@ -10,6 +10,8 @@ from omni_train.config import StageConfig
 from omni_train.model import OmniGPT
 from omni_train.stages import STAGES, grad_norm, warmup_cosine
 
+FREEZE_ONLY = StageConfig(tasks={}, max_steps=1)  # where only a stage's freeze rule is under test
+
 
 def run_steps(stage, post_adapter, steps=3):
     torch.manual_seed(0)
@@ -63,7 +65,7 @@ def test_finetune_trains_everything(post_adapter):
 
 
 def test_frozen_encoder_is_not_saved_in_lightning_checkpoints():
-    module = STAGES["finetune"](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)))
+    module = STAGES["finetune"](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)), FREEZE_ONLY)
     ckpt = {"state_dict": module.state_dict()}
     assert any(k.startswith("encoder.") for k in ckpt["state_dict"])
     module.on_save_checkpoint(ckpt)
@@ -89,7 +91,7 @@ def test_fsdp_refused_only_where_rows_are_masked(stage):
     from omni_train.builders import check_strategy
     from omni_train.config import ConfigError
 
-    module = STAGES[stage](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)))
+    module = STAGES[stage](ModelBundle(OmniGPT(tiny_omni()), WhisperEncoder.from_dims(WHISPER)), FREEZE_ONLY)
     check_strategy(SimpleNamespace(strategy=DDPStrategy()), module)  # DDP keeps the hooks: always fine
     if stage == "alignment":
         with pytest.raises(ConfigError, match="trainer=ddp"):
