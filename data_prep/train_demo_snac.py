@@ -36,7 +36,10 @@ assistant's voice after a round trip, ``data_prep/eval_demo_snac.py``; originals
   24.7%; held-out mel distance 0.188 -> 0.156; 55.8 CPU minutes); 4500 more again 8.8% after 3000
   of them and 9.4% at the end (8 voices 23.4%, 22.5%; mel distance 0.141; 61.0 CPU minutes): the
   curve flattens, about 6 points above the originals. Continuing is how the steps fit one
-  session; whether 13400 steps in one schedule would do better is not measured.
+  session; whether 13400 steps in one schedule would do better is not measured. ``--decoder-only``
+  continues the decoder alone, so the codes made with the codec stay its codes (no data to
+  re-encode): 3000 such steps from the shipped codec read 7.9% (8 voices 21.9%; not shipped,
+  data_prep/README.md).
 - The period discriminator (it compares samples one period apart) read 74% against 78% without
   it at 600 steps. It does not cure the buzz, though: voiced sounds stay periodic in the decoder's
   512-sample frame, harmonics of 46.875 Hz in place of the voice's pitch of about 109 Hz, which
