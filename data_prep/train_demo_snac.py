@@ -294,12 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     model = codec.model.train()
     model.requires_grad_(not args.decoder_only)
     model.decoder.requires_grad_(True)
-    params = sum(p.numel() for p in model.parameters())
     mel_loss = MultiScaleMelLoss(SNAC_RATE)
     disc = PeriodDiscriminator()
     opt_d = torch.optim.AdamW(disc.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     adv_start = max(1, round(args.adversarial * args.steps)) if args.adversarial < 1 else args.steps + 1
     trained = [p for p in model.parameters() if p.requires_grad]
+    params = sum(p.numel() for p in trained)  # the decoder's alone with --decoder-only
     opt = torch.optim.AdamW(trained, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=args.steps, pct_start=0.05)
     length = round(args.seconds * SNAC_RATE / 2048) * 2048  # whole coarse frames: no padding inside SNAC
