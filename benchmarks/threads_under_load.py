@@ -30,16 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_demo(threads: int | None, steps: list[int], utterances: int) -> tuple[float, float, str]:
+def run_demo(threads: int | None, overrides: list[str]) -> tuple[float, float, str]:
     """(wall s, CPU s, its 'torch threads' log line) of one shortened demo in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["PYTHONPATH"] = str(ROOT)
     with tempfile.TemporaryDirectory() as run_dir:
         cmd = [sys.executable, "-m", "omni_train.cli.train", "experiment=demo", f"hydra.run.dir={run_dir}",
-               f"stages.alignment.max_steps={steps[0]}", f"stages.adaption.max_steps={steps[1]}",
-               f"stages.finetune.max_steps={steps[2]}", f"eval.asr_max_utterances={utterances}",
-               "eval.max_new_tokens=8", "+trainer.enable_progress_bar=false",
-               *([f"threads={threads}"] if threads else [])]  # fmt: skip
+               *overrides, "+trainer.enable_progress_bar=false", *([f"threads={threads}"] if threads else [])]  # fmt: skip
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -57,9 +54,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs=3, default=[10, 40, 10], help="steps of stages 1, 2, 3")
     parser.add_argument("--utterances", type=int, default=10, help="held-out utterances for the WER")
-    parser.add_argument("--tiny", action="store_true", help="1 step a stage (smoke test)")
+    parser.add_argument("--tiny", action="store_true", help="stage 1 alone, 1 step, no evaluation (smoke test)")
     args = parser.parse_args()
-    steps, utterances = ([1, 1, 1], 1) if args.tiny else (args.steps, args.utterances)
+    if args.tiny:
+        what = "stage 1 alone, 1 step, no evaluation"
+        overrides = ["stage=alignment", "stages.alignment.max_steps=1", "eval.asr=null", "eval.speak=null"]
+    else:
+        what = f"steps {args.steps}, {args.utterances} held-out utterances"
+        stages = ("alignment", "adaption", "finetune")
+        overrides = [f"stages.{stage}.max_steps={n}" for stage, n in zip(stages, args.steps)]
+        overrides += [f"eval.asr_max_utterances={args.utterances}", "eval.max_new_tokens=8"]
 
     import torch
 
@@ -68,12 +72,12 @@ def main() -> None:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(2)  # let the busy loop take its core
-        rows = {"torch default": run_demo(default, steps, utterances), "policy": run_demo(None, steps, utterances)}
+        rows = {"torch default": run_demo(default, overrides), "policy": run_demo(None, overrides)}
     finally:
         busy.kill()
         busy.wait()
     print("after:", os.popen("uptime").read().strip())
-    print(f"shortened demo (steps {steps}, {utterances} held-out utterances) beside one busy process:")
+    print(f"shortened demo ({what}) beside one busy process:")
     for name, (wall, cpu, line) in rows.items():
         print(f"{name:<14} wall {wall:7.1f} s   CPU {cpu:7.1f} s   {line}")
     (w0, c0, _), (w1, c1, _) = rows.values()

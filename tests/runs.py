@@ -16,9 +16,10 @@ from omni_train.config import register
 TESTS = Path(__file__).parent
 DEMO = TESTS.parent / "omni_train" / "demo_data"
 
-SHORT = [  # the demo cut to seconds: 2 steps a stage, 2 held-out utterances
+SHORT = [  # the demo cut to seconds: 2 steps a stage, 2 held-out utterances, a bucketing buffer of
+    # 32 samples (the demo's 256 decode about a second of audio a stage that 2 steps never train on)
     "experiment=demo", "stages.alignment.max_steps=2", "stages.adaption.max_steps=2",
-    "stages.finetune.max_steps=2", "eval.asr_max_utterances=2", "eval.max_new_tokens=4",
+    "stages.finetune.max_steps=2", "eval.asr_max_utterances=2", "eval.max_new_tokens=4", "data.buffer_size=32",
 ]  # fmt: skip
 
 STEPS = 6
